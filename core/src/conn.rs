@@ -1,0 +1,164 @@
+//! The life of one proxied connection, top to bottom:
+//!
+//! 1. [`admit`]: count it, enforce the listener's `max_connections`;
+//! 2. [`serve`]: connect upstream ([`crate::connect`]), then copy both ways
+//!    ([`crate::forward`]) until both sides are done, one fails, or it idles;
+//! 3. [`ConnectionRecord::finish`]: emit its metrics and access-log line,
+//!    exactly once.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::connect::{ConnectError, connect_upstream};
+use crate::forward::{DirectionCounters, ForwardOutcome, proxy_both_ways};
+use crate::metrics::{CloseReason, ListenerStats};
+use crate::runtime::TcpStream;
+use crate::snapshot::ListenerConfig;
+
+/// What a worker knows about one of its listeners: the config new
+/// connections use, and the worker's index for per-core stats.
+pub(crate) struct ListenerCtx {
+    pub config: std::sync::Arc<ListenerConfig>,
+    pub core: usize,
+}
+
+/// Holds one slot of the listener's `active` count; released on drop, so
+/// the count stays right whichever way the connection task ends.
+pub(crate) struct Admitted {
+    stats: std::sync::Arc<ListenerStats>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts an accepted connection and applies `max_connections`. `None`
+/// means the connection must be closed at once (it has been counted).
+pub(crate) fn admit(ctx: &ListenerCtx) -> Option<Admitted> {
+    let stats = &ctx.config.stats;
+    let core = stats.cores.get(ctx.core);
+    core.accepted.inc();
+    let before = stats.active.fetch_add(1, Ordering::Relaxed);
+    let admitted = Admitted {
+        stats: stats.clone(),
+    };
+    match ctx.config.max_connections {
+        Some(max) if before >= max => {
+            core.rejected_max_connections.inc();
+            drop(admitted);
+            None
+        }
+        _ => Some(admitted),
+    }
+}
+
+/// Serves one accepted, admitted connection to completion.
+pub(crate) async fn serve(downstream: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>, admitted: Admitted) {
+    let mut record = ConnectionRecord::new(peer);
+    let _ = downstream.set_nodelay(true);
+    let config = &ctx.config;
+    let cluster = &config.cluster;
+    match connect_upstream(cluster, ctx.core).await {
+        Ok(upstream) => {
+            record.endpoint = Some(upstream.addr);
+            let lc = config.stats.cores.get(ctx.core);
+            let cc = cluster.stats.cores.get(ctx.core);
+            cc.active.add(1);
+            let ForwardOutcome { reason, error } = proxy_both_ways(
+                &downstream,
+                &upstream.stream,
+                config.idle_timeout,
+                DirectionCounters {
+                    connection: &record.bytes_received,
+                    listener: &lc.bytes_received,
+                    cluster: &cc.bytes_sent,
+                },
+                DirectionCounters {
+                    connection: &record.bytes_sent,
+                    listener: &lc.bytes_sent,
+                    cluster: &cc.bytes_received,
+                },
+            )
+            .await;
+            cc.active.add(-1);
+            record.reason = reason;
+            record.error = error.map(ErrorText::Io);
+        }
+        Err(e) => {
+            record.reason = CloseReason::UpstreamUnavailable;
+            record.error = Some(ErrorText::Connect(e));
+        }
+    }
+    record.finish(&ctx);
+    drop(admitted);
+}
+
+enum ErrorText {
+    Io(io::Error),
+    Connect(ConnectError),
+}
+
+impl std::fmt::Display for ErrorText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorText::Io(e) => e.fmt(f),
+            ErrorText::Connect(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Everything recorded about one connection, emitted once when it ends.
+struct ConnectionRecord {
+    started: Instant,
+    peer: SocketAddr,
+    endpoint: Option<SocketAddr>,
+    reason: CloseReason,
+    error: Option<ErrorText>,
+    /// Bytes read from the client.
+    bytes_received: Cell<u64>,
+    /// Bytes written to the client.
+    bytes_sent: Cell<u64>,
+}
+
+impl ConnectionRecord {
+    fn new(peer: SocketAddr) -> Self {
+        Self {
+            started: Instant::now(),
+            peer,
+            endpoint: None,
+            reason: CloseReason::Completed,
+            error: None,
+            bytes_received: Cell::new(0),
+            bytes_sent: Cell::new(0),
+        }
+    }
+
+    fn finish(self, ctx: &ListenerCtx) {
+        let duration = self.started.elapsed();
+        let config = &ctx.config;
+        config.stats.record_close(ctx.core, self.reason, duration);
+        if !config.access_log {
+            return;
+        }
+        let endpoint = self.endpoint.map(|a| a.to_string());
+        tracing::info!(
+            target: "ringmesh::access",
+            listener = %config.name,
+            peer = %self.peer,
+            cluster = %config.cluster.name,
+            endpoint = endpoint.as_deref().unwrap_or("-"),
+            bytes_received = self.bytes_received.get(),
+            bytes_sent = self.bytes_sent.get(),
+            duration_ms = duration.as_secs_f64() * 1000.0,
+            reason = self.reason.as_str(),
+            error = self.error.as_ref().map(|e| e.to_string()).as_deref().unwrap_or(""),
+            "connection closed"
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! Moving bytes both ways between the client and the upstream.
+//!
+//! Each direction owns one buffer for its whole life and reuses it for every
+//! read (no allocation per read). Buffers start small, because a pending
+//! completion-based read holds its buffer while the connection is idle, and
+//! grow once a read fills them, because large buffers are what make bulk
+//! transfers fast (64 KiB moved ~4x the bytes of 4 KiB per core here).
+//!
+//! Half-close: when one side sends FIN, the other side's write half is shut
+//! down and the opposite direction keeps flowing until it finishes too.
+//! Errors: when one side fails (reset, broken pipe, ...), the other side is
+//! reset as well (SO_LINGER 0), so a reset travels through the proxy.
+
+use std::cell::Cell;
+use std::io;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{Either, select, try_join};
+use futures_util::pin_mut;
+
+use crate::metrics::CloseReason;
+use crate::per_core::Counter;
+use crate::runtime::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufResult, TcpStream};
+
+/// First buffer size per direction.
+pub const INITIAL_BUFFER: usize = 2 * 1024;
+/// Largest buffer size per direction.
+pub const MAX_BUFFER: usize = 64 * 1024;
+
+/// Which end of the proxied connection a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Downstream,
+    Upstream,
+}
+
+#[derive(Debug)]
+pub(crate) struct CopyError {
+    /// The side whose socket failed.
+    pub side: Side,
+    pub error: io::Error,
+}
+
+/// Counters a direction adds its bytes to.
+pub(crate) struct DirectionCounters<'a> {
+    /// This connection's own count, for its access-log line.
+    pub connection: &'a Cell<u64>,
+    pub listener: &'a Counter,
+    pub cluster: &'a Counter,
+}
+
+/// The outcome of [`proxy_both_ways`].
+pub(crate) struct ForwardOutcome {
+    pub reason: CloseReason,
+    pub error: Option<io::Error>,
+}
+
+/// Copies `from` -> `to` until EOF, then shuts down `to`'s write half.
+async fn copy_one_way(
+    mut from: &TcpStream,
+    mut to: &TcpStream,
+    from_side: Side,
+    to_side: Side,
+    counters: DirectionCounters<'_>,
+    last_activity: &Cell<Instant>,
+) -> Result<(), CopyError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_BUFFER);
+    loop {
+        let BufResult(res, b) = from.read(buf).await;
+        buf = b;
+        let n = match res {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) => return Err(CopyError { side: from_side, error }),
+        };
+        last_activity.set(Instant::now());
+        counters.connection.set(counters.connection.get() + n as u64);
+        counters.listener.add(n as u64);
+        counters.cluster.add(n as u64);
+        let BufResult(res, b) = to.write_all(buf).await;
+        buf = b;
+        if let Err(error) = res {
+            return Err(CopyError { side: to_side, error });
+        }
+        if n == buf.capacity() && buf.capacity() < MAX_BUFFER {
+            // A full read means more is waiting: move to a bulk-sized buffer.
+            buf = Vec::with_capacity((buf.capacity() * 4).min(MAX_BUFFER));
+        }
+    }
+    // Propagate the FIN; the other direction keeps going.
+    to.shutdown().await.map_err(|error| CopyError { side: to_side, error })
+}
+
+/// Waits until nothing has moved for `idle_timeout`.
+async fn idle_watch(idle_timeout: Duration, last_activity: &Cell<Instant>) {
+    loop {
+        let deadline = last_activity.get() + idle_timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        runtime::sleep_until(deadline).await;
+    }
+}
+
+/// Proxies until both directions have finished, one side fails, or the
+/// connection is idle for `idle_timeout`.
+pub(crate) async fn proxy_both_ways(
+    downstream: &TcpStream,
+    upstream: &TcpStream,
+    idle_timeout: Duration,
+    to_upstream: DirectionCounters<'_>,
+    to_downstream: DirectionCounters<'_>,
+) -> ForwardOutcome {
+    let last_activity = Cell::new(Instant::now());
+    let up = copy_one_way(
+        downstream,
+        upstream,
+        Side::Downstream,
+        Side::Upstream,
+        to_upstream,
+        &last_activity,
+    );
+    let down = copy_one_way(
+        upstream,
+        downstream,
+        Side::Upstream,
+        Side::Downstream,
+        to_downstream,
+        &last_activity,
+    );
+    let both = try_join(up, down);
+    let idle = idle_watch(idle_timeout, &last_activity);
+    pin_mut!(both, idle);
+    match select(both, idle).await {
+        Either::Left((Ok(_), _)) => ForwardOutcome {
+            reason: CloseReason::Completed,
+            error: None,
+        },
+        Either::Left((Err(CopyError { side, error }), _)) => {
+            // Reset the healthy side so the failure is visible end to end.
+            let (reason, other) = match side {
+                Side::Downstream => (CloseReason::DownstreamError, upstream),
+                Side::Upstream => (CloseReason::UpstreamError, downstream),
+            };
+            let _ = other.set_zero_linger();
+            ForwardOutcome {
+                reason,
+                error: Some(error),
+            }
+        }
+        Either::Right(((), _)) => ForwardOutcome {
+            reason: CloseReason::IdleTimeout,
+            error: None,
+        },
+    }
+}

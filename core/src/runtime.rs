@@ -1,0 +1,182 @@
+//! The runtime seam: everything `core` needs from the async runtime, in one file.
+//!
+//! compio changes a dozen APIs per 0.x release, so no other module names it.
+//! This file owns building a per-core runtime (io_uring or epoll), spawning
+//! tasks, timers, and the TCP types. An upgrade touches only this file.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::time::{Duration, Instant};
+
+use compio::driver::{DriverType, ProactorBuilder};
+
+pub(crate) use compio::BufResult;
+pub(crate) use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+pub(crate) use compio::net::{TcpListener, TcpStream};
+
+/// Which I/O driver the operator asked for (`--io-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoEngineChoice {
+    /// io_uring when the kernel lets us set it up, epoll otherwise.
+    #[default]
+    Auto,
+    /// io_uring or fail at startup.
+    Uring,
+    /// epoll (readiness-based), never io_uring.
+    Epoll,
+}
+
+impl std::str::FromStr for IoEngineChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "uring" | "io_uring" => Ok(Self::Uring),
+            "epoll" => Ok(Self::Epoll),
+            other => Err(format!("unknown io engine `{other}` (expected auto, uring or epoll)")),
+        }
+    }
+}
+
+/// The I/O driver a worker actually runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoEngine {
+    /// Completion-based io_uring.
+    Uring,
+    /// Readiness-based epoll.
+    Epoll,
+}
+
+impl IoEngine {
+    /// The label used in logs and in `ringmesh_info{io_engine}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoEngine::Uring => "io_uring",
+            IoEngine::Epoll => "epoll",
+        }
+    }
+}
+
+impl fmt::Display for IoEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A single-threaded runtime owned by one worker thread.
+pub(crate) struct Runtime {
+    inner: compio::runtime::Runtime,
+    engine: IoEngine,
+}
+
+/// What building a runtime decided, for the startup log.
+pub(crate) struct RuntimeBuilt {
+    pub runtime: Runtime,
+    /// Why io_uring was not used when `auto` fell back to epoll.
+    pub fallback_reason: Option<String>,
+}
+
+/// Submission queue entries per core: thousands of connections each keep a
+/// read in flight, and a full queue forces extra submit syscalls.
+const RING_ENTRIES: u32 = 4096;
+
+fn proactor(driver: DriverType) -> ProactorBuilder {
+    let mut builder = ProactorBuilder::new();
+    builder.capacity(RING_ENTRIES).driver_type(driver);
+    builder
+}
+
+fn build_with(driver: DriverType) -> io::Result<compio::runtime::Runtime> {
+    compio::runtime::RuntimeBuilder::new()
+        .with_proactor(proactor(driver))
+        .build()
+}
+
+impl Runtime {
+    /// Builds the runtime for the current thread with the chosen engine.
+    pub(crate) fn build(choice: IoEngineChoice) -> io::Result<RuntimeBuilt> {
+        let (inner, fallback_reason) = match choice {
+            IoEngineChoice::Uring => (build_with(DriverType::IoUring)?, None),
+            IoEngineChoice::Epoll => (build_with(DriverType::Poll)?, None),
+            IoEngineChoice::Auto => match build_with(DriverType::IoUring) {
+                Ok(rt) => (rt, None),
+                Err(e) => (build_with(DriverType::Poll)?, Some(describe_uring_error(&e))),
+            },
+        };
+        let engine = if inner.driver_type().is_iouring() {
+            IoEngine::Uring
+        } else {
+            IoEngine::Epoll
+        };
+        Ok(RuntimeBuilt {
+            runtime: Runtime { inner, engine },
+            fallback_reason,
+        })
+    }
+
+    pub(crate) fn engine(&self) -> IoEngine {
+        self.engine
+    }
+
+    pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.inner.block_on(future)
+    }
+}
+
+fn describe_uring_error(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => format!(
+            "io_uring_setup: {e} (blocked by seccomp or kernel.io_uring_disabled)"
+        ),
+        Some(libc::ENOSYS) => format!("io_uring_setup: {e} (kernel without io_uring)"),
+        _ => format!("io_uring_setup: {e}"),
+    }
+}
+
+/// A handle to a spawned task. Dropping it cancels the task; call
+/// [`Task::detach`] for work that must run to completion on its own.
+pub(crate) struct Task<T>(compio::runtime::JoinHandle<T>);
+
+impl<T> Task<T> {
+    pub(crate) fn detach(self) {
+        self.0.detach()
+    }
+}
+
+/// Spawns a task on the current worker's runtime.
+pub(crate) fn spawn<F: Future + 'static>(future: F) -> Task<F::Output> {
+    Task(compio::runtime::spawn(future))
+}
+
+/// Sleeps until `deadline`.
+pub(crate) async fn sleep_until(deadline: Instant) {
+    compio::time::sleep_until(deadline).await
+}
+
+/// Sleeps for `duration`.
+pub(crate) async fn sleep(duration: Duration) {
+    compio::time::sleep(duration).await
+}
+
+/// Runs `future` for at most `duration`; `None` when the time ran out.
+///
+/// Only for operations that are safe to abandon (connect): a read abandoned
+/// this way may already have consumed bytes in the kernel.
+pub(crate) async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
+    compio::time::timeout(duration, future).await.ok()
+}
+
+/// Adopts a listening socket created by the control thread into this
+/// worker's runtime.
+pub(crate) fn listener_from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+    // The epoll driver needs non-blocking sockets; io_uring does not care.
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+/// Opens a TCP connection.
+pub(crate) async fn connect(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+    TcpStream::connect(addr).await
+}

@@ -1,0 +1,79 @@
+//! The compiled, immutable configuration the data plane runs on.
+//!
+//! `control` parses and validates YAML and produces a [`Snapshot`]; `core`
+//! never sees YAML. A snapshot is published whole: new connections use the
+//! newest one, established connections keep the listener and cluster they
+//! started with until they close.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::balance::RoundRobin;
+use crate::metrics::{ClusterStats, ListenerStats};
+
+/// One applied configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every applied config (1 at startup).
+    pub version: u64,
+    /// Listeners to run; their addresses are unique.
+    pub listeners: Vec<Arc<ListenerConfig>>,
+    /// Clusters, including ones no listener references yet.
+    pub clusters: Vec<Arc<Cluster>>,
+}
+
+/// A TCP listener: where to accept and where to forward.
+#[derive(Debug)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and metric labels.
+    pub name: Arc<str>,
+    /// Address to bind. Port 0 asks the kernel for a port, kept across reloads.
+    pub listen: SocketAddr,
+    /// Cluster that receives this listener's connections.
+    pub cluster: Arc<Cluster>,
+    /// Open connections allowed at once; excess ones are closed at once.
+    pub max_connections: Option<u64>,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Whether every closed connection is logged.
+    pub access_log: bool,
+    /// Counters, shared with earlier snapshots of the same listener name.
+    pub stats: Arc<ListenerStats>,
+}
+
+/// A set of interchangeable upstream endpoints.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Unique name, used in logs and metric labels.
+    pub name: Arc<str>,
+    /// Resolved endpoints, in configuration order.
+    pub endpoints: Vec<Endpoint>,
+    /// Time allowed for one TCP connect.
+    pub connect_timeout: Duration,
+    /// Distinct endpoints tried for one downstream connection before giving up.
+    pub connect_attempts: u32,
+    /// Per-core round-robin positions.
+    pub balancer: RoundRobin,
+    /// Counters, shared with earlier snapshots of the same cluster name.
+    pub stats: Arc<ClusterStats>,
+}
+
+/// One upstream address.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Address connected to.
+    pub addr: SocketAddr,
+    /// The configured host name this address was resolved from, if any.
+    pub hostname: Option<Arc<str>>,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.hostname {
+            Some(h) => write!(f, "{}({})", h, self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
