@@ -52,7 +52,9 @@ impl ListenKey {
 #[derive(Debug, Error)]
 pub enum BindError {
     /// Someone else (another process, or another ringmesh) listens there.
-    #[error("listener `{name}`: {addr} is already in use by another process (a second ringmesh instance?); refusing to share the port")]
+    #[error(
+        "listener `{name}`: {addr} is already in use by another process (a second ringmesh instance?); refusing to share the port"
+    )]
     InUse {
         /// Listener name.
         name: Arc<str>,

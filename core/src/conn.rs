@@ -59,7 +59,12 @@ pub(crate) fn admit(ctx: &ListenerCtx) -> Option<Admitted> {
 }
 
 /// Serves one accepted, admitted connection to completion.
-pub(crate) async fn serve(downstream: TcpStream, peer: SocketAddr, ctx: Rc<ListenerCtx>, admitted: Admitted) {
+pub(crate) async fn serve(
+    downstream: TcpStream,
+    peer: SocketAddr,
+    ctx: Rc<ListenerCtx>,
+    admitted: Admitted,
+) {
     let mut record = ConnectionRecord::new(peer);
     let _ = downstream.set_nodelay(true);
     let config = &ctx.config;

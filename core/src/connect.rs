@@ -48,7 +48,10 @@ pub(crate) struct Upstream {
 }
 
 /// Connects to one of `cluster`'s endpoints from worker `core`.
-pub(crate) async fn connect_upstream(cluster: &Cluster, core: usize) -> Result<Upstream, ConnectError> {
+pub(crate) async fn connect_upstream(
+    cluster: &Cluster,
+    core: usize,
+) -> Result<Upstream, ConnectError> {
     let endpoints = &cluster.endpoints;
     if endpoints.is_empty() {
         return Err(ConnectError::NoEndpoints);
@@ -62,7 +65,9 @@ pub(crate) async fn connect_upstream(cluster: &Cluster, core: usize) -> Result<U
         let started = Instant::now();
         let err = match runtime::timeout(cluster.connect_timeout, runtime::connect(addr)).await {
             Some(Ok(stream)) => {
-                stats.connect_latency.record(CONNECT_BUCKETS, started.elapsed());
+                stats
+                    .connect_latency
+                    .record(CONNECT_BUCKETS, started.elapsed());
                 stats.connections.inc();
                 // Interactive protocols (TLS handshakes, RPC) stall on Nagle
                 // plus delayed ACK; a proxy must not add that.

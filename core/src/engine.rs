@@ -209,10 +209,13 @@ impl Engine {
                 sockets,
                 done,
             };
-            worker.commands.unbounded_send(command).map_err(|_| EngineError::Worker {
-                core,
-                message: "is gone".into(),
-            })?;
+            worker
+                .commands
+                .unbounded_send(command)
+                .map_err(|_| EngineError::Worker {
+                    core,
+                    message: "is gone".into(),
+                })?;
             acks.push(ack);
         }
         let mut failure = None;
@@ -243,7 +246,11 @@ impl Engine {
         let mut acks = Vec::with_capacity(self.workers.len());
         for worker in &self.workers {
             let (done, ack) = oneshot::channel();
-            if worker.commands.unbounded_send(Command::StopAccepting { done }).is_ok() {
+            if worker
+                .commands
+                .unbounded_send(Command::StopAccepting { done })
+                .is_ok()
+            {
                 acks.push(ack);
             }
         }

@@ -71,16 +71,26 @@ async fn copy_one_way(
         let n = match res {
             Ok(0) => break,
             Ok(n) => n,
-            Err(error) => return Err(CopyError { side: from_side, error }),
+            Err(error) => {
+                return Err(CopyError {
+                    side: from_side,
+                    error,
+                });
+            }
         };
         last_activity.set(Instant::now());
-        counters.connection.set(counters.connection.get() + n as u64);
+        counters
+            .connection
+            .set(counters.connection.get() + n as u64);
         counters.listener.add(n as u64);
         counters.cluster.add(n as u64);
         let BufResult(res, b) = to.write_all(buf).await;
         buf = b;
         if let Err(error) = res {
-            return Err(CopyError { side: to_side, error });
+            return Err(CopyError {
+                side: to_side,
+                error,
+            });
         }
         if n == buf.capacity() && buf.capacity() < MAX_BUFFER {
             // A full read means more is waiting: move to a bulk-sized buffer.
@@ -88,7 +98,10 @@ async fn copy_one_way(
         }
     }
     // Propagate the FIN; the other direction keeps going.
-    to.shutdown().await.map_err(|error| CopyError { side: to_side, error })
+    to.shutdown().await.map_err(|error| CopyError {
+        side: to_side,
+        error,
+    })
 }
 
 /// Waits until nothing has moved for `idle_timeout`.

@@ -21,7 +21,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, current: CurrentCtx) {
             Ok((stream, peer)) => {
                 let ctx = current.borrow().clone();
                 match conn::admit(&ctx) {
-                    Some(admitted) => runtime::spawn(conn::serve(stream, peer, ctx, admitted)).detach(),
+                    Some(admitted) => {
+                        runtime::spawn(conn::serve(stream, peer, ctx, admitted)).detach()
+                    }
                     None => drop(stream),
                 }
             }

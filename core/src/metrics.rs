@@ -85,9 +85,13 @@ impl Histogram {
     #[inline]
     pub fn record(&self, bounds: &[f64], value: Duration) {
         let secs = value.as_secs_f64();
-        let idx = bounds.iter().position(|b| secs <= *b).unwrap_or(bounds.len());
+        let idx = bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(bounds.len());
         self.buckets[idx.min(MAX_BUCKETS - 1)].inc();
-        self.sum_nanos.add(value.as_nanos().min(u64::MAX as u128) as u64);
+        self.sum_nanos
+            .add(value.as_nanos().min(u64::MAX as u128) as u64);
     }
 }
 
@@ -324,9 +328,21 @@ mod tests {
     #[test]
     fn histogram_merges_cores_cumulatively() {
         let stats = ClusterStats::new(2);
-        stats.cores.get(0).connect_latency.record(CONNECT_BUCKETS, Duration::from_micros(50));
-        stats.cores.get(1).connect_latency.record(CONNECT_BUCKETS, Duration::from_millis(3));
-        stats.cores.get(1).connect_latency.record(CONNECT_BUCKETS, Duration::from_secs(60));
+        stats
+            .cores
+            .get(0)
+            .connect_latency
+            .record(CONNECT_BUCKETS, Duration::from_micros(50));
+        stats
+            .cores
+            .get(1)
+            .connect_latency
+            .record(CONNECT_BUCKETS, Duration::from_millis(3));
+        stats
+            .cores
+            .get(1)
+            .connect_latency
+            .record(CONNECT_BUCKETS, Duration::from_secs(60));
         let h = stats.totals().connect_latency;
         assert_eq!(h.count, 3);
         assert_eq!(h.buckets[0], (0.0001, 1));

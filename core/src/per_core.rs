@@ -18,7 +18,9 @@ pub struct PerCore<T> {
 impl<T: Default> PerCore<T> {
     /// Creates `workers` default slots (at least one).
     pub fn new(workers: usize) -> Self {
-        let slots = (0..workers.max(1)).map(|_| CachePadded::new(T::default())).collect();
+        let slots = (0..workers.max(1))
+            .map(|_| CachePadded::new(T::default()))
+            .collect();
         Self { slots }
     }
 }

@@ -35,7 +35,9 @@ impl std::str::FromStr for IoEngineChoice {
             "auto" => Ok(Self::Auto),
             "uring" | "io_uring" => Ok(Self::Uring),
             "epoll" => Ok(Self::Epoll),
-            other => Err(format!("unknown io engine `{other}` (expected auto, uring or epoll)")),
+            other => Err(format!(
+                "unknown io engine `{other}` (expected auto, uring or epoll)"
+            )),
         }
     }
 }
@@ -102,7 +104,10 @@ impl Runtime {
             IoEngineChoice::Epoll => (build_with(DriverType::Poll)?, None),
             IoEngineChoice::Auto => match build_with(DriverType::IoUring) {
                 Ok(rt) => (rt, None),
-                Err(e) => (build_with(DriverType::Poll)?, Some(describe_uring_error(&e))),
+                Err(e) => (
+                    build_with(DriverType::Poll)?,
+                    Some(describe_uring_error(&e)),
+                ),
             },
         };
         let engine = if inner.driver_type().is_iouring() {
@@ -127,9 +132,9 @@ impl Runtime {
 
 fn describe_uring_error(e: &io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::EPERM) => format!(
-            "io_uring_setup: {e} (blocked by seccomp or kernel.io_uring_disabled)"
-        ),
+        Some(libc::EPERM) => {
+            format!("io_uring_setup: {e} (blocked by seccomp or kernel.io_uring_disabled)")
+        }
         Some(libc::ENOSYS) => format!("io_uring_setup: {e} (kernel without io_uring)"),
         _ => format!("io_uring_setup: {e}"),
     }

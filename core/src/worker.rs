@@ -108,7 +108,10 @@ fn apply(
             continue;
         }
         let Some(socket) = sockets.remove(&key) else {
-            return Err(format!("listener `{}`: no socket was bound for worker {core}", config.name));
+            return Err(format!(
+                "listener `{}`: no socket was bound for worker {core}",
+                config.name
+            ));
         };
         let socket = runtime::listener_from_std(socket)
             .map_err(|e| format!("listener `{}`: cannot register socket: {e}", config.name))?;
@@ -146,6 +149,8 @@ pub(crate) fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return Vec::new();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect()
     }
 }

@@ -1,0 +1,201 @@
+//! The admin API: HTTP/1.1 + JSON on the control thread, loopback by default.
+//!
+//! | method and path  | what it does |
+//! |------------------|--------------|
+//! | `GET /live`      | 200 while the process runs |
+//! | `GET /ready`     | 200 when serving, 503 while draining |
+//! | `GET /config`    | the running config (defaults filled in) and its version |
+//! | `PUT /config`    | validate a YAML body and apply it; 400 with every error otherwise |
+//! | `GET /listeners` | listeners, their bound addresses and counters |
+//! | `GET /clusters`  | clusters, resolved endpoints and counters |
+//! | `GET /metrics`   | Prometheus text format |
+//! | `POST /drain`    | stop accepting, let connections finish, exit |
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::prometheus::{ProxyInfo, render};
+use crate::proxy::{Proxy, ReloadError};
+
+/// Serves the admin API on `listener` until the process exits.
+pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
+    if let Err(e) = axum::serve(listener, router(proxy)).await {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+fn router(proxy: Arc<Proxy>) -> Router {
+    Router::new()
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .route("/config", get(get_config).put(put_config))
+        .route("/listeners", get(listeners))
+        .route("/clusters", get(clusters))
+        .route("/metrics", get(metrics))
+        .route("/drain", post(drain))
+        .fallback(not_found)
+        .with_state(proxy)
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+async fn not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({"error": "no such endpoint; see GET /live /ready /config /listeners /clusters /metrics, PUT /config, POST /drain"}),
+    )
+}
+
+async fn live() -> Response {
+    json_response(StatusCode::OK, json!({"status": "live"}))
+}
+
+async fn ready(State(proxy): State<Arc<Proxy>>) -> Response {
+    if proxy.is_draining() {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "draining"}),
+        )
+    } else {
+        json_response(StatusCode::OK, json!({"status": "ready"}))
+    }
+}
+
+async fn get_config(State(proxy): State<Arc<Proxy>>) -> Response {
+    let applied = proxy.applied();
+    json_response(
+        StatusCode::OK,
+        json!({"version": applied.version, "source": applied.source, "config": applied.document}),
+    )
+}
+
+async fn put_config(State(proxy): State<Arc<Proxy>>, body: axum::body::Bytes) -> Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "the body must be UTF-8 YAML"}),
+        );
+    };
+    match proxy.reload("<PUT /config>", text).await {
+        Ok(version) => json_response(StatusCode::OK, json!({"version": version})),
+        Err(ReloadError::Invalid(errors)) => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": errors.to_string(), "errors": errors.0}),
+        ),
+        Err(e @ ReloadError::Draining) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}),
+        ),
+        Err(e @ ReloadError::Internal(_)) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+async fn listeners(State(proxy): State<Arc<Proxy>>) -> Response {
+    let applied = proxy.applied();
+    let bound = proxy.listeners().await;
+    let list: Vec<_> = applied
+        .snapshot
+        .listeners
+        .iter()
+        .map(|l| {
+            let t = l.stats.totals();
+            let addr = bound
+                .iter()
+                .find(|b| b.name == l.name)
+                .map(|b| b.bound.to_string());
+            json!({
+                "name": &*l.name,
+                "listen": l.listen.to_string(),
+                "bound": addr,
+                "cluster": &*l.cluster.name,
+                "max_connections": l.max_connections,
+                "stats": {
+                    "connections_total": t.accepted,
+                    "connections_active": t.active,
+                    "rejected_max_connections": t.rejected_max_connections,
+                    "bytes_received": t.bytes_received,
+                    "bytes_sent": t.bytes_sent,
+                },
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({"version": applied.version, "listeners": list}),
+    )
+}
+
+async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
+    let applied = proxy.applied();
+    let list: Vec<_> = applied
+        .snapshot
+        .clusters
+        .iter()
+        .map(|c| {
+            let t = c.stats.totals();
+            let endpoints: Vec<_> = c
+                .endpoints
+                .iter()
+                .map(|e| json!({"address": e.addr.to_string(), "hostname": e.hostname.as_deref()}))
+                .collect();
+            json!({
+                "name": &*c.name,
+                "lb": "round_robin",
+                "connect_timeout": crate::decode::format_duration(c.connect_timeout),
+                "connect_attempts": c.connect_attempts,
+                "endpoints": endpoints,
+                "stats": {
+                    "connections_total": t.connections,
+                    "connections_active": t.active,
+                    "connect_failures": t.connect_failures,
+                    "connect_timeouts": t.connect_timeouts,
+                    "unavailable": t.unavailable,
+                    "bytes_sent": t.bytes_sent,
+                    "bytes_received": t.bytes_received,
+                },
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({"version": applied.version, "clusters": list}),
+    )
+}
+
+async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
+    let (applied_count, rejected) = proxy.reload_counts();
+    let info = ProxyInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        io_engine: proxy.io_engine.as_str(),
+        workers: proxy.workers,
+        config_version: proxy.applied().version,
+        reloads_applied: applied_count,
+        reloads_rejected: rejected,
+        draining: proxy.is_draining(),
+    };
+    let body = render(&info, &proxy.stats, &crate::process::read());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn drain(State(proxy): State<Arc<Proxy>>) -> Response {
+    proxy.request_drain();
+    json_response(StatusCode::ACCEPTED, json!({"status": "draining"}))
+}

@@ -1,0 +1,151 @@
+//! `clusters[]`: groups of interchangeable upstream endpoints.
+
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use super::Origin;
+use super::listener::human;
+use crate::decode::{Decoder, Fields, duration, host_port, integer, list, name, scalar};
+use crate::yaml::Node;
+
+/// How a cluster picks an endpoint for each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Each endpoint in turn.
+    RoundRobin,
+}
+
+/// One upstream endpoint as written: a host (IP literal or DNS name) and a port.
+#[derive(Debug, Clone)]
+pub struct EndpointDoc {
+    /// IP literal or DNS name, resolved when the config is loaded.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    pub(crate) origin: Origin,
+}
+
+impl Serialize for EndpointDoc {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.host.contains(':') {
+            s.serialize_str(&format!("[{}]:{}", self.host, self.port))
+        } else {
+            s.serialize_str(&format!("{}:{}", self.host, self.port))
+        }
+    }
+}
+
+/// One cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterDoc {
+    /// Unique name (metric label `cluster`).
+    pub name: String,
+    /// Endpoints, tried in round-robin order.
+    pub endpoints: Vec<EndpointDoc>,
+    /// Load-balancing policy. Default `round_robin`.
+    pub lb: LbPolicy,
+    /// Time allowed for one TCP connect. Default 5s (Envoy's).
+    #[serde(serialize_with = "human")]
+    pub connect_timeout: Duration,
+    /// Distinct endpoints tried for one connection before giving up. Default 3.
+    pub connect_attempts: u32,
+    #[serde(skip)]
+    pub(crate) name_origin: Origin,
+}
+
+/// Envoy's cluster default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Endpoints tried per connection by default.
+pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
+const KEYS: &[&str] = &[
+    "name",
+    "endpoints",
+    "lb",
+    "connect_timeout",
+    "connect_attempts",
+];
+
+impl ClusterDoc {
+    pub(crate) fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let name_field = f.take("name");
+        if name_field.is_none() {
+            d.error(node.mark, path, "missing required key `name`");
+        }
+        let name = name_field.and_then(|(n, p)| name(d, n, &p).map(|v| (v, n.mark, p)));
+        let endpoints = match f.take("endpoints") {
+            None => {
+                d.error(node.mark, path, "missing required key `endpoints`");
+                None
+            }
+            Some((n, p)) => list(d, n, &p).map(|items| {
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| {
+                        let ip = format!("{p}[{i}]");
+                        host_port(d, item, &ip).map(|(host, port)| EndpointDoc {
+                            host,
+                            port,
+                            origin: Origin {
+                                mark: item.mark,
+                                path: ip,
+                            },
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            }),
+        };
+        let lb = match f.take("lb") {
+            None => Some(LbPolicy::RoundRobin),
+            Some((n, p)) => {
+                match scalar(d, n, &p, "a load-balancing policy")? {
+                    "round_robin" => Some(LbPolicy::RoundRobin),
+                    other @ ("random" | "least_request" | "peak_ewma" | "ring_hash" | "maglev") => {
+                        d.error(n.mark, &p, format!("load-balancing policy `{other}` is not available yet; use round_robin"));
+                        None
+                    }
+                    other => {
+                        d.error(
+                            n.mark,
+                            &p,
+                            format!(
+                                "unknown load-balancing policy `{other}` (expected round_robin)"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let connect_timeout = match f.take("connect_timeout") {
+            None => Some(DEFAULT_CONNECT_TIMEOUT),
+            Some((n, p)) => duration(
+                d,
+                n,
+                &p,
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            ),
+        };
+        let connect_attempts = match f.take("connect_attempts") {
+            None => Some(DEFAULT_CONNECT_ATTEMPTS),
+            Some((n, p)) => integer(d, n, &p, 1, 16).map(|v| v as u32),
+        };
+        f.finish(d, KEYS);
+        let (name, name_mark, name_path) = name?;
+        Some(ClusterDoc {
+            name,
+            endpoints: endpoints?,
+            lb: lb?,
+            connect_timeout: connect_timeout?,
+            connect_attempts: connect_attempts?,
+            name_origin: Origin {
+                mark: name_mark,
+                path: name_path,
+            },
+        })
+    }
+}

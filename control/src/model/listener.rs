@@ -1,0 +1,149 @@
+//! `listeners[]`: where traffic comes in and which cluster receives it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use super::Origin;
+use crate::decode::{
+    Decoder, Fields, boolean, duration, format_duration, integer, listen_addr, name, scalar,
+};
+use crate::yaml::Node;
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Bytes are forwarded as they are (L4).
+    Tcp,
+}
+
+/// One listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerDoc {
+    /// Unique name (metric label `listener`).
+    pub name: String,
+    /// IP:port to accept on; port 0 lets the kernel choose.
+    pub listen: SocketAddr,
+    /// `tcp` (default; `http` arrives with the L7 work).
+    pub protocol: Protocol,
+    /// Cluster receiving the connections.
+    pub cluster: String,
+    /// Open connections allowed at once; unlimited when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+    /// Close a connection idle this long in both directions. Default 1h.
+    #[serde(serialize_with = "human")]
+    pub idle_timeout: Duration,
+    /// Log one line per closed connection. Default true.
+    pub access_log: bool,
+    #[serde(skip)]
+    pub(crate) origin: Origin,
+    #[serde(skip)]
+    pub(crate) listen_origin: Origin,
+    #[serde(skip)]
+    pub(crate) cluster_origin: Origin,
+}
+
+/// Envoy's TCP proxy default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+const KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "protocol",
+    "cluster",
+    "max_connections",
+    "idle_timeout",
+    "access_log",
+];
+
+pub(crate) fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn required<'n>(
+    d: &mut Decoder,
+    f: &mut Fields<'n>,
+    node: &Node,
+    path: &str,
+    key: &str,
+) -> Option<(&'n Node, String)> {
+    let found = f.take(key);
+    if found.is_none() {
+        d.error(node.mark, path, format!("missing required key `{key}`"));
+    }
+    found
+}
+
+impl ListenerDoc {
+    pub(crate) fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let listener_name =
+            required(d, &mut f, node, path, "name").and_then(|(n, p)| name(d, n, &p));
+        let listen = required(d, &mut f, node, path, "listen")
+            .and_then(|(n, p)| listen_addr(d, n, &p).map(|a| (a, n.mark, p)));
+        let protocol = match f.take("protocol") {
+            None => Some(Protocol::Tcp),
+            Some((n, p)) => match scalar(d, n, &p, "a protocol")? {
+                "tcp" => Some(Protocol::Tcp),
+                "http" => {
+                    d.error(n.mark, &p, "protocol `http` is not available yet (it comes with the L7 features); use `tcp`");
+                    None
+                }
+                other => {
+                    d.error(
+                        n.mark,
+                        &p,
+                        format!("unknown protocol `{other}` (expected tcp)"),
+                    );
+                    None
+                }
+            },
+        };
+        let cluster = required(d, &mut f, node, path, "cluster")
+            .and_then(|(n, p)| name(d, n, &p).map(|c| (c, n.mark, p)));
+        let max_connections = match f.take("max_connections") {
+            None => Some(None),
+            Some((n, p)) => integer(d, n, &p, 1, 10_000_000).map(Some),
+        };
+        let idle_timeout = match f.take("idle_timeout") {
+            None => Some(DEFAULT_IDLE_TIMEOUT),
+            Some((n, p)) => duration(
+                d,
+                n,
+                &p,
+                Duration::from_millis(1),
+                Duration::from_secs(30 * 86400),
+            ),
+        };
+        let access_log = match f.take("access_log") {
+            None => Some(true),
+            Some((n, p)) => boolean(d, n, &p),
+        };
+        f.finish(d, KEYS);
+        let (listen, listen_mark, listen_path) = listen?;
+        let (cluster, cluster_mark, cluster_path) = cluster?;
+        Some(ListenerDoc {
+            name: listener_name?,
+            listen,
+            protocol: protocol?,
+            cluster,
+            max_connections: max_connections?,
+            idle_timeout: idle_timeout?,
+            access_log: access_log?,
+            origin: Origin {
+                mark: node.mark,
+                path: path.to_owned(),
+            },
+            listen_origin: Origin {
+                mark: listen_mark,
+                path: listen_path,
+            },
+            cluster_origin: Origin {
+                mark: cluster_mark,
+                path: cluster_path,
+            },
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! Rendering statistics in the Prometheus text exposition format (0.0.4).
+//!
+//! Values are merged from per-core slots at scrape time, so there is no
+//! registry of live metric objects to hand to a client library: this module
+//! writes the format directly, with every metric's help text beside it.
+
+use std::fmt::Write;
+
+use ringmesh_core::metrics::HistogramSnapshot;
+use ringmesh_core::{CloseReason, StatsRegistry};
+
+use crate::process::ProcessStats;
+
+/// Proxy-wide values that are not per listener or cluster.
+pub struct ProxyInfo<'a> {
+    /// Build version.
+    pub version: &'a str,
+    /// `io_uring` or `epoll`.
+    pub io_engine: &'a str,
+    /// Worker count.
+    pub workers: usize,
+    /// Version of the running config.
+    pub config_version: u64,
+    /// Configs applied since start (the first included).
+    pub reloads_applied: u64,
+    /// Configs rejected since start.
+    pub reloads_rejected: u64,
+    /// Whether the proxy is draining.
+    pub draining: bool,
+}
+
+struct Out(String);
+
+impl Out {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+        let bucket = format!("{name}_bucket");
+        for (bound, count) in &h.buckets {
+            let le = if bound.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                bound.to_string()
+            };
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&bucket, &l, count);
+        }
+        self.sample(&format!("{name}_sum"), labels, h.sum);
+        self.sample(&format!("{name}_count"), labels, h.count);
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders every metric.
+pub fn render(info: &ProxyInfo<'_>, stats: &StatsRegistry, process: &ProcessStats) -> String {
+    let mut o = Out(String::with_capacity(16 * 1024));
+    o.header(
+        "ringmesh_info",
+        "gauge",
+        "Build and runtime information; always 1.",
+    );
+    o.sample(
+        "ringmesh_info",
+        &[("version", info.version), ("io_engine", info.io_engine)],
+        1,
+    );
+    o.header(
+        "ringmesh_workers",
+        "gauge",
+        "Worker threads (one runtime each).",
+    );
+    o.sample("ringmesh_workers", &[], info.workers);
+    o.header(
+        "ringmesh_config_version",
+        "gauge",
+        "Version of the running configuration.",
+    );
+    o.sample("ringmesh_config_version", &[], info.config_version);
+    o.header(
+        "ringmesh_config_reloads_total",
+        "counter",
+        "Configurations applied or rejected, by result.",
+    );
+    o.sample(
+        "ringmesh_config_reloads_total",
+        &[("result", "applied")],
+        info.reloads_applied,
+    );
+    o.sample(
+        "ringmesh_config_reloads_total",
+        &[("result", "rejected")],
+        info.reloads_rejected,
+    );
+    o.header(
+        "ringmesh_draining",
+        "gauge",
+        "1 while the proxy drains before exiting.",
+    );
+    o.sample("ringmesh_draining", &[], u8::from(info.draining));
+
+    let listeners: Vec<_> = stats
+        .listeners()
+        .into_iter()
+        .map(|(n, s)| (n, s.totals()))
+        .collect();
+    o.header(
+        "ringmesh_downstream_connections_total",
+        "counter",
+        "Downstream connections accepted, by listener.",
+    );
+    for (n, t) in &listeners {
+        o.sample(
+            "ringmesh_downstream_connections_total",
+            &[("listener", n)],
+            t.accepted,
+        );
+    }
+    o.header(
+        "ringmesh_downstream_connections_active",
+        "gauge",
+        "Downstream connections open now, by listener.",
+    );
+    for (n, t) in &listeners {
+        o.sample(
+            "ringmesh_downstream_connections_active",
+            &[("listener", n)],
+            t.active,
+        );
+    }
+    o.header(
+        "ringmesh_downstream_connections_rejected_total",
+        "counter",
+        "Downstream connections closed at once instead of served, by listener and reason.",
+    );
+    for (n, t) in &listeners {
+        o.sample(
+            "ringmesh_downstream_connections_rejected_total",
+            &[("listener", n), ("reason", "max_connections")],
+            t.rejected_max_connections,
+        );
+    }
+    o.header(
+        "ringmesh_downstream_connections_closed_total",
+        "counter",
+        "Served downstream connections that ended, by listener and reason.",
+    );
+    for (n, t) in &listeners {
+        for (reason, count) in &t.closed {
+            o.sample(
+                "ringmesh_downstream_connections_closed_total",
+                &[("listener", n), ("reason", reason_label(*reason))],
+                count,
+            );
+        }
+    }
+    o.header(
+        "ringmesh_bytes_total",
+        "counter",
+        "Bytes moved for downstream clients, by listener; direction=received is client to proxy, sent is proxy to client.",
+    );
+    for (n, t) in &listeners {
+        o.sample(
+            "ringmesh_bytes_total",
+            &[("listener", n), ("direction", "received")],
+            t.bytes_received,
+        );
+        o.sample(
+            "ringmesh_bytes_total",
+            &[("listener", n), ("direction", "sent")],
+            t.bytes_sent,
+        );
+    }
+    o.header(
+        "ringmesh_downstream_connection_duration_seconds",
+        "histogram",
+        "Lifetime of served downstream connections, by listener.",
+    );
+    for (n, t) in &listeners {
+        o.histogram(
+            "ringmesh_downstream_connection_duration_seconds",
+            &[("listener", n)],
+            &t.duration,
+        );
+    }
+
+    let clusters: Vec<_> = stats
+        .clusters()
+        .into_iter()
+        .map(|(n, s)| (n, s.totals()))
+        .collect();
+    o.header(
+        "ringmesh_upstream_connections_total",
+        "counter",
+        "Upstream connections established, by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_connections_total",
+            &[("cluster", n)],
+            t.connections,
+        );
+    }
+    o.header(
+        "ringmesh_upstream_connections_active",
+        "gauge",
+        "Upstream connections open now, by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_connections_active",
+            &[("cluster", n)],
+            t.active,
+        );
+    }
+    o.header(
+        "ringmesh_upstream_connect_failures_total",
+        "counter",
+        "Upstream connect attempts refused or failed (timeouts excluded), by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_connect_failures_total",
+            &[("cluster", n)],
+            t.connect_failures,
+        );
+    }
+    o.header(
+        "ringmesh_upstream_connect_timeouts_total",
+        "counter",
+        "Upstream connect attempts that exceeded connect_timeout, by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_connect_timeouts_total",
+            &[("cluster", n)],
+            t.connect_timeouts,
+        );
+    }
+    o.header(
+        "ringmesh_upstream_unavailable_total",
+        "counter",
+        "Downstream connections closed because every connect attempt failed, by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_unavailable_total",
+            &[("cluster", n)],
+            t.unavailable,
+        );
+    }
+    o.header(
+        "ringmesh_upstream_bytes_total",
+        "counter",
+        "Bytes moved with upstream endpoints, by cluster; direction=sent is proxy to upstream, received is upstream to proxy.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_bytes_total",
+            &[("cluster", n), ("direction", "sent")],
+            t.bytes_sent,
+        );
+        o.sample(
+            "ringmesh_upstream_bytes_total",
+            &[("cluster", n), ("direction", "received")],
+            t.bytes_received,
+        );
+    }
+    o.header(
+        "ringmesh_upstream_connect_duration_seconds",
+        "histogram",
+        "Time to establish an upstream TCP connection, by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.histogram(
+            "ringmesh_upstream_connect_duration_seconds",
+            &[("cluster", n)],
+            &t.connect_latency,
+        );
+    }
+
+    o.header(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+    );
+    o.sample("process_resident_memory_bytes", &[], process.resident_bytes);
+    o.header(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+    );
+    o.sample("process_virtual_memory_bytes", &[], process.virtual_bytes);
+    o.header(
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time spent, in seconds.",
+    );
+    o.sample("process_cpu_seconds_total", &[], process.cpu_seconds);
+    o.header("process_open_fds", "gauge", "Open file descriptors.");
+    o.sample("process_open_fds", &[], process.open_fds);
+    o.header(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+    );
+    o.sample(
+        "process_start_time_seconds",
+        &[],
+        process.start_time_seconds,
+    );
+    o.0
+}
+
+fn reason_label(r: CloseReason) -> &'static str {
+    r.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn every_metric_has_help_and_type() {
+        let stats = StatsRegistry::new(2);
+        stats.listener("db");
+        stats.cluster("pg");
+        let info = ProxyInfo {
+            version: "0.1.0",
+            io_engine: "epoll",
+            workers: 2,
+            config_version: 3,
+            reloads_applied: 3,
+            reloads_rejected: 1,
+            draining: false,
+        };
+        let text = render(&info, &stats, &ProcessStats::default());
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let base = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(
+                text.contains(&format!("# TYPE {base} "))
+                    || text.contains(&format!("# TYPE {name} ")),
+                "{name} has no TYPE line"
+            );
+        }
+        assert!(text.contains("ringmesh_info{version=\"0.1.0\",io_engine=\"epoll\"} 1"));
+        assert!(text.contains(
+            "ringmesh_downstream_connection_duration_seconds_bucket{listener=\"db\",le=\"+Inf\"} 0"
+        ));
+    }
+}

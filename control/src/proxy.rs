@@ -1,0 +1,390 @@
+//! Running the proxy: load the config, start the engine, serve the admin
+//! API, react to signals, reload, and drain before exit.
+//!
+//! Everything here runs on one control thread (a tokio current-thread
+//! runtime), never on a data-plane core. Reloads are serialised: each one
+//! validates, compiles (resolving host names off the data plane), binds new
+//! sockets, then swaps every worker to the new snapshot.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use ringmesh_core::{
+    Engine, EngineError, EngineOptions, IoEngine, IoEngineChoice, Snapshot, StatsRegistry,
+};
+use thiserror::Error;
+use tokio::sync::{Mutex, Notify};
+
+use crate::compile::compile;
+use crate::decode::{ConfigError, ConfigErrors};
+use crate::model::{Document, load};
+
+/// How to run the proxy (from the command line).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The YAML config file; SIGHUP re-reads it.
+    pub config_path: PathBuf,
+    /// Worker threads; default one per usable CPU.
+    pub workers: Option<usize>,
+    /// I/O driver choice.
+    pub io_engine: IoEngineChoice,
+    /// How long a drain waits for connections before exiting anyway.
+    pub drain_timeout: Duration,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The config file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: String,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// The config is invalid.
+    #[error("{0}")]
+    Config(ConfigErrors),
+    /// The data plane could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The admin API could not start.
+    #[error("admin API: cannot listen on {addr}: {source}")]
+    Admin {
+        /// Address.
+        addr: SocketAddr,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// The control thread's runtime could not start.
+    #[error("control runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Why a new config was not applied. The running config is untouched.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// The config is invalid (or cannot be bound); every error is listed.
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    /// The proxy is draining.
+    #[error("the proxy is draining; configuration changes are refused")]
+    Draining,
+    /// Something outside the config went wrong.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The config that is running.
+pub struct Applied {
+    /// Its version (1 at startup, +1 per applied reload).
+    pub version: u64,
+    /// The document, with defaults filled in.
+    pub document: Document,
+    /// What the data plane runs.
+    pub snapshot: Arc<Snapshot>,
+    /// Where it came from (`file`, or `PUT /config`).
+    pub source: String,
+}
+
+/// State shared by the admin API, the signal handlers and the drain.
+pub struct Proxy {
+    engine: Mutex<Engine>,
+    /// Per-core statistics of the data plane.
+    pub stats: Arc<StatsRegistry>,
+    /// Worker count.
+    pub workers: usize,
+    /// I/O driver in use.
+    pub io_engine: IoEngine,
+    applied: ArcSwap<Applied>,
+    config_path: PathBuf,
+    admin_listen: SocketAddr,
+    draining: AtomicBool,
+    drain_requested: Notify,
+    reloads_applied: AtomicU64,
+    reloads_rejected: AtomicU64,
+}
+
+impl Proxy {
+    /// The running config.
+    pub fn applied(&self) -> Arc<Applied> {
+        self.applied.load_full()
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Asks the proxy to drain and exit.
+    pub fn request_drain(&self) {
+        self.drain_requested.notify_one();
+    }
+
+    /// `(applied, rejected)` reload counts.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads_applied.load(Ordering::Relaxed),
+            self.reloads_rejected.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Listeners and the addresses they are bound to.
+    pub async fn listeners(&self) -> Vec<ringmesh_core::BoundListener> {
+        self.engine.lock().await.listeners()
+    }
+
+    /// Validates `text` and, when valid, makes it the running config.
+    /// Returns the new version.
+    pub async fn reload(&self, source: &str, text: &str) -> Result<u64, ReloadError> {
+        let result = self.try_reload(source, text).await;
+        match &result {
+            Ok(version) => {
+                self.reloads_applied.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(version, source, "configuration applied");
+            }
+            Err(e) => {
+                self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(source, errors = %e, "configuration rejected; the running one is kept");
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self, source: &str, text: &str) -> Result<u64, ReloadError> {
+        if self.is_draining() {
+            return Err(ReloadError::Draining);
+        }
+        let document = load(source, text).map_err(ReloadError::Invalid)?;
+        if document.admin.listen != self.admin_listen {
+            let o = &document.admin.listen_origin;
+            return Err(ReloadError::Invalid(ConfigErrors(vec![ConfigError {
+                file: source.to_owned(),
+                line: o.mark.line,
+                column: o.mark.col,
+                path: "admin.listen".into(),
+                message: format!(
+                    "the admin address cannot change while running (running on {}); restart to move it",
+                    self.admin_listen
+                ),
+            }])));
+        }
+        let mut engine = self.engine.lock().await;
+        let version = self.applied.load().version + 1;
+        let snapshot =
+            compile_off_thread(source, &document, version, &self.stats, self.workers).await?;
+        apply(&mut engine, &document, source, snapshot.clone()).await?;
+        self.applied.store(Arc::new(Applied {
+            version,
+            document,
+            snapshot,
+            source: source.to_owned(),
+        }));
+        Ok(version)
+    }
+
+    /// Re-reads the config file (SIGHUP).
+    pub async fn reload_file(&self) -> Result<u64, ReloadError> {
+        let source = self.config_path.display().to_string();
+        match std::fs::read_to_string(&self.config_path) {
+            Ok(text) => self.reload(&source, &text).await,
+            Err(e) => {
+                self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+                let e = ReloadError::Internal(format!("cannot read {source}: {e}"));
+                tracing::warn!(error = %e, "configuration rejected; the running one is kept");
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops accepting, waits for open connections to finish (at most
+    /// `timeout`), and returns how many were still open.
+    async fn drain(&self, timeout: Duration) -> u64 {
+        self.draining.store(true, Ordering::Relaxed);
+        self.engine.lock().await.stop_accepting().await;
+        let deadline = Instant::now() + timeout;
+        let open = self.stats.active_connections();
+        tracing::info!(open_connections = open, timeout = ?timeout, "draining: listeners closed, waiting for connections to finish");
+        loop {
+            let open = self.stats.active_connections();
+            if open == 0 {
+                tracing::info!("drained: no connections left");
+                return 0;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    open_connections = open,
+                    "drain timeout reached; exiting with connections still open"
+                );
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn compile_off_thread(
+    source: &str,
+    document: &Document,
+    version: u64,
+    stats: &Arc<StatsRegistry>,
+    workers: usize,
+) -> Result<Arc<Snapshot>, ReloadError> {
+    let (source, document, stats) = (source.to_owned(), document.clone(), stats.clone());
+    tokio::task::spawn_blocking(move || compile(&source, &document, version, &stats, workers))
+        .await
+        .map_err(|e| ReloadError::Internal(format!("compile task failed: {e}")))?
+        .map(Arc::new)
+        .map_err(ReloadError::Invalid)
+}
+
+/// Applies a snapshot; a bind failure becomes a config error at the
+/// listener's `listen` key.
+async fn apply(
+    engine: &mut Engine,
+    document: &Document,
+    source: &str,
+    snapshot: Arc<Snapshot>,
+) -> Result<(), ReloadError> {
+    match engine.apply(snapshot).await {
+        Ok(()) => Ok(()),
+        Err(EngineError::Bind(bind)) => {
+            let name = match &bind {
+                ringmesh_core::BindError::InUse { name, .. }
+                | ringmesh_core::BindError::Io { name, .. } => name.clone(),
+            };
+            let listener = document.listeners.iter().find(|l| *l.name == *name);
+            let (line, column, path) = listener
+                .map(|l| {
+                    (
+                        l.listen_origin.mark.line,
+                        l.listen_origin.mark.col,
+                        l.listen_origin.path.clone(),
+                    )
+                })
+                .unwrap_or_default();
+            Err(ReloadError::Invalid(ConfigErrors(vec![ConfigError {
+                file: source.to_owned(),
+                line,
+                column,
+                path,
+                message: bind.to_string(),
+            }])))
+        }
+        Err(EngineError::Draining) => Err(ReloadError::Draining),
+        Err(e) => Err(ReloadError::Internal(e.to_string())),
+    }
+}
+
+/// Runs the proxy until it has drained. Returns when it is time to exit 0.
+pub fn run(options: RunOptions) -> Result<(), RunError> {
+    let source = options.config_path.display().to_string();
+    let text =
+        std::fs::read_to_string(&options.config_path).map_err(|source_err| RunError::Read {
+            path: source.clone(),
+            source: source_err,
+        })?;
+    let document = load(&source, &text).map_err(RunError::Config)?;
+    let engine = Engine::start(&EngineOptions {
+        workers: options.workers,
+        io_engine: options.io_engine,
+        pin_workers: true,
+    })?;
+    if let Some(reason) = engine.fallback_reason() {
+        tracing::warn!(reason, "io_uring is unavailable; falling back to epoll");
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        workers = engine.workers(),
+        io_engine = %engine.io_engine(),
+        "ringmesh starting"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("ringmesh-control")
+        .build()
+        .map_err(RunError::Runtime)?;
+    runtime.block_on(async move {
+        let stats = engine.stats().clone();
+        let workers = engine.workers();
+        let mut engine = engine;
+        let snapshot = compile_off_thread(&source, &document, 1, &stats, workers)
+            .await
+            .map_err(|e| match e {
+                ReloadError::Invalid(errs) => RunError::Config(errs),
+                other => RunError::Engine(EngineError::Worker {
+                    core: 0,
+                    message: other.to_string(),
+                }),
+            })?;
+        engine.apply(snapshot.clone()).await?;
+        for l in engine.listeners() {
+            tracing::info!(listener = %l.name, addr = %l.bound, "listening");
+        }
+        let admin_listen = document.admin.listen;
+        let admin_socket = tokio::net::TcpListener::bind(admin_listen)
+            .await
+            .map_err(|e| RunError::Admin {
+                addr: admin_listen,
+                source: e,
+            })?;
+        let admin_addr = admin_socket.local_addr().unwrap_or(admin_listen);
+        let proxy = Arc::new(Proxy {
+            io_engine: engine.io_engine(),
+            workers,
+            stats,
+            engine: Mutex::new(engine),
+            applied: ArcSwap::from_pointee(Applied {
+                version: 1,
+                document,
+                snapshot,
+                source: source.clone(),
+            }),
+            config_path: options.config_path.clone(),
+            admin_listen,
+            draining: AtomicBool::new(false),
+            drain_requested: Notify::new(),
+            reloads_applied: AtomicU64::new(1),
+            reloads_rejected: AtomicU64::new(0),
+        });
+        tokio::spawn(crate::admin::serve(admin_socket, proxy.clone()));
+        tracing::info!(addr = %admin_addr, "admin API listening");
+        tokio::spawn(reload_on_sighup(proxy.clone()));
+        wait_for_drain_request(&proxy).await;
+        proxy.drain(options.drain_timeout).await;
+        Ok(())
+    })
+}
+
+async fn reload_on_sighup(proxy: Arc<Proxy>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; reload through PUT /config");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: re-reading the configuration file");
+        let _ = proxy.reload_file().await;
+    }
+}
+
+async fn wait_for_drain_request(proxy: &Proxy) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    let (Ok(mut term), Ok(mut int)) = (term, int) else {
+        tracing::warn!("cannot install SIGTERM/SIGINT handlers; drain through POST /drain");
+        proxy.drain_requested.notified().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+        _ = proxy.drain_requested.notified() => tracing::info!("POST /drain: draining"),
+    }
+}
