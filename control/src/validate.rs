@@ -34,7 +34,7 @@ pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {
                 );
             }
         }
-        if l.listen == doc.admin.listen {
+        if l.listen.port() != 0 && l.listen == doc.admin.listen {
             d.error(
                 l.listen_origin.mark,
                 &l.listen_origin.path,

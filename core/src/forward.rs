@@ -66,6 +66,9 @@ async fn copy_one_way(
 ) -> Result<(), CopyError> {
     let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_BUFFER);
     loop {
+        // compio reads at offset 0 but only ever raises a Vec's length:
+        // without this, a short read after a long one resends stale bytes.
+        buf.clear();
         let BufResult(res, b) = from.read(buf).await;
         buf = b;
         let n = match res {
