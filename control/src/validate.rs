@@ -12,7 +12,11 @@ pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {
     let mut listener_names = HashMap::new();
     let mut addresses = HashMap::new();
     for l in &doc.listeners {
-        if let Some(first) = listener_names.insert(l.name.as_str(), &l.origin) {
+        // Empty names and references below are placeholders for fields
+        // that failed to decode: their own error is already reported.
+        if l.name.is_empty() {
+            // Placeholder: the missing or invalid name is already reported.
+        } else if let Some(first) = listener_names.insert(l.name.as_str(), &l.origin) {
             d.error(
                 l.origin.mark,
                 &format!("{}.name", l.origin.path),
@@ -44,6 +48,9 @@ pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {
     }
     let mut cluster_names = HashMap::new();
     for c in &doc.clusters {
+        if c.name.is_empty() {
+            continue;
+        }
         if let Some(first) = cluster_names.insert(c.name.as_str(), &c.name_origin) {
             d.error(
                 c.name_origin.mark,
@@ -56,6 +63,9 @@ pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {
         }
     }
     for l in &doc.listeners {
+        if l.cluster.is_empty() {
+            continue;
+        }
         if !cluster_names.contains_key(l.cluster.as_str()) {
             let known: Vec<&str> = doc.clusters.iter().map(|c| c.name.as_str()).collect();
             d.error(

@@ -6,7 +6,7 @@ use serde::{Serialize, Serializer};
 
 use super::Origin;
 use super::listener::human;
-use crate::decode::{Decoder, Fields, duration, host_port, integer, list, name, scalar};
+use crate::decode::{Decoder, Fields, child, duration, host_port, integer, list, name, scalar};
 use crate::yaml::Node;
 
 /// How a cluster picks an endpoint for each connection.
@@ -135,13 +135,16 @@ impl ClusterDoc {
             Some((n, p)) => integer(d, n, &p, 1, 16).map(|v| v as u32),
         };
         f.finish(d, KEYS);
-        let (name, name_mark, name_path) = name?;
+        // Placeholders for failed fields, as in listener.rs: the document is
+        // rejected anyway, but its other checks still run.
+        let (name, name_mark, name_path) =
+            name.unwrap_or((String::new(), node.mark, child(path, "name")));
         Some(ClusterDoc {
             name,
-            endpoints: endpoints?,
-            lb: lb?,
-            connect_timeout: connect_timeout?,
-            connect_attempts: connect_attempts?,
+            endpoints: endpoints.unwrap_or_default(),
+            lb: lb.unwrap_or(LbPolicy::RoundRobin),
+            connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            connect_attempts: connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
             name_origin: Origin {
                 mark: name_mark,
                 path: name_path,

@@ -7,7 +7,7 @@ use serde::{Serialize, Serializer};
 
 use super::Origin;
 use crate::decode::{
-    Decoder, Fields, boolean, duration, format_duration, integer, listen_addr, name, scalar,
+    Decoder, Fields, boolean, child, duration, format_duration, integer, listen_addr, name, scalar,
 };
 use crate::yaml::Node;
 
@@ -122,16 +122,21 @@ impl ListenerDoc {
             Some((n, p)) => boolean(d, n, &p),
         };
         f.finish(d, KEYS);
-        let (listen, listen_mark, listen_path) = listen?;
-        let (cluster, cluster_mark, cluster_path) = cluster?;
+        // Fields that failed keep a placeholder so that cross-resource checks
+        // still run and every error is reported in one pass; any error
+        // rejects the whole document, so placeholders never run.
+        let (listen, listen_mark, listen_path) =
+            listen.unwrap_or((placeholder_addr(), node.mark, child(path, "listen")));
+        let (cluster, cluster_mark, cluster_path) =
+            cluster.unwrap_or((String::new(), node.mark, child(path, "cluster")));
         Some(ListenerDoc {
-            name: listener_name?,
+            name: listener_name.unwrap_or_default(),
             listen,
-            protocol: protocol?,
+            protocol: protocol.unwrap_or(Protocol::Tcp),
             cluster,
-            max_connections: max_connections?,
-            idle_timeout: idle_timeout?,
-            access_log: access_log?,
+            max_connections: max_connections.unwrap_or_default(),
+            idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            access_log: access_log.unwrap_or(true),
             origin: Origin {
                 mark: node.mark,
                 path: path.to_owned(),
@@ -146,4 +151,8 @@ impl ListenerDoc {
             },
         })
     }
+}
+
+fn placeholder_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
 }
