@@ -12,7 +12,11 @@ fn validate(yaml: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(binary()).args(["validate", "-c"]).arg(&path).output().unwrap();
+    let out = Command::new(binary())
+        .args(["validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -26,7 +30,9 @@ fn assert_error(yaml: &str, line: usize, col: usize, path: &str, message: &str) 
     assert_eq!(code, 1, "validate must fail:\n{stderr}");
     let prefix = format!("{file}:{line}:{col}: {path}: ");
     assert!(
-        stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(message)),
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(message)),
         "expected `{prefix}...{message}...` in:\n{stderr}"
     );
 }
@@ -54,15 +60,33 @@ fn a_valid_config_passes() {
 fn unknown_keys_are_errors() {
     let yaml = GOOD.replace("    cluster: pg\n", "    cluster: pg\n    clutser: pg\n");
     assert_error(&yaml, 7, 5, "listeners[0].clutser", "unknown key `clutser`");
-    assert_error("admin: {}\nlistners: []\n", 2, 1, "listners", "unknown key `listners`");
+    assert_error(
+        "admin: {}\nlistners: []\n",
+        2,
+        1,
+        "listners",
+        "unknown key `listners`",
+    );
 }
 
 #[test]
 fn bad_addresses_are_errors() {
     let yaml = GOOD.replace("127.0.0.1:15432", "127.0.0.1:70000");
-    assert_error(&yaml, 5, 13, "listeners[0].listen", "invalid listen address");
+    assert_error(
+        &yaml,
+        5,
+        13,
+        "listeners[0].listen",
+        "invalid listen address",
+    );
     let yaml = GOOD.replace("127.0.0.1:5432,", "nope:port,");
-    assert_error(&yaml, 9, 17, "clusters[0].endpoints[0]", "invalid endpoint `nope:port`");
+    assert_error(
+        &yaml,
+        9,
+        17,
+        "clusters[0].endpoints[0]",
+        "invalid endpoint `nope:port`",
+    );
     let yaml = GOOD.replace("listen: 127.0.0.1:9901", "listen: localhost");
     assert_error(&yaml, 2, 11, "admin.listen", "invalid listen address");
 }
@@ -73,39 +97,87 @@ fn duplicate_names_and_addresses_are_errors() {
         "clusters:",
         "  - name: db\n    listen: 127.0.0.1:15432\n    cluster: pg\nclusters:",
     );
-    assert_error(&yaml, 7, 5, "listeners[1].name", "duplicate listener name `db` (first defined at line 4)");
-    assert_error(&yaml, 8, 13, "listeners[1].listen", "already used by the listener at line 5");
+    assert_error(
+        &yaml,
+        7,
+        5,
+        "listeners[1].name",
+        "duplicate listener name `db` (first defined at line 4)",
+    );
+    assert_error(
+        &yaml,
+        8,
+        13,
+        "listeners[1].listen",
+        "already used by the listener at line 5",
+    );
     let yaml = format!("{GOOD}  - name: pg\n    endpoints: []\n");
-    assert_error(&yaml, 11, 11, "clusters[1].name", "duplicate cluster name `pg`");
+    assert_error(
+        &yaml,
+        11,
+        11,
+        "clusters[1].name",
+        "duplicate cluster name `pg`",
+    );
 }
 
 #[test]
 fn dangling_cluster_references_are_errors() {
     let yaml = GOOD.replace("cluster: pg", "cluster: postgres");
-    assert_error(&yaml, 6, 14, "listeners[0].cluster", "unknown cluster `postgres` (defined clusters: pg)");
+    assert_error(
+        &yaml,
+        6,
+        14,
+        "listeners[0].cluster",
+        "unknown cluster `postgres` (defined clusters: pg)",
+    );
 }
 
 #[test]
 fn bad_durations_are_errors() {
     let yaml = GOOD.replace("250ms", "250");
-    assert_error(&yaml, 10, 22, "clusters[0].connect_timeout", "invalid duration `250`");
+    assert_error(
+        &yaml,
+        10,
+        22,
+        "clusters[0].connect_timeout",
+        "invalid duration `250`",
+    );
     let yaml = GOOD.replace("250ms", "2d");
     assert_error(&yaml, 10, 22, "clusters[0].connect_timeout", "out of range");
 }
 
 #[test]
 fn out_of_range_numbers_are_errors() {
-    let yaml = GOOD.replace("    cluster: pg\n", "    cluster: pg\n    max_connections: 0\n");
-    assert_error(&yaml, 7, 22, "listeners[0].max_connections", "0 is out of range: must be between 1 and 10000000");
+    let yaml = GOOD.replace(
+        "    cluster: pg\n",
+        "    cluster: pg\n    max_connections: 0\n",
+    );
+    assert_error(
+        &yaml,
+        7,
+        22,
+        "listeners[0].max_connections",
+        "0 is out of range: must be between 1 and 10000000",
+    );
     let yaml = GOOD.replace("250ms\n", "250ms\n    connect_attempts: many\n");
-    assert_error(&yaml, 11, 23, "clusters[0].connect_attempts", "expected an integer");
+    assert_error(
+        &yaml,
+        11,
+        23,
+        "clusters[0].connect_attempts",
+        "expected an integer",
+    );
 }
 
 #[test]
 fn yaml_syntax_errors_have_a_position() {
     let (code, stderr, file) = validate("listeners:\n  - name: [unclosed\n");
     assert_eq!(code, 1);
-    assert!(stderr.contains(&format!("{file}:")) && stderr.contains("YAML syntax error"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:")) && stderr.contains("YAML syntax error"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -140,7 +212,10 @@ clusters:
         "clusters[0].endpoints[0]",
         "clusters[0].connect_attempts",
     ] {
-        assert!(stderr.contains(&format!(": {path}: ")), "missing {path} in:\n{stderr}");
+        assert!(
+            stderr.contains(&format!(": {path}: ")),
+            "missing {path} in:\n{stderr}"
+        );
     }
     assert!(stderr.contains("6 error(s)"), "{stderr}");
 }
@@ -166,5 +241,11 @@ fn run_refuses_a_bad_config_with_the_same_errors() {
 #[test]
 fn unresolvable_host_names_are_errors() {
     let yaml = GOOD.replace("localhost:5433", "no-such-host.invalid:5433");
-    assert_error(&yaml, 9, 33, "clusters[0].endpoints[1]", "cannot resolve host `no-such-host.invalid`");
+    assert_error(
+        &yaml,
+        9,
+        33,
+        "clusters[0].endpoints[1]",
+        "cannot resolve host `no-such-host.invalid`",
+    );
 }

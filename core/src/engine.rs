@@ -36,7 +36,7 @@ pub struct EngineOptions {
 pub enum EngineError {
     /// A worker's runtime could not be built (e.g. `--io-engine uring` where
     /// io_uring is blocked).
-    #[error("worker {core}: cannot start the {choice:?} I/O engine: {source}")]
+    #[error("worker {core}: cannot start the I/O engine (--io-engine {choice}): {source}")]
     Runtime {
         /// Worker index.
         core: usize,

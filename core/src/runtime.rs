@@ -27,6 +27,16 @@ pub enum IoEngineChoice {
     Epoll,
 }
 
+impl fmt::Display for IoEngineChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Uring => "uring",
+            Self::Epoll => "epoll",
+        })
+    }
+}
+
 impl std::str::FromStr for IoEngineChoice {
     type Err = String;
 
