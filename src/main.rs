@@ -96,6 +96,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let fds = raise_open_file_limit();
+    tracing::info!(open_file_limit = fds, "file descriptors available");
     let options = ringmesh_control::RunOptions {
         config_path: args.config,
         workers: args.workers.map(usize::from),
@@ -107,6 +109,26 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         drain_timeout: args.drain_timeout,
     };
     ringmesh_control::run(options).context("ringmesh run")
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: every proxied
+/// connection holds two descriptors, and distributions default the soft
+/// limit to 1024. Returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur as u64;
+            }
+        }
+    }
+    lim.rlim_cur as u64
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {

@@ -163,16 +163,14 @@ pub fn receive_all(r: &mut impl Read) -> io::Result<(usize, [u8; 32])> {
     }
 }
 
+/// What [`exchange_server`] reports per connection: bytes received, their
+/// SHA-256, and the SHA-256 of what it sent.
+pub type Exchange = (usize, [u8; 32], [u8; 32]);
+
 /// A server that, per connection, sends `len` random bytes (seed `seed`)
 /// while receiving to EOF, then reports (received bytes, received hash,
 /// sent hash) on the returned channel.
-pub fn exchange_server(
-    seed: u64,
-    len: usize,
-) -> (
-    SocketAddr,
-    std::sync::mpsc::Receiver<(usize, [u8; 32], [u8; 32])>,
-) {
+pub fn exchange_server(seed: u64, len: usize) -> (SocketAddr, std::sync::mpsc::Receiver<Exchange>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let addr = serve_each(move |stream| {
         let mut writer = stream.try_clone().expect("clone");
