@@ -10,6 +10,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
@@ -86,9 +87,24 @@ fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
 
 /// Fails if anyone already listens on `addr` (checked with a plain bind,
 /// which an existing SO_REUSEPORT group does not let through).
+///
+/// A process that just exited can leave its listening socket behind for a
+/// few milliseconds (io_uring tears a dead ring down asynchronously), so a
+/// conflict is re-checked for up to a second before it is reported: a quick
+/// restart must not look like a second instance.
 fn ensure_unused(addr: SocketAddr) -> io::Result<()> {
-    let probe = new_socket(addr)?;
-    probe.bind(&addr.into())
+    let mut delay = Duration::from_millis(10);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let probe = new_socket(addr)?;
+        match probe.bind(&addr.into()) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Binds `workers` listening sockets sharing one address. Returns them and

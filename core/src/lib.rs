@@ -30,7 +30,7 @@ mod worker;
 pub use bind::{BindError, ListenKey};
 pub use connect::{AttemptError, ConnectError};
 pub use engine::{BoundListener, Engine, EngineError, EngineOptions};
-pub use forward::{INITIAL_BUFFER, MAX_BUFFER};
+pub use forward::{BULK_BUFFER, INITIAL_BUFFER, MAX_BUFFER, SUSTAINED_BULK_BYTES};
 pub use metrics::{CloseReason, StatsRegistry};
 pub use runtime::{IoEngine, IoEngineChoice};
 pub use snapshot::{Cluster, Endpoint, ListenerConfig, Snapshot};
