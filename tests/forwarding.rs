@@ -150,6 +150,31 @@ on_both_engines! {
         assert_eq!(proxy.wait_metric("ringmesh_downstream_connections_closed_total", &closed, Duration::from_secs(5), |v| v >= 1.0), 1.0);
     }
 
+    fn client_reset_resets_the_upstream(engine) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let upstream = tcp::serve_each(move |mut s| {
+            let mut buf = [0u8; 64];
+            let outcome = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break "clean close".to_owned(),
+                    Ok(_) => continue,
+                    Err(e) => break format!("{:?}", e.kind()),
+                }
+            };
+            tx.send(outcome).unwrap();
+        });
+        let proxy = Proxy::start(engine, &one_listener("crst", &[upstream], "", ""));
+        let mut client = tcp::connect(proxy.listener("crst"));
+        client.write_all(b"hello").unwrap();
+        thread::sleep(Duration::from_millis(100));
+        socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(client);
+        let outcome = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(outcome, "ConnectionReset");
+        let closed = [("listener", "crst"), ("reason", "downstream_error")];
+        assert_eq!(proxy.wait_metric("ringmesh_downstream_connections_closed_total", &closed, Duration::from_secs(5), |v| v >= 1.0), 1.0);
+    }
+
     fn refused_endpoint_fails_over_to_the_next(engine) {
         let echo = EchoServer::start();
         let dead = tcp::closed_port();
