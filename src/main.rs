@@ -32,6 +32,8 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Load generator and proxy comparison (see bench/README.md).
+    Bench(ringmesh_bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,6 +83,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Bench(args) => match ringmesh_bench::main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringmesh bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => {
             let _guard = init_logging(args.log_format);
             match run(args) {
