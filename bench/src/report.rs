@@ -195,11 +195,13 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         h.max() as f64 / 1000.0,
         h.len()
     );
+    // Sub-buckets per bucket, as HdrHistogram defines them for the precision.
+    let sub_buckets = (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two();
     let _ = writeln!(
         s,
         "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
         h.buckets(),
-        h.distinct_values()
+        sub_buckets
     );
     s
 }
@@ -326,7 +328,10 @@ mod tests {
             "monotonic"
         );
         assert_eq!(rows.last().unwrap()[2], 10_000.0);
-        assert!(text.contains("#[Max     =       10.000"), "{text}");
+        // The max is the highest value equivalent to 10 ms at 3 digits.
+        assert!(text.contains("#[Max     =       10.0"), "{text}");
+        assert!(text.contains("Total count    =        10000]"), "{text}");
+        assert!(text.contains("SubBuckets     =         2048]"), "{text}");
     }
 
     #[test]

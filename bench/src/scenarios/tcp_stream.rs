@@ -44,7 +44,9 @@ pub(crate) async fn run(ctx: &ConnCtx<'_>, direction: Direction, chunk: usize) {
                         buf = b;
                         match res? {
                             0 => {
-                                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                                return Err(std::io::Error::from(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                ));
                             }
                             n => n,
                         }
