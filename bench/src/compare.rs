@@ -109,8 +109,8 @@ struct Entry {
     http: SocketAddr,
 }
 
-/// A started proxy; killed (with its process group's children dying by
-/// PDEATHSIG) on drop.
+/// A started proxy, leading its own process group; the group is killed on
+/// drop, and PDEATHSIG kills the leader if the harness dies first.
 struct Peer {
     child: Child,
     _dir: tempdir::Dir,
@@ -118,6 +118,11 @@ struct Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        // The peer leads its own process group: workers it forked go too.
+        // SAFETY: kill(2) on a process group we created.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -372,7 +377,10 @@ fn start_peer(via: Via, b: &Backends, a: &CompareArgs) -> Result<(Option<Peer>, 
         Via::Direct => {}
     }
     let log = std::fs::File::create(work.join("peer.log")).map_err(|e| e.to_string())?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0);
     let cpu = a.proxy_cpu;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {

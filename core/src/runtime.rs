@@ -94,16 +94,29 @@ pub(crate) struct RuntimeBuilt {
 /// read in flight, and a full queue forces extra submit syscalls.
 const RING_ENTRIES: u32 = 4096;
 
-fn proactor(driver: DriverType) -> ProactorBuilder {
+fn proactor(driver: DriverType, deferred: bool) -> ProactorBuilder {
     let mut builder = ProactorBuilder::new();
     builder.capacity(RING_ENTRIES).driver_type(driver);
+    if deferred {
+        // Completions are processed when the worker asks for them instead of
+        // interrupting it with task work. Safe with compio: other threads
+        // wake a runtime through an eventfd, never by submitting.
+        builder.single_issuer(true).defer_taskrun(true);
+    }
     builder
 }
 
 fn build_with(driver: DriverType) -> io::Result<compio::runtime::Runtime> {
-    compio::runtime::RuntimeBuilder::new()
-        .with_proactor(proactor(driver))
-        .build()
+    let build = |deferred| {
+        compio::runtime::RuntimeBuilder::new()
+            .with_proactor(proactor(driver, deferred))
+            .build()
+    };
+    match driver {
+        // DEFER_TASKRUN needs Linux 6.1: retry without it before giving up.
+        DriverType::IoUring => build(true).or_else(|_| build(false)),
+        _ => build(false),
+    }
 }
 
 impl Runtime {

@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -63,7 +64,10 @@ impl Proxy {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Own process group: a wrapper (strace) and the proxy under it
+            // are killed together.
+            .process_group(0);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", binary()))?;
@@ -239,6 +243,10 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group we created for this child.
+        unsafe {
+            libc::kill(-self.pid(), libc::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
