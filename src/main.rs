@@ -33,7 +33,7 @@ enum Command {
         config: PathBuf,
     },
     /// Load generator and proxy comparison (see bench/README.md).
-    Bench(ringmesh_bench::BenchArgs),
+    Bench(Box<ringmesh_bench::BenchArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
-        Command::Bench(args) => match ringmesh_bench::main(args) {
+        Command::Bench(args) => match ringmesh_bench::main(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ringmesh bench: {e}");

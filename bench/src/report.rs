@@ -67,7 +67,7 @@ impl Report {
         let secs = spec.duration.as_secs_f64();
         let h = &r.latency;
         let ms = |us: u64| us as f64 / 1000.0;
-        let latency_ms = (h.len() > 0).then(|| Latency {
+        let latency_ms = (!h.is_empty()).then(|| Latency {
             p50: ms(h.value_at_quantile(0.50)),
             p90: ms(h.value_at_quantile(0.90)),
             p99: ms(h.value_at_quantile(0.99)),
@@ -165,7 +165,7 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         "{:>12} {:>14} {:>10} {:>14}\n",
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     );
-    if h.len() == 0 {
+    if h.is_empty() {
         return s;
     }
     let mut total = 0u64;
@@ -265,7 +265,7 @@ pub fn svg(h: &Histogram<u64>, title: &str) -> String {
         top + plot_h / 2.0,
         top + plot_h / 2.0
     );
-    if h.len() > 0 {
+    if !h.is_empty() {
         let mut points = String::new();
         for v in h.iter_quantiles(5) {
             let q = v.quantile_iterated_to();
