@@ -1,5 +1,7 @@
 //! The `ringmesh` command: run the proxy, or validate a configuration.
 
+mod cert;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +34,8 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Development CA and workload certificates (SPIFFE IDs, DNS names).
+    Cert(cert::CertArgs),
     /// Load generator and proxy comparison (see bench/README.md).
     Bench(Box<ringmesh_bench::BenchArgs>),
 }
@@ -83,6 +87,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Cert(args) => match cert::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringmesh cert: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => match ringmesh_bench::main(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -10,7 +10,9 @@ use ringmesh_core::balance::RoundRobin;
 use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 
 use crate::decode::{ConfigErrors, Decoder};
-use crate::model::Document;
+use ringmesh_core::tls::{AuthzPolicy, IdentityPattern, ServerTls, ServerTlsMaterial};
+
+use crate::model::{AuthzDoc, Document, ListenerTlsDoc};
 
 /// Builds snapshot `version` of `doc` for an engine with `workers` cores.
 /// Host names are resolved now (blocking `getaddrinfo`): call this off the
@@ -85,6 +87,11 @@ pub fn compile(
             );
             continue;
         };
+        let stats = stats.listener(&l.name);
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => server_tls(&mut d, t, l.authz.as_ref(), &stats.authz_denied).map(Arc::new),
+        };
         listeners.push(Arc::new(ListenerConfig {
             name: Arc::from(l.name.as_str()),
             listen: l.listen,
@@ -92,7 +99,8 @@ pub fn compile(
             max_connections: l.max_connections,
             idle_timeout: l.idle_timeout,
             access_log: l.access_log,
-            stats: stats.listener(&l.name),
+            tls,
+            stats,
         }));
     }
     d.finish(Snapshot {
@@ -100,4 +108,61 @@ pub fn compile(
         listeners,
         clusters: ordered,
     })
+}
+
+/// Reads a listener's TLS material and builds its server config; problems
+/// are reported at the `tls` key.
+fn server_tls(
+    d: &mut Decoder,
+    t: &ListenerTlsDoc,
+    authz: Option<&AuthzDoc>,
+    denied: &Arc<std::sync::atomic::AtomicU64>,
+) -> Option<ServerTls> {
+    let mut read = |key: &str, path: &str| match std::fs::read(path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            d.error(
+                t.origin.mark,
+                &format!("{}.{key}", t.origin.path),
+                format!("cannot read `{path}`: {e}"),
+            );
+            None
+        }
+    };
+    let cert = read("cert", &t.cert);
+    let key = read("key", &t.key);
+    let client_ca = match &t.client_ca {
+        Some(p) => Some(read("client_ca", p)?),
+        None => None,
+    };
+    let material = ServerTlsMaterial {
+        cert_chain_pem: cert?,
+        key_pem: key?,
+        client_ca_pem: client_ca,
+    };
+    let policy = authz.map(|a| AuthzPolicy {
+        allow: a
+            .allow
+            .iter()
+            .filter_map(|p| IdentityPattern::parse(p).ok())
+            .collect(),
+        deny: a
+            .deny
+            .iter()
+            .filter_map(|p| IdentityPattern::parse(p).ok())
+            .collect(),
+    });
+    match ServerTls::new(
+        &material,
+        &t.alpn,
+        t.handshake_timeout,
+        policy,
+        denied.clone(),
+    ) {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            d.error(t.origin.mark, &t.origin.path, e.to_string());
+            None
+        }
+    }
 }

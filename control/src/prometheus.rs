@@ -178,6 +178,18 @@ pub fn render(info: &ProxyInfo<'_>, stats: &StatsRegistry, process: &ProcessStat
         }
     }
     o.header(
+        "ringmesh_authz_denied_total",
+        "counter",
+        "Clients refused by the listener's authorization policy (TLS alert access_denied), by listener.",
+    );
+    for (n, t) in &listeners {
+        o.sample(
+            "ringmesh_authz_denied_total",
+            &[("listener", n)],
+            t.authz_denied,
+        );
+    }
+    o.header(
         "ringmesh_bytes_total",
         "counter",
         "Bytes moved for downstream clients, by listener; direction=received is client to proxy, sent is proxy to client.",

@@ -14,10 +14,12 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::connect::{ConnectError, connect_upstream};
-use crate::forward::{DirectionCounters, ForwardOutcome, proxy_both_ways};
+use crate::forward::{DirectionCounters, Duplex, ForwardOutcome, proxy_both_ways};
 use crate::metrics::{CloseReason, ListenerStats};
 use crate::runtime::TcpStream;
 use crate::snapshot::ListenerConfig;
+use crate::tls::stream::TlsStream;
+use crate::tls::{HandshakeError, ServerTls};
 
 /// What a worker knows about one of its listeners: the config new
 /// connections use, and the worker's index for per-core stats.
@@ -58,7 +60,8 @@ pub(crate) fn admit(ctx: &ListenerCtx) -> Option<Admitted> {
     }
 }
 
-/// Serves one accepted, admitted connection to completion.
+/// Serves one accepted, admitted connection to completion: terminate TLS
+/// when the listener has it, then proxy, then record the outcome once.
 pub(crate) async fn serve(
     downstream: TcpStream,
     peer: SocketAddr,
@@ -67,6 +70,37 @@ pub(crate) async fn serve(
 ) {
     let mut record = ConnectionRecord::new(peer);
     let _ = downstream.set_nodelay(true);
+    match &ctx.config.tls {
+        None => proxy(&downstream, &ctx, &mut record).await,
+        Some(tls) => match handshake(downstream, tls).await {
+            Ok(stream) => {
+                record.identity = stream.peer_identity();
+                record.tls = Some((stream.version(), stream.sni()));
+                proxy(&stream, &ctx, &mut record).await;
+            }
+            Err(e) => {
+                record.reason = CloseReason::TlsError;
+                record.error = Some(ErrorText::Handshake(e));
+            }
+        },
+    }
+    record.finish(&ctx);
+    drop(admitted);
+}
+
+/// Terminates the client's TLS.
+async fn handshake(downstream: TcpStream, tls: &ServerTls) -> Result<TlsStream, HandshakeError> {
+    let session = rustls::ServerConnection::new(tls.config.clone()).map_err(HandshakeError::Tls)?;
+    TlsStream::handshake(
+        downstream,
+        rustls::Connection::Server(session),
+        tls.handshake_timeout,
+    )
+    .await
+}
+
+/// Connects upstream and copies both ways.
+async fn proxy(downstream: &impl Duplex, ctx: &ListenerCtx, record: &mut ConnectionRecord) {
     let config = &ctx.config;
     let cluster = &config.cluster;
     match connect_upstream(cluster, ctx.core).await {
@@ -76,7 +110,7 @@ pub(crate) async fn serve(
             let cc = cluster.stats.cores.get(ctx.core);
             cc.active.add(1);
             let ForwardOutcome { reason, error } = proxy_both_ways(
-                &downstream,
+                downstream,
                 &upstream.stream,
                 config.idle_timeout,
                 DirectionCounters {
@@ -100,13 +134,12 @@ pub(crate) async fn serve(
             record.error = Some(ErrorText::Connect(e));
         }
     }
-    record.finish(&ctx);
-    drop(admitted);
 }
 
 enum ErrorText {
     Io(io::Error),
     Connect(ConnectError),
+    Handshake(HandshakeError),
 }
 
 impl std::fmt::Display for ErrorText {
@@ -114,6 +147,7 @@ impl std::fmt::Display for ErrorText {
         match self {
             ErrorText::Io(e) => e.fmt(f),
             ErrorText::Connect(e) => e.fmt(f),
+            ErrorText::Handshake(e) => write!(f, "TLS handshake: {e}"),
         }
     }
 }
@@ -123,6 +157,10 @@ struct ConnectionRecord {
     started: Instant,
     peer: SocketAddr,
     endpoint: Option<SocketAddr>,
+    /// The client's SPIFFE ID (mTLS).
+    identity: Option<String>,
+    /// TLS version and SNI, when the listener terminates TLS.
+    tls: Option<(&'static str, Option<String>)>,
     reason: CloseReason,
     error: Option<ErrorText>,
     /// Bytes read from the client.
@@ -137,6 +175,8 @@ impl ConnectionRecord {
             started: Instant::now(),
             peer,
             endpoint: None,
+            identity: None,
+            tls: None,
             reason: CloseReason::Completed,
             error: None,
             bytes_received: Cell::new(0),
@@ -158,6 +198,9 @@ impl ConnectionRecord {
             peer = %self.peer,
             cluster = %config.cluster.name,
             endpoint = endpoint.as_deref().unwrap_or("-"),
+            identity = self.identity.as_deref().unwrap_or("-"),
+            tls = self.tls.as_ref().map(|t| t.0).unwrap_or("-"),
+            sni = self.tls.as_ref().and_then(|t| t.1.as_deref()).unwrap_or("-"),
             bytes_received = self.bytes_received.get(),
             bytes_sent = self.bytes_sent.get(),
             duration_ms = duration.as_secs_f64() * 1000.0,

@@ -62,10 +62,62 @@ pub(crate) struct ForwardOutcome {
     pub error: Option<io::Error>,
 }
 
+/// One end of a proxied connection, plain TCP or TLS: what the copy loop
+/// needs from it.
+pub(crate) trait Duplex {
+    /// Reads into `buf` (up to its capacity); `Ok(0)` at EOF.
+    async fn read_into(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>>;
+    /// Writes all of `buf`.
+    async fn write_all_from(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>>;
+    /// Signals end of data (FIN, or close_notify then FIN).
+    async fn shutdown_write(&self) -> io::Result<()>;
+    /// Makes the coming close a reset.
+    fn reset_on_close(&self);
+}
+
+impl Duplex for TcpStream {
+    async fn read_into(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        let mut s = self;
+        s.read(buf).await
+    }
+
+    async fn write_all_from(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        let mut s = self;
+        s.write_all(buf).await
+    }
+
+    async fn shutdown_write(&self) -> io::Result<()> {
+        let mut s = self;
+        s.shutdown().await
+    }
+
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl Duplex for crate::tls::stream::TlsStream {
+    async fn read_into(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        self.read_plain(buf).await
+    }
+
+    async fn write_all_from(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        self.write_plain(buf).await
+    }
+
+    async fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown().await
+    }
+
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
 /// Copies `from` -> `to` until EOF, then shuts down `to`'s write half.
 async fn copy_one_way(
-    mut from: &TcpStream,
-    mut to: &TcpStream,
+    from: &impl Duplex,
+    to: &impl Duplex,
     from_side: Side,
     to_side: Side,
     counters: DirectionCounters<'_>,
@@ -77,7 +129,7 @@ async fn copy_one_way(
         // compio reads at offset 0 but only ever raises a Vec's length:
         // without this, a short read after a long one resends stale bytes.
         buf.clear();
-        let BufResult(res, b) = from.read(buf).await;
+        let BufResult(res, b) = from.read_into(buf).await;
         buf = b;
         let n = match res {
             Ok(0) => break,
@@ -95,7 +147,7 @@ async fn copy_one_way(
             .set(counters.connection.get() + n as u64);
         counters.listener.add(n as u64);
         counters.cluster.add(n as u64);
-        let BufResult(res, b) = to.write_all(buf).await;
+        let BufResult(res, b) = to.write_all_from(buf).await;
         buf = b;
         if let Err(error) = res {
             return Err(CopyError {
@@ -117,7 +169,7 @@ async fn copy_one_way(
         }
     }
     // Propagate the FIN; the other direction keeps going.
-    to.shutdown().await.map_err(|error| CopyError {
+    to.shutdown_write().await.map_err(|error| CopyError {
         side: to_side,
         error,
     })
@@ -137,8 +189,8 @@ async fn idle_watch(idle_timeout: Duration, last_activity: &Cell<Instant>) {
 /// Proxies until both directions have finished, one side fails, or the
 /// connection is idle for `idle_timeout`.
 pub(crate) async fn proxy_both_ways(
-    downstream: &TcpStream,
-    upstream: &TcpStream,
+    downstream: &impl Duplex,
+    upstream: &impl Duplex,
     idle_timeout: Duration,
     to_upstream: DirectionCounters<'_>,
     to_downstream: DirectionCounters<'_>,
@@ -170,11 +222,16 @@ pub(crate) async fn proxy_both_ways(
         },
         Either::Left((Err(CopyError { side, error }), _)) => {
             // Reset the healthy side so the failure is visible end to end.
-            let (reason, other) = match side {
-                Side::Downstream => (CloseReason::DownstreamError, upstream),
-                Side::Upstream => (CloseReason::UpstreamError, downstream),
+            let reason = match side {
+                Side::Downstream => {
+                    upstream.reset_on_close();
+                    CloseReason::DownstreamError
+                }
+                Side::Upstream => {
+                    downstream.reset_on_close();
+                    CloseReason::UpstreamError
+                }
             };
-            let _ = other.set_zero_linger();
             ForwardOutcome {
                 reason,
                 error: Some(error),

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod per_core;
 mod runtime;
 pub mod snapshot;
+pub mod tls;
 mod worker;
 
 pub use bind::{BindError, ListenKey};

@@ -30,16 +30,20 @@ pub enum CloseReason {
     /// The upstream reset the connection or an I/O error happened on its side;
     /// the client side was reset in turn.
     UpstreamError,
+    /// The client's TLS handshake failed (bad or missing certificate,
+    /// authorization denied, protocol error, timeout).
+    TlsError,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 6] = [
         CloseReason::Completed,
         CloseReason::IdleTimeout,
         CloseReason::UpstreamUnavailable,
         CloseReason::DownstreamError,
         CloseReason::UpstreamError,
+        CloseReason::TlsError,
     ];
 
     /// The metric label and log value.
@@ -50,6 +54,7 @@ impl CloseReason {
             CloseReason::UpstreamUnavailable => "upstream_unavailable",
             CloseReason::DownstreamError => "downstream_error",
             CloseReason::UpstreamError => "upstream_error",
+            CloseReason::TlsError => "tls_error",
         }
     }
 
@@ -138,7 +143,7 @@ pub struct ListenerCoreStats {
     pub(crate) rejected_max_connections: Counter,
     pub(crate) bytes_received: Counter,
     pub(crate) bytes_sent: Counter,
-    pub(crate) closed: [Counter; 5],
+    pub(crate) closed: [Counter; 6],
     pub(crate) duration: Histogram,
 }
 
@@ -149,6 +154,10 @@ pub struct ListenerStats {
     /// listener) because `max_connections` is a per-listener limit; touched
     /// once per connection open and close, never per read.
     pub(crate) active: AtomicU64,
+    /// Peers refused by the listener's authorization policy. Shared by
+    /// every core (the TLS verifier has no core index); touched only on a
+    /// denial.
+    pub authz_denied: Arc<AtomicU64>,
     pub(crate) cores: PerCore<ListenerCoreStats>,
 }
 
@@ -169,12 +178,15 @@ pub struct ListenerTotals {
     pub closed: Vec<(CloseReason, u64)>,
     /// Connection durations.
     pub duration: HistogramSnapshot,
+    /// Peers refused by authorization.
+    pub authz_denied: u64,
 }
 
 impl ListenerStats {
     fn new(workers: usize) -> Self {
         Self {
             active: AtomicU64::new(0),
+            authz_denied: Arc::new(AtomicU64::new(0)),
             cores: PerCore::new(workers),
         }
     }
@@ -192,6 +204,7 @@ impl ListenerStats {
                 .map(|r| (*r, sum(&self.cores, |c| c.closed[r.index()].get())))
                 .collect(),
             duration: merge_histograms(DURATION_BUCKETS, self.cores.iter().map(|c| &c.duration)),
+            authz_denied: self.authz_denied.load(Ordering::Relaxed),
         }
     }
 

@@ -39,6 +39,8 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// Whether every closed connection is logged.
     pub access_log: bool,
+    /// TLS termination (with mTLS and authorization when configured).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Counters, shared with earlier snapshots of the same listener name.
     pub stats: Arc<ListenerStats>,
 }

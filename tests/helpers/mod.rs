@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod proxy;
 pub mod tcp;
+pub mod tls;
 
 /// Generates one test per I/O engine from a body taking the engine name.
 #[macro_export]

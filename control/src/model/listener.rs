@@ -38,6 +38,12 @@ pub struct ListenerDoc {
     pub idle_timeout: Duration,
     /// Log one line per closed connection. Default true.
     pub access_log: bool,
+    /// TLS termination, optionally mutual.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::ListenerTlsDoc>,
+    /// Who may connect (requires `tls.client_ca`); present = default deny.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authz: Option<super::AuthzDoc>,
     #[serde(skip)]
     pub(crate) origin: Origin,
     #[serde(skip)]
@@ -56,6 +62,8 @@ const KEYS: &[&str] = &[
     "max_connections",
     "idle_timeout",
     "access_log",
+    "tls",
+    "authz",
 ];
 
 pub(crate) fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -121,6 +129,21 @@ impl ListenerDoc {
             None => Some(true),
             Some((n, p)) => boolean(d, n, &p),
         };
+        let tls = f
+            .take("tls")
+            .and_then(|(n, p)| super::ListenerTlsDoc::decode(d, n, &p));
+        let authz = f
+            .take("authz")
+            .and_then(|(n, p)| super::AuthzDoc::decode(d, n, &p));
+        if let Some(a) = &authz {
+            if tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                d.error(
+                    a.origin.mark,
+                    &a.origin.path,
+                    "authz needs client identities: set tls.client_ca so clients must present certificates",
+                );
+            }
+        }
         f.finish(d, KEYS);
         // Fields that failed keep a placeholder so that cross-resource checks
         // still run and every error is reported in one pass; any error
@@ -137,6 +160,8 @@ impl ListenerDoc {
             max_connections: max_connections.unwrap_or_default(),
             idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
             access_log: access_log.unwrap_or(true),
+            tls,
+            authz,
             origin: Origin {
                 mark: node.mark,
                 path: path.to_owned(),

@@ -5,12 +5,14 @@
 mod admin;
 mod cluster;
 mod listener;
+mod tls;
 
 use serde::Serialize;
 
 pub use admin::AdminDoc;
 pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy};
 pub use listener::{ListenerDoc, Protocol};
+pub use tls::{AuthzDoc, ListenerTlsDoc};
 
 use crate::decode::{ConfigErrors, Decoder, Fields, list};
 use crate::validate;

@@ -1,0 +1,161 @@
+//! `listeners[].tls` and `listeners[].authz`: terminating TLS, requiring
+//! client certificates (mTLS), and which SPIFFE identities may connect.
+
+use std::time::Duration;
+
+use ringmesh_core::tls::IdentityPattern;
+use serde::Serialize;
+
+use super::Origin;
+use super::listener::human;
+use crate::decode::{Decoder, Fields, duration, list, scalar};
+use crate::yaml::Node;
+
+/// Default TLS handshake timeout (Envoy's transport socket default is 10s).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS termination on a listener. Paths are read when the config is loaded
+/// (relative paths from the proxy's working directory).
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerTlsDoc {
+    /// Certificate chain, PEM, leaf first.
+    pub cert: String,
+    /// Private key, PEM.
+    pub key: String,
+    /// Trust bundle for client certificates, PEM; present = mTLS required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+    /// Time allowed for the handshake. Default 10s.
+    #[serde(serialize_with = "human")]
+    pub handshake_timeout: Duration,
+    /// ALPN protocols offered, in preference order (none by default).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+    #[serde(skip)]
+    pub(crate) origin: Origin,
+}
+
+/// Who may connect, by SPIFFE ID; with a policy present the default is deny.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthzDoc {
+    /// Identity patterns allowed (`*` = one segment).
+    pub allow: Vec<String>,
+    /// Identity patterns always denied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    #[serde(skip)]
+    pub(crate) origin: Origin,
+}
+
+fn path_string(
+    d: &mut Decoder,
+    f: &mut Fields<'_>,
+    node: &Node,
+    path: &str,
+    key: &str,
+    required: bool,
+) -> Option<String> {
+    match f.take(key) {
+        Some((n, p)) => {
+            let v = scalar(d, n, &p, "a file path")?;
+            if v.is_empty() {
+                d.error(n.mark, &p, "empty path");
+                return None;
+            }
+            Some(v.to_owned())
+        }
+        None => {
+            if required {
+                d.error(node.mark, path, format!("missing required key `{key}`"));
+            }
+            None
+        }
+    }
+}
+
+impl ListenerTlsDoc {
+    pub(crate) fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let cert = path_string(d, &mut f, node, path, "cert", true);
+        let key = path_string(d, &mut f, node, path, "key", true);
+        let client_ca = path_string(d, &mut f, node, path, "client_ca", false);
+        let handshake_timeout = match f.take("handshake_timeout") {
+            None => Some(DEFAULT_HANDSHAKE_TIMEOUT),
+            Some((n, p)) => duration(d, n, &p, Duration::from_millis(1), Duration::from_secs(300)),
+        };
+        let alpn = match f.take("alpn") {
+            None => Some(Vec::new()),
+            Some((n, p)) => list(d, n, &p).map(|items| {
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| {
+                        let ip = format!("{p}[{i}]");
+                        let v = scalar(d, item, &ip, "a protocol name")?;
+                        if v.is_empty() || v.len() > 255 {
+                            d.error(item.mark, &ip, "ALPN protocol names are 1-255 bytes");
+                            return None;
+                        }
+                        Some(v.to_owned())
+                    })
+                    .collect()
+            }),
+        };
+        f.finish(
+            d,
+            &["cert", "key", "client_ca", "handshake_timeout", "alpn"],
+        );
+        Some(ListenerTlsDoc {
+            cert: cert?,
+            key: key?,
+            client_ca,
+            handshake_timeout: handshake_timeout?,
+            alpn: alpn?,
+            origin: Origin {
+                mark: node.mark,
+                path: path.to_owned(),
+            },
+        })
+    }
+}
+
+fn patterns(d: &mut Decoder, f: &mut Fields<'_>, key: &str) -> Vec<String> {
+    let Some((n, p)) = f.take(key) else {
+        return Vec::new();
+    };
+    let Some(items) = list(d, n, &p) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let ip = format!("{p}[{i}]");
+            let v = scalar(d, item, &ip, "a SPIFFE ID pattern")?;
+            match IdentityPattern::parse(v) {
+                Ok(_) => Some(v.to_owned()),
+                Err(e) => {
+                    d.error(item.mark, &ip, e);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+impl AuthzDoc {
+    pub(crate) fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let allow = patterns(d, &mut f, "allow");
+        let deny = patterns(d, &mut f, "deny");
+        f.finish(d, &["allow", "deny"]);
+        Some(AuthzDoc {
+            allow,
+            deny,
+            origin: Origin {
+                mark: node.mark,
+                path: path.to_owned(),
+            },
+        })
+    }
+}

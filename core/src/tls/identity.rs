@@ -1,0 +1,144 @@
+//! Workload identity and who may call whom.
+//!
+//! A peer's identity is the SPIFFE ID in its certificate's URI SAN
+//! (`spiffe://<trust-domain>/<path>`). An [`AuthzPolicy`] on a listener
+//! matches identities against patterns where `*` stands for exactly one
+//! path segment (or the trust domain): deny rules win, then allow rules;
+//! with a policy present, anything not allowed is denied.
+
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// The SPIFFE ID of a DER certificate: its first `spiffe://` URI SAN.
+pub fn spiffe_id(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some((*uri).to_owned()),
+        _ => None,
+    })
+}
+
+/// One identity pattern, e.g. `spiffe://mesh.local/ns/shop/sa/*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityPattern {
+    text: String,
+    segments: Vec<String>,
+}
+
+impl IdentityPattern {
+    /// Parses a pattern; `*` matches one whole segment.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text.strip_prefix("spiffe://").ok_or_else(|| {
+            format!("`{text}` is not a SPIFFE ID pattern (must start with spiffe://)")
+        })?;
+        let segments: Vec<String> = rest.split('/').map(str::to_owned).collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return Err(format!("`{text}` has an empty segment"));
+        }
+        if segments.iter().any(|s| s.contains('*') && s != "*") {
+            return Err(format!(
+                "`{text}`: `*` must be a whole segment (e.g. .../sa/*)"
+            ));
+        }
+        Ok(IdentityPattern {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+
+    /// Whether `id` (a full SPIFFE ID) matches.
+    pub fn matches(&self, id: &str) -> bool {
+        let Some(rest) = id.strip_prefix("spiffe://") else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        for seg in &self.segments {
+            match parts.next() {
+                Some(p) if !p.is_empty() && (seg == "*" || seg == p) => {}
+                _ => return false,
+            }
+        }
+        parts.next().is_none()
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// A listener's authorization policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthzPolicy {
+    /// Identities allowed (unless denied).
+    pub allow: Vec<IdentityPattern>,
+    /// Identities always denied.
+    pub deny: Vec<IdentityPattern>,
+}
+
+impl AuthzPolicy {
+    /// Whether a peer with `identity` (None: no SPIFFE ID) may connect.
+    pub fn allows(&self, identity: Option<&str>) -> bool {
+        let Some(id) = identity else {
+            return false;
+        };
+        if self.deny.iter().any(|p| p.matches(id)) {
+            return false;
+        }
+        self.allow.iter().any(|p| p.matches(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow: &[&str], deny: &[&str]) -> AuthzPolicy {
+        AuthzPolicy {
+            allow: allow
+                .iter()
+                .map(|p| IdentityPattern::parse(p).unwrap())
+                .collect(),
+            deny: deny
+                .iter()
+                .map(|p| IdentityPattern::parse(p).unwrap())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn star_matches_exactly_one_segment() {
+        let p = IdentityPattern::parse("spiffe://mesh.local/ns/shop/sa/*").unwrap();
+        assert!(p.matches("spiffe://mesh.local/ns/shop/sa/product"));
+        assert!(!p.matches("spiffe://mesh.local/ns/shop/sa"));
+        assert!(!p.matches("spiffe://mesh.local/ns/shop/sa/product/extra"));
+        assert!(!p.matches("spiffe://other.local/ns/shop/sa/product"));
+        let any_domain = IdentityPattern::parse("spiffe://*/ns/shop/sa/product").unwrap();
+        assert!(any_domain.matches("spiffe://a.b/ns/shop/sa/product"));
+    }
+
+    #[test]
+    fn deny_wins_and_the_default_is_deny() {
+        let p = policy(
+            &["spiffe://mesh.local/ns/shop/sa/*"],
+            &["spiffe://mesh.local/ns/shop/sa/legacy"],
+        );
+        assert!(p.allows(Some("spiffe://mesh.local/ns/shop/sa/product")));
+        assert!(!p.allows(Some("spiffe://mesh.local/ns/shop/sa/legacy")));
+        assert!(!p.allows(Some("spiffe://mesh.local/ns/other/sa/product")));
+        assert!(!p.allows(None));
+        assert!(!AuthzPolicy::default().allows(Some("spiffe://mesh.local/x")));
+    }
+
+    #[test]
+    fn malformed_patterns_are_rejected() {
+        for bad in [
+            "mesh.local/ns",
+            "spiffe://",
+            "spiffe://a//b",
+            "spiffe://a/b*",
+        ] {
+            assert!(IdentityPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

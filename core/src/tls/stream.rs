@@ -1,0 +1,254 @@
+//! A TLS session over a compio TCP stream, usable from both copy
+//! directions at once.
+//!
+//! compio's I/O takes owned buffers, and its stock TLS wrappers hide the
+//! session (we need the peer certificate, SNI and ALPN), hence this small
+//! adapter. The rustls session sits in a `RefCell` that is never borrowed
+//! across an await. Socket writes go through one async lock that also
+//! covers taking ciphertext out of the session, so records reach the wire
+//! in the order rustls produced them even when both directions write
+//! (data one way, an alert or key update the other).
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, BufRead, Write};
+use std::time::Duration;
+
+use futures_util::lock::Mutex;
+
+use crate::runtime::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufResult, TcpStream};
+
+/// Ciphertext read size: one maximum TLS record plus overhead.
+const CIPHER_BUFFER: usize = 18 * 1024;
+
+/// An established TLS session.
+pub(crate) struct TlsStream {
+    sock: TcpStream,
+    conn: RefCell<rustls::Connection>,
+    /// Reused ciphertext read buffer (None while a read owns it).
+    cipher_in: Cell<Option<Vec<u8>>>,
+    /// Serialises socket writes; holds the reused ciphertext write buffer.
+    out: Mutex<Vec<u8>>,
+}
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The peer sent something rustls rejected (bad certificate, denied, ...).
+    #[error("{0}")]
+    Tls(rustls::Error),
+    /// The connection broke.
+    #[error("{0}")]
+    Io(io::Error),
+    /// The handshake took longer than allowed.
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl TlsStream {
+    /// Runs the handshake on `sock` within `timeout`.
+    pub(crate) async fn handshake(
+        sock: TcpStream,
+        conn: rustls::Connection,
+        timeout: Duration,
+    ) -> Result<TlsStream, HandshakeError> {
+        let stream = TlsStream {
+            sock,
+            conn: RefCell::new(conn),
+            cipher_in: Cell::new(Some(Vec::with_capacity(CIPHER_BUFFER))),
+            out: Mutex::new(Vec::with_capacity(CIPHER_BUFFER)),
+        };
+        match runtime::timeout(timeout, stream.drive_handshake()).await {
+            Some(Ok(())) => Ok(stream),
+            Some(Err(e)) => Err(e),
+            None => Err(HandshakeError::Timeout(timeout)),
+        }
+    }
+
+    async fn drive_handshake(&self) -> Result<(), HandshakeError> {
+        loop {
+            let (handshaking, wants_write) = {
+                let c = self.conn.borrow();
+                (c.is_handshaking(), c.wants_write())
+            };
+            if wants_write {
+                self.flush().await.map_err(HandshakeError::Io)?;
+            }
+            if !handshaking {
+                return Ok(());
+            }
+            match self.read_ciphertext().await {
+                Ok(0) => return Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(Ciphertext::Tls(e)) => {
+                    // Send the alert rustls queued for the peer.
+                    let _ = self.flush().await;
+                    return Err(HandshakeError::Tls(e));
+                }
+                Err(Ciphertext::Io(e)) => return Err(HandshakeError::Io(e)),
+            }
+        }
+    }
+
+    /// Reads ciphertext from the socket into the session; `Ok(0)` at EOF.
+    async fn read_ciphertext(&self) -> Result<usize, Ciphertext> {
+        let mut buf = self
+            .cipher_in
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(CIPHER_BUFFER));
+        buf.clear();
+        let mut sock = &self.sock;
+        let BufResult(res, buf) = sock.read(buf).await;
+        let result = match res {
+            Ok(0) => Ok(0),
+            Ok(n) => {
+                let mut c = self.conn.borrow_mut();
+                let mut slice = &buf[..n];
+                while !slice.is_empty() {
+                    if let Err(e) = c.read_tls(&mut slice) {
+                        self.cipher_in.set(Some(buf));
+                        return Err(Ciphertext::Io(e));
+                    }
+                    if let Err(e) = c.process_new_packets() {
+                        self.cipher_in.set(Some(buf));
+                        return Err(Ciphertext::Tls(e));
+                    }
+                }
+                Ok(n)
+            }
+            Err(e) => Err(Ciphertext::Io(e)),
+        };
+        self.cipher_in.set(Some(buf));
+        result
+    }
+
+    /// Writes every record the session has queued.
+    async fn flush(&self) -> io::Result<()> {
+        let mut out = self.out.lock().await;
+        self.flush_locked(&mut out).await
+    }
+
+    async fn flush_locked(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        loop {
+            out.clear();
+            {
+                let mut c = self.conn.borrow_mut();
+                while c.wants_write() {
+                    c.write_tls(&mut *out)?;
+                }
+            }
+            if out.is_empty() {
+                return Ok(());
+            }
+            let mut sock = &self.sock;
+            let BufResult(res, b) = sock.write_all(std::mem::take(out)).await;
+            *out = b;
+            res?;
+        }
+    }
+
+    /// Reads plaintext into `buf` (up to its capacity); `Ok(0)` at EOF
+    /// (close_notify, or the peer closed the TCP connection without one,
+    /// which rustls reports as unexpected but peers commonly do).
+    pub(crate) async fn read_plain(&self, mut buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        loop {
+            buf.clear();
+            let available = {
+                let mut c = self.conn.borrow_mut();
+                let mut reader = c.reader();
+                match reader.fill_buf() {
+                    Ok([]) => Some(Ok(0)),
+                    Ok(chunk) => {
+                        let take = chunk.len().min(buf.capacity().max(1));
+                        buf.extend_from_slice(&chunk[..take]);
+                        reader.consume(take);
+                        Some(Ok(take))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Some(Ok(0)),
+                    Err(e) => Some(Err(e)),
+                }
+            };
+            if let Some(result) = available {
+                return BufResult(result, buf);
+            }
+            match self.read_ciphertext().await {
+                Ok(0) => return BufResult(Ok(0), buf),
+                Ok(_) => {
+                    // Key updates and alerts may need an answer.
+                    if self.conn.borrow().wants_write() {
+                        if let Err(e) = self.flush().await {
+                            return BufResult(Err(e), buf);
+                        }
+                    }
+                }
+                Err(Ciphertext::Tls(e)) => {
+                    let _ = self.flush().await;
+                    return BufResult(Err(io::Error::new(io::ErrorKind::InvalidData, e)), buf);
+                }
+                Err(Ciphertext::Io(e)) => return BufResult(Err(e), buf),
+            }
+        }
+    }
+
+    /// Encrypts and sends all of `buf`.
+    pub(crate) async fn write_plain(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        let mut out = self.out.lock().await;
+        let mut written = 0;
+        while written < buf.len() {
+            let n = match self.conn.borrow_mut().writer().write(&buf[written..]) {
+                Ok(n) => n,
+                Err(e) => return BufResult(Err(e), buf),
+            };
+            written += n;
+            if let Err(e) = self.flush_locked(&mut out).await {
+                return BufResult(Err(e), buf);
+            }
+            if n == 0 {
+                return BufResult(Err(io::ErrorKind::WriteZero.into()), buf);
+            }
+        }
+        BufResult(Ok(()), buf)
+    }
+
+    /// Sends close_notify, then shuts down the TCP write side.
+    pub(crate) async fn shutdown(&self) -> io::Result<()> {
+        self.conn.borrow_mut().send_close_notify();
+        self.flush().await?;
+        let mut sock = &self.sock;
+        sock.shutdown().await
+    }
+
+    /// Makes the next close a TCP reset.
+    pub(crate) fn set_zero_linger(&self) -> io::Result<()> {
+        self.sock.set_zero_linger()
+    }
+
+    /// The peer's SPIFFE ID, from its verified certificate.
+    pub(crate) fn peer_identity(&self) -> Option<String> {
+        let c = self.conn.borrow();
+        let leaf = c.peer_certificates()?.first()?;
+        super::identity::spiffe_id(leaf)
+    }
+
+    /// Server name the client asked for (server side).
+    pub(crate) fn sni(&self) -> Option<String> {
+        match &*self.conn.borrow() {
+            rustls::Connection::Server(s) => s.server_name().map(str::to_owned),
+            rustls::Connection::Client(_) => None,
+        }
+    }
+
+    /// Negotiated protocol version, for logs.
+    pub(crate) fn version(&self) -> &'static str {
+        match self.conn.borrow().protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "unknown",
+        }
+    }
+}
+
+enum Ciphertext {
+    Tls(rustls::Error),
+    Io(io::Error),
+}

@@ -1,0 +1,291 @@
+//! TLS termination, mTLS with SPIFFE identities, and authorization, over
+//! real sockets with a rustls client and certificates from `ringmesh cert`.
+
+mod helpers;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::thread;
+use std::time::Duration;
+
+use helpers::proxy::{Proxy, one_listener};
+use helpers::tcp::{self, EchoServer};
+use helpers::tls::{self, Pki, Versions};
+
+fn tls_proxy(engine: &str, pki: &Pki, upstream: SocketAddr, mutual: bool, authz: &str) -> Proxy {
+    let mut extra = pki.listener_tls(mutual);
+    if !authz.is_empty() {
+        extra.push('\n');
+        extra.push_str(authz);
+    }
+    Proxy::start(engine, &one_listener("tls", &[upstream], &extra, ""))
+}
+
+fn handshake_fails(c: &mut tls::Client) -> String {
+    match tls::roundtrip(c, b"x") {
+        Ok(_) => panic!("the handshake should have failed"),
+        Err(e) => e.to_string(),
+    }
+}
+
+on_both_engines! {
+    fn terminates_tls_and_forwards_16_mib_each_way_byte_exact(engine) {
+        let pki = Pki::new();
+        let (upstream, results) = tcp::exchange_server(7, 16 << 20);
+        let proxy = tls_proxy(engine, &pki, upstream, false, "");
+        let config = tls::client_config(&pki.path("ca.pem"), None, Versions::Both);
+        let mut client = tls::connect(proxy.listener("tls"), config);
+        // One TLS session carries both directions: send on this thread
+        // while a reader drains the other way, then close_notify.
+        let sent = {
+            let mut payload = tcp::Payload::new(3, 16 << 20);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut hasher_input = Vec::new();
+            let mut received = Vec::new();
+            let mut rbuf = vec![0u8; 256 * 1024];
+            client.sock.set_nonblocking(false).unwrap();
+            loop {
+                let n = payload.next_chunk(&mut buf);
+                if n == 0 {
+                    break;
+                }
+                hasher_input.extend_from_slice(&buf[..n]);
+                client.write_all(&buf[..n]).unwrap();
+                // Drain what has arrived so neither side blocks on a full window.
+                client.sock.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+                while let Ok(n) = client.read(&mut rbuf) {
+                    if n == 0 { break; }
+                    received.extend_from_slice(&rbuf[..n]);
+                }
+            }
+            client.conn.send_close_notify();
+            client.flush().unwrap();
+            client.sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            loop {
+                match client.read(&mut rbuf) {
+                    Ok(0) => break,
+                    Ok(n) => received.extend_from_slice(&rbuf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            (sha(&hasher_input), received.len(), sha(&received))
+        };
+        let (server_got, server_got_hash, server_sent_hash) = results.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(server_got, 16 << 20);
+        assert_eq!(server_got_hash, sent.0, "client -> upstream bytes differ");
+        assert_eq!(sent.1, 16 << 20);
+        assert_eq!(sent.2, server_sent_hash, "upstream -> client bytes differ");
+    }
+
+    fn mutual_tls_admits_a_valid_client_and_logs_its_identity(engine) {
+        let pki = Pki::new();
+        pki.issue("product", &["--spiffe", "spiffe://mesh.local/ns/shop/sa/product"]);
+        let echo = EchoServer::start();
+        let proxy = tls_proxy(engine, &pki, echo.addr, true, "");
+        let config = tls::client_config(&pki.path("ca.pem"), Some(&pki.path("product")), Versions::Both);
+        let mut c = tls::connect(proxy.listener("tls"), config);
+        assert_eq!(tls::roundtrip(&mut c, b"hello mesh").unwrap(), b"hello mesh");
+        drop(c);
+        let line = proxy.wait_log(Duration::from_secs(5), |v| v["message"] == "connection closed").expect("access log");
+        assert_eq!(line["identity"], "spiffe://mesh.local/ns/shop/sa/product");
+        assert_eq!(line["tls"], "TLSv1.3");
+        assert_eq!(line["sni"], "localhost");
+    }
+}
+
+fn sha(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+#[test]
+fn client_certificates_are_required_and_verified() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    other.issue(
+        "stranger",
+        &["--spiffe", "spiffe://mesh.local/ns/shop/sa/stranger"],
+    );
+    pki.issue(
+        "expired",
+        &[
+            "--spiffe",
+            "spiffe://mesh.local/ns/shop/sa/a",
+            "--valid-from-days",
+            "-10",
+            "--days",
+            "5",
+        ],
+    );
+    pki.issue(
+        "future",
+        &[
+            "--spiffe",
+            "spiffe://mesh.local/ns/shop/sa/a",
+            "--valid-from-days",
+            "5",
+        ],
+    );
+    let echo = EchoServer::start();
+    let proxy = tls_proxy("uring", &pki, echo.addr, true, "");
+    let addr = proxy.listener("tls");
+    let ca = pki.path("ca.pem");
+    for (name, client, expect) in [
+        ("no certificate", None, "CertificateRequired"),
+        ("unknown CA", Some(other.path("stranger")), "UnknownCA"),
+        ("expired", Some(pki.path("expired")), "CertificateExpired"),
+        (
+            "not yet valid",
+            Some(pki.path("future")),
+            "CertificateExpired",
+        ),
+    ] {
+        let mut c = tls::connect(
+            addr,
+            tls::client_config(&ca, client.as_deref(), Versions::Both),
+        );
+        let err = handshake_fails(&mut c);
+        assert!(
+            err.contains(expect) || err.contains("alert"),
+            "{name}: {err}"
+        );
+    }
+    assert_eq!(
+        echo.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing may reach the upstream"
+    );
+    let closed = [("listener", "tls"), ("reason", "tls_error")];
+    assert_eq!(
+        proxy.wait_metric(
+            "ringmesh_downstream_connections_closed_total",
+            &closed,
+            Duration::from_secs(5),
+            |v| v >= 4.0
+        ),
+        4.0
+    );
+}
+
+#[test]
+fn authorization_allows_and_denies_by_spiffe_pattern() {
+    let pki = Pki::new();
+    pki.issue(
+        "product",
+        &["--spiffe", "spiffe://mesh.local/ns/shop/sa/product"],
+    );
+    pki.issue(
+        "legacy",
+        &["--spiffe", "spiffe://mesh.local/ns/shop/sa/legacy"],
+    );
+    pki.issue(
+        "outsider",
+        &["--spiffe", "spiffe://mesh.local/ns/other/sa/product"],
+    );
+    pki.issue("dns-only", &["--dns", "client.local"]);
+    let echo = EchoServer::start();
+    let authz = "authz: { allow: [\"spiffe://mesh.local/ns/shop/sa/*\"], deny: [\"spiffe://mesh.local/ns/shop/sa/legacy\"] }";
+    let proxy = tls_proxy("epoll", &pki, echo.addr, true, authz);
+    let addr = proxy.listener("tls");
+    let ca = pki.path("ca.pem");
+    let mut ok = tls::connect(
+        addr,
+        tls::client_config(&ca, Some(&pki.path("product")), Versions::Both),
+    );
+    assert_eq!(tls::roundtrip(&mut ok, b"allowed").unwrap(), b"allowed");
+    for denied in ["legacy", "outsider", "dns-only"] {
+        let mut c = tls::connect(
+            addr,
+            tls::client_config(&ca, Some(&pki.path(denied)), Versions::Both),
+        );
+        let err = handshake_fails(&mut c);
+        assert!(err.contains("AccessDenied"), "{denied}: {err}");
+    }
+    assert_eq!(
+        proxy.metric("ringmesh_authz_denied_total", &[("listener", "tls")]),
+        3.0
+    );
+    assert_eq!(
+        echo.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the allowed client reaches the upstream"
+    );
+}
+
+#[test]
+fn tls_1_2_only_and_1_3_only_clients_both_connect() {
+    let pki = Pki::new();
+    let echo = EchoServer::start();
+    let proxy = tls_proxy("uring", &pki, echo.addr, false, "");
+    for (v, name) in [(Versions::Only12, "TLSv1.2"), (Versions::Only13, "TLSv1.3")] {
+        let mut c = tls::connect(
+            proxy.listener("tls"),
+            tls::client_config(&pki.path("ca.pem"), None, v),
+        );
+        assert_eq!(
+            tls::roundtrip(&mut c, name.as_bytes()).unwrap(),
+            name.as_bytes()
+        );
+        assert_eq!(
+            c.conn.protocol_version().map(|p| format!("{p:?}")),
+            Some(name.replace('.', "_"))
+        );
+    }
+}
+
+#[test]
+fn a_client_that_never_finishes_the_handshake_is_closed() {
+    let pki = Pki::new();
+    let echo = EchoServer::start();
+    let extra = pki
+        .listener_tls(false)
+        .replace(" }", ", handshake_timeout: 300ms }");
+    let proxy = Proxy::start("uring", &one_listener("tls", &[echo.addr], &extra, ""));
+    let mut raw = tcp::connect(proxy.listener("tls"));
+    raw.write_all(b"\x16\x03\x01").unwrap(); // a record header, then nothing
+    let took = tcp::wait_closed(&mut raw, Duration::from_secs(5)).expect("must be closed");
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    thread::sleep(Duration::from_millis(50));
+    let closed = [("listener", "tls"), ("reason", "tls_error")];
+    assert_eq!(
+        proxy.metric("ringmesh_downstream_connections_closed_total", &closed),
+        1.0
+    );
+}
+
+#[test]
+fn bad_tls_config_is_reported_with_positions() {
+    let pki = Pki::new();
+    let echo = EchoServer::start();
+    let bad = one_listener(
+        "tls",
+        &[echo.addr],
+        &format!(
+            "tls: {{ cert: \"{}\", key: /nonexistent.key }}\nauthz: {{ allow: [\"not-spiffe\"] }}",
+            pki.file("server.pem")
+        ),
+        "",
+    );
+    let proxy = Proxy::start("uring", &one_listener("plain", &[echo.addr], "", ""));
+    let r = proxy.put_config(&bad);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let errors = r.json()["errors"].clone();
+    let paths: Vec<String> = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        paths.contains(&"listeners[0].authz.allow[0]".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"listeners[0].authz".to_owned()),
+        "authz without client_ca: {paths:?}"
+    );
+    let body = r.body;
+    assert!(body.contains("not a SPIFFE ID pattern"), "{body}");
+}
