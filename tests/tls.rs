@@ -289,3 +289,124 @@ fn bad_tls_config_is_reported_with_positions() {
     let body = r.body;
     assert!(body.contains("not a SPIFFE ID pattern"), "{body}");
 }
+
+/// Proxy A's config: a plain listener whose cluster originates TLS to `b`.
+fn sidecar_a(b: SocketAddr, tls: &str) -> String {
+    format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: out, listen: 127.0.0.1:0, cluster: b }}\nclusters:\n  - name: b\n    endpoints: [\"{b}\"]\n    connect_attempts: 1\n    tls: {tls}\n"
+    )
+}
+
+#[test]
+fn sidecar_to_sidecar_mtls_carries_the_callers_identity() {
+    let pki = Pki::new();
+    pki.issue(
+        "b",
+        &[
+            "--dns",
+            "localhost",
+            "--spiffe",
+            "spiffe://mesh.local/ns/shop/sa/b",
+        ],
+    );
+    pki.issue("a", &["--spiffe", "spiffe://mesh.local/ns/shop/sa/a"]);
+    let echo = EchoServer::start();
+    let b_tls = format!(
+        "tls: {{ cert: \"{}\", key: \"{}\", client_ca: \"{}\" }}\nauthz: {{ allow: [\"spiffe://mesh.local/ns/shop/sa/a\"] }}",
+        pki.file("b.pem"),
+        pki.file("b.key"),
+        pki.file("ca.pem")
+    );
+    let b = Proxy::start("uring", &one_listener("in", &[echo.addr], &b_tls, ""));
+    let a_tls = format!(
+        "{{ ca: \"{}\", san: \"spiffe://mesh.local/ns/shop/sa/b\", cert: \"{}\", key: \"{}\" }}",
+        pki.file("ca.pem"),
+        pki.file("a.pem"),
+        pki.file("a.key")
+    );
+    let a = Proxy::start("epoll", &sidecar_a(b.listener("in"), &a_tls));
+    let mut c = tcp::connect(a.listener("out"));
+    assert_eq!(
+        tcp::echo_roundtrip(&mut c, b"through two sidecars").unwrap(),
+        b"through two sidecars"
+    );
+    drop(c);
+    let line = b
+        .wait_log(Duration::from_secs(5), |v| {
+            v["message"] == "connection closed"
+        })
+        .expect("B's access log");
+    assert_eq!(line["identity"], "spiffe://mesh.local/ns/shop/sa/a");
+    assert_eq!(
+        line["sni"], "-",
+        "a SPIFFE san sends no SNI unless configured"
+    );
+
+    // DNS SAN mode: verify `localhost` and send it as SNI.
+    let dns_tls = a_tls.replace("spiffe://mesh.local/ns/shop/sa/b", "localhost");
+    let a2 = Proxy::start("uring", &sidecar_a(b.listener("in"), &dns_tls));
+    let mut c = tcp::connect(a2.listener("out"));
+    assert_eq!(tcp::echo_roundtrip(&mut c, b"by name").unwrap(), b"by name");
+}
+
+#[test]
+fn upstream_identity_is_verified() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    pki.issue(
+        "b",
+        &[
+            "--dns",
+            "localhost",
+            "--spiffe",
+            "spiffe://mesh.local/ns/shop/sa/b",
+        ],
+    );
+    let echo = EchoServer::start();
+    let b_tls = format!(
+        "tls: {{ cert: \"{}\", key: \"{}\" }}",
+        pki.file("b.pem"),
+        pki.file("b.key")
+    );
+    let b = Proxy::start("uring", &one_listener("in", &[echo.addr], &b_tls, ""));
+    for (case, tls) in [
+        (
+            "wrong SPIFFE ID",
+            format!(
+                "{{ ca: \"{}\", san: \"spiffe://mesh.local/ns/shop/sa/impostor\" }}",
+                pki.file("ca.pem")
+            ),
+        ),
+        (
+            "wrong DNS name",
+            format!("{{ ca: \"{}\", san: \"db.internal\" }}", pki.file("ca.pem")),
+        ),
+        (
+            "unknown CA",
+            format!("{{ ca: \"{}\", san: \"localhost\" }}", other.file("ca.pem")),
+        ),
+    ] {
+        let a = Proxy::start("uring", &sidecar_a(b.listener("in"), &tls));
+        let mut c = tcp::connect(a.listener("out"));
+        assert!(
+            tcp::wait_closed(&mut c, Duration::from_secs(5)).is_some(),
+            "{case}: must be closed"
+        );
+        assert_eq!(
+            a.wait_metric(
+                "ringmesh_upstream_tls_failures_total",
+                &[("cluster", "b")],
+                Duration::from_secs(5),
+                |v| v >= 1.0
+            ),
+            1.0,
+            "{case}"
+        );
+        assert_eq!(
+            a.metric("ringmesh_upstream_unavailable_total", &[("cluster", "b")]),
+            1.0,
+            "{case}"
+        );
+    }
+    assert_eq!(echo.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -10,9 +10,12 @@ use ringmesh_core::balance::RoundRobin;
 use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 
 use crate::decode::{ConfigErrors, Decoder};
-use ringmesh_core::tls::{AuthzPolicy, IdentityPattern, ServerTls, ServerTlsMaterial};
+use ringmesh_core::tls::{
+    AuthzPolicy, ClientTls, ClientTlsMaterial, ExpectedPeer, IdentityPattern, ServerTls,
+    ServerTlsMaterial,
+};
 
-use crate::model::{AuthzDoc, Document, ListenerTlsDoc};
+use crate::model::{AuthzDoc, ClusterTlsDoc, Document, ListenerTlsDoc};
 
 /// Builds snapshot `version` of `doc` for an engine with `workers` cores.
 /// Host names are resolved now (blocking `getaddrinfo`): call this off the
@@ -65,12 +68,18 @@ pub fn compile(
                 ),
             }
         }
+        let tls = c
+            .tls
+            .as_ref()
+            .and_then(|t| client_tls(&mut d, t))
+            .map(Arc::new);
         let cluster = Arc::new(Cluster {
             name: Arc::from(c.name.as_str()),
             endpoints,
             connect_timeout: c.connect_timeout,
             connect_attempts: c.connect_attempts,
             balancer: RoundRobin::new(workers),
+            tls,
             stats: stats.cluster(&c.name),
         });
         clusters.insert(c.name.as_str(), cluster.clone());
@@ -158,6 +167,49 @@ fn server_tls(
         t.handshake_timeout,
         policy,
         denied.clone(),
+    ) {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            d.error(t.origin.mark, &t.origin.path, e.to_string());
+            None
+        }
+    }
+}
+
+/// Reads a cluster's TLS material and builds its client config; problems
+/// are reported at the cluster's `tls` key.
+fn client_tls(d: &mut Decoder, t: &ClusterTlsDoc) -> Option<ClientTls> {
+    let mut read = |key: &str, path: &str| match std::fs::read(path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            d.error(
+                t.origin.mark,
+                &format!("{}.{key}", t.origin.path),
+                format!("cannot read `{path}`: {e}"),
+            );
+            None
+        }
+    };
+    let ca = read("ca", &t.ca);
+    let identity = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => Some((read("cert", c)?, read("key", k)?)),
+        _ => None,
+    };
+    let material = ClientTlsMaterial {
+        ca_pem: ca?,
+        identity,
+    };
+    let expected = ExpectedPeer::parse(&t.san);
+    let sni = t.sni.clone().or_else(|| match &expected {
+        ExpectedPeer::Dns(name) => Some(name.clone()),
+        ExpectedPeer::Spiffe(_) => None,
+    });
+    match ClientTls::new(
+        &material,
+        expected,
+        sni.as_deref(),
+        &t.alpn,
+        t.handshake_timeout,
     ) {
         Ok(tls) => Some(tls),
         Err(e) => {

@@ -285,6 +285,18 @@ pub fn render(info: &ProxyInfo<'_>, stats: &StatsRegistry, process: &ProcessStat
         );
     }
     o.header(
+        "ringmesh_upstream_tls_failures_total",
+        "counter",
+        "TLS handshakes with upstream endpoints that failed (unknown CA, wrong identity, protocol error, timeout), by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_tls_failures_total",
+            &[("cluster", n)],
+            t.tls_failures,
+        );
+    }
+    o.header(
         "ringmesh_upstream_bytes_total",
         "counter",
         "Bytes moved with upstream endpoints, by cluster; direction=sent is proxy to upstream, received is upstream to proxy.",

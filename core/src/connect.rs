@@ -11,6 +11,9 @@ use thiserror::Error;
 use crate::metrics::CONNECT_BUCKETS;
 use crate::runtime::{self, TcpStream};
 use crate::snapshot::Cluster;
+use crate::stream::Stream;
+use crate::tls::HandshakeError;
+use crate::tls::stream::TlsStream;
 
 /// Why no upstream connection could be made.
 #[derive(Debug, Error)]
@@ -39,11 +42,15 @@ pub enum AttemptError {
     /// No answer within `connect_timeout`.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The TLS handshake with the endpoint failed (wrong identity, unknown
+    /// CA, protocol error, timeout).
+    #[error("TLS handshake: {0}")]
+    Tls(HandshakeError),
 }
 
 /// An established upstream connection.
 pub(crate) struct Upstream {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub addr: SocketAddr,
 }
 
@@ -65,14 +72,22 @@ pub(crate) async fn connect_upstream(
         let started = Instant::now();
         let err = match runtime::timeout(cluster.connect_timeout, runtime::connect(addr)).await {
             Some(Ok(stream)) => {
-                stats
-                    .connect_latency
-                    .record(CONNECT_BUCKETS, started.elapsed());
-                stats.connections.inc();
                 // Interactive protocols (TLS handshakes, RPC) stall on Nagle
                 // plus delayed ACK; a proxy must not add that.
                 let _ = stream.set_nodelay(true);
-                return Ok(Upstream { stream, addr });
+                match secure(stream, addr, cluster).await {
+                    Ok(stream) => {
+                        stats
+                            .connect_latency
+                            .record(CONNECT_BUCKETS, started.elapsed());
+                        stats.connections.inc();
+                        return Ok(Upstream { stream, addr });
+                    }
+                    Err(e) => {
+                        stats.tls_failures.inc();
+                        AttemptError::Tls(e)
+                    }
+                }
             }
             Some(Err(e)) => {
                 stats.connect_failures.inc();
@@ -95,4 +110,30 @@ pub(crate) async fn connect_upstream(
         }),
         None => Err(ConnectError::NoEndpoints),
     }
+}
+
+/// Runs the cluster's TLS handshake on a fresh connection, if it has TLS.
+async fn secure(
+    stream: TcpStream,
+    addr: SocketAddr,
+    cluster: &Cluster,
+) -> Result<Stream, HandshakeError> {
+    let Some(tls) = &cluster.tls else {
+        return Ok(Stream::Plain(stream));
+    };
+    // Without a configured SNI the endpoint's IP names the session, and
+    // rustls sends no SNI for IP addresses.
+    let name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+    let session =
+        rustls::ClientConnection::new(tls.config.clone(), name).map_err(HandshakeError::Tls)?;
+    let tls_stream = TlsStream::handshake(
+        stream,
+        rustls::Connection::Client(session),
+        tls.handshake_timeout,
+    )
+    .await?;
+    Ok(Stream::Tls(Box::new(tls_stream)))
 }

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod per_core;
 mod runtime;
 pub mod snapshot;
+mod stream;
 pub mod tls;
 mod worker;
 

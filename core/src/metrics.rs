@@ -223,6 +223,7 @@ pub struct ClusterCoreStats {
     pub(crate) connect_failures: Counter,
     pub(crate) connect_timeouts: Counter,
     pub(crate) unavailable: Counter,
+    pub(crate) tls_failures: Counter,
     pub(crate) bytes_sent: Counter,
     pub(crate) bytes_received: Counter,
     pub(crate) connect_latency: Histogram,
@@ -247,6 +248,8 @@ pub struct ClusterTotals {
     pub connect_timeouts: u64,
     /// Downstream connections closed because no endpoint could be reached.
     pub unavailable: u64,
+    /// TLS handshakes with endpoints that failed.
+    pub tls_failures: u64,
     /// Bytes written to upstream endpoints.
     pub bytes_sent: u64,
     /// Bytes read from upstream endpoints.
@@ -270,6 +273,7 @@ impl ClusterStats {
             connect_failures: sum(&self.cores, |c| c.connect_failures.get()),
             connect_timeouts: sum(&self.cores, |c| c.connect_timeouts.get()),
             unavailable: sum(&self.cores, |c| c.unavailable.get()),
+            tls_failures: sum(&self.cores, |c| c.tls_failures.get()),
             bytes_sent: sum(&self.cores, |c| c.bytes_sent.get()),
             bytes_received: sum(&self.cores, |c| c.bytes_received.get()),
             connect_latency: merge_histograms(

@@ -58,6 +58,8 @@ pub struct Cluster {
     pub connect_attempts: u32,
     /// Per-core round-robin positions.
     pub balancer: RoundRobin,
+    /// TLS towards the endpoints (origination), if any.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// Counters, shared with earlier snapshots of the same cluster name.
     pub stats: Arc<ClusterStats>,
 }

@@ -51,6 +51,9 @@ pub struct ClusterDoc {
     pub connect_timeout: Duration,
     /// Distinct endpoints tried for one connection before giving up. Default 3.
     pub connect_attempts: u32,
+    /// TLS towards the endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::ClusterTlsDoc>,
     #[serde(skip)]
     pub(crate) name_origin: Origin,
 }
@@ -65,6 +68,7 @@ const KEYS: &[&str] = &[
     "lb",
     "connect_timeout",
     "connect_attempts",
+    "tls",
 ];
 
 impl ClusterDoc {
@@ -134,6 +138,9 @@ impl ClusterDoc {
             None => Some(DEFAULT_CONNECT_ATTEMPTS),
             Some((n, p)) => integer(d, n, &p, 1, 16).map(|v| v as u32),
         };
+        let tls = f
+            .take("tls")
+            .and_then(|(n, p)| super::ClusterTlsDoc::decode(d, n, &p));
         f.finish(d, KEYS);
         // Placeholders for failed fields, as in listener.rs: the document is
         // rejected anyway, but its other checks still run.
@@ -145,6 +152,7 @@ impl ClusterDoc {
             lb: lb.unwrap_or(LbPolicy::RoundRobin),
             connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             connect_attempts: connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
+            tls,
             name_origin: Origin {
                 mark: name_mark,
                 path: name_path,

@@ -12,7 +12,7 @@ use serde::Serialize;
 pub use admin::AdminDoc;
 pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy};
 pub use listener::{ListenerDoc, Protocol};
-pub use tls::{AuthzDoc, ListenerTlsDoc};
+pub use tls::{AuthzDoc, ClusterTlsDoc, ListenerTlsDoc};
 
 use crate::decode::{ConfigErrors, Decoder, Fields, list};
 use crate::validate;

@@ -159,3 +159,97 @@ impl AuthzDoc {
         })
     }
 }
+
+/// TLS towards a cluster's endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterTlsDoc {
+    /// Trust bundle for the endpoints' certificates, PEM.
+    pub ca: String,
+    /// Identity the endpoint must prove: a DNS name, or a SPIFFE ID
+    /// (`spiffe://...`, matched exactly).
+    pub san: String,
+    /// Server name to send; default: `san` when it is a DNS name, else none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Certificate chain to present (the proxy's workload certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// Key of `cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Time allowed for the handshake (within each connect attempt). Default 10s.
+    #[serde(serialize_with = "human")]
+    pub handshake_timeout: Duration,
+    /// ALPN protocols offered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+    #[serde(skip)]
+    pub(crate) origin: Origin,
+}
+
+impl ClusterTlsDoc {
+    pub(crate) fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let ca = path_string(d, &mut f, node, path, "ca", true);
+        let san = match f.take("san") {
+            Some((n, p)) => scalar(d, n, &p, "a DNS name or SPIFFE ID").map(str::to_owned),
+            None => {
+                d.error(node.mark, path, "missing required key `san` (the DNS name or SPIFFE ID the endpoints must prove)");
+                None
+            }
+        };
+        let sni = match f.take("sni") {
+            Some((n, p)) => scalar(d, n, &p, "a server name").map(|v| Some(v.to_owned())),
+            None => Some(None),
+        };
+        let cert = path_string(d, &mut f, node, path, "cert", false);
+        let key = path_string(d, &mut f, node, path, "key", false);
+        if cert.is_some() != key.is_some() {
+            d.error(node.mark, path, "`cert` and `key` go together");
+        }
+        let handshake_timeout = match f.take("handshake_timeout") {
+            None => Some(DEFAULT_HANDSHAKE_TIMEOUT),
+            Some((n, p)) => duration(d, n, &p, Duration::from_millis(1), Duration::from_secs(300)),
+        };
+        let alpn = match f.take("alpn") {
+            None => Vec::new(),
+            Some((n, p)) => list(d, n, &p)
+                .map(|items| {
+                    items
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, it)| {
+                            scalar(d, it, &format!("{p}[{i}]"), "a protocol name")
+                                .map(str::to_owned)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        f.finish(
+            d,
+            &[
+                "ca",
+                "san",
+                "sni",
+                "cert",
+                "key",
+                "handshake_timeout",
+                "alpn",
+            ],
+        );
+        Some(ClusterTlsDoc {
+            ca: ca?,
+            san: san?,
+            sni: sni?,
+            cert,
+            key,
+            handshake_timeout: handshake_timeout?,
+            alpn,
+            origin: Origin {
+                mark: node.mark,
+                path: path.to_owned(),
+            },
+        })
+    }
+}

@@ -1,0 +1,44 @@
+//! One end of a proxied connection: plain TCP, or TLS over TCP. The copy
+//! loop works on either through [`Duplex`](crate::forward::Duplex).
+
+use std::io;
+
+use crate::forward::Duplex;
+use crate::runtime::{BufResult, TcpStream};
+use crate::tls::stream::TlsStream;
+
+/// A connected socket, with or without TLS.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Duplex for Stream {
+    async fn read_into(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        match self {
+            Stream::Plain(s) => s.read_into(buf).await,
+            Stream::Tls(s) => s.read_into(buf).await,
+        }
+    }
+
+    async fn write_all_from(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        match self {
+            Stream::Plain(s) => s.write_all_from(buf).await,
+            Stream::Tls(s) => s.write_all_from(buf).await,
+        }
+    }
+
+    async fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.shutdown_write().await,
+            Stream::Tls(s) => s.shutdown_write().await,
+        }
+    }
+
+    fn reset_on_close(&self) {
+        match self {
+            Stream::Plain(s) => s.reset_on_close(),
+            Stream::Tls(s) => s.reset_on_close(),
+        }
+    }
+}
