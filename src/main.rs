@@ -62,6 +62,10 @@ struct RunArgs {
     /// before exiting anyway (e.g. 30s, 2m).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// How often certificate, key and trust-bundle files named in the
+    /// config are checked for changes (rotation without restart).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    cert_watch_interval: Duration,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -127,6 +131,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             IoEngineArg::Epoll => IoEngineChoice::Epoll,
         },
         drain_timeout: args.drain_timeout,
+        cert_watch_interval: args.cert_watch_interval,
     };
     ringmesh_control::run(options).context("ringmesh run")
 }

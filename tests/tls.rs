@@ -410,3 +410,163 @@ fn upstream_identity_is_verified() {
     }
     assert_eq!(echo.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// The DER of the first certificate in a PEM file.
+fn leaf_der(path: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+fn served_leaf(addr: SocketAddr, pki: &Pki) -> Vec<u8> {
+    let mut c = tls::connect(
+        addr,
+        tls::client_config(&pki.path("ca.pem"), None, Versions::Both),
+    );
+    tls::roundtrip(&mut c, b"which cert?").unwrap();
+    c.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[test]
+fn certificates_rotate_without_restart_and_broken_files_are_refused() {
+    let pki = Pki::new();
+    pki.issue(
+        "next",
+        &[
+            "--dns",
+            "localhost",
+            "--spiffe",
+            "spiffe://mesh.local/ns/edge/sa/gateway",
+        ],
+    );
+    let echo = EchoServer::start();
+    let config = one_listener("tls", &[echo.addr], &pki.listener_tls(false), "");
+    let proxy = Proxy::start_with(
+        &config,
+        &[
+            "--io-engine",
+            "uring",
+            "--workers",
+            "2",
+            "--cert-watch-interval",
+            "100ms",
+        ],
+    )
+    .unwrap();
+    let addr = proxy.listener("tls");
+    let original = leaf_der(&pki.path("server.pem"));
+    assert_eq!(served_leaf(addr, &pki), original);
+    let expiry = proxy.metric(
+        "ringmesh_certificate_expiry_seconds",
+        &[("name", "listener/tls")],
+    );
+    assert!(
+        (364.0 * 86400.0..=366.0 * 86400.0).contains(&expiry),
+        "{expiry}"
+    );
+    let mut established = tls::connect(
+        addr,
+        tls::client_config(&pki.path("ca.pem"), None, Versions::Both),
+    );
+    assert_eq!(
+        tls::roundtrip(&mut established, b"before").unwrap(),
+        b"before"
+    );
+
+    // Rotate the way secret managers do: write aside, then rename over.
+    for ext in ["key", "pem"] {
+        let tmp = pki.path(&format!("tmp.{ext}"));
+        std::fs::copy(pki.path(&format!("next.{ext}")), &tmp).unwrap();
+        std::fs::rename(&tmp, pki.path(&format!("server.{ext}"))).unwrap();
+    }
+    assert!(
+        proxy
+            .wait_log(Duration::from_secs(10), |v| v["message"]
+                == "certificates reloaded")
+            .is_some(),
+        "{}",
+        proxy.log_text()
+    );
+    assert_eq!(
+        served_leaf(addr, &pki),
+        leaf_der(&pki.path("next.pem")),
+        "new handshakes use the new certificate"
+    );
+    assert_eq!(
+        tls::roundtrip(&mut established, b"after").unwrap(),
+        b"after",
+        "established sessions are untouched"
+    );
+
+    // A broken file is refused; the running certificate stays.
+    std::fs::write(
+        pki.path("server.pem"),
+        b"-----BEGIN CERTIFICATE-----\ngarbage\n",
+    )
+    .unwrap();
+    assert!(
+        proxy
+            .wait_log(Duration::from_secs(10), |v| v["message"]
+                == "certificate files changed but cannot be used; the running ones are kept")
+            .is_some(),
+        "{}",
+        proxy.log_text()
+    );
+    assert_eq!(served_leaf(addr, &pki), leaf_der(&pki.path("next.pem")));
+    assert!(proxy.metric("ringmesh_config_reloads_total", &[("result", "rejected")]) >= 1.0);
+}
+
+#[test]
+fn the_ktls_probe_is_reported_and_sessions_stay_in_userspace() {
+    let pki = Pki::new();
+    let echo = EchoServer::start();
+    let proxy = tls_proxy("uring", &pki, echo.addr, false, "");
+    // Ask the kernel ourselves what the proxy should have found.
+    let kernel_has_ktls = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let _s = l.accept().unwrap();
+        let name = b"tls";
+        // SAFETY: a valid buffer and an open socket.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&c),
+                libc::SOL_TCP,
+                libc::TCP_ULP,
+                name.as_ptr().cast(),
+                3,
+            ) == 0
+        }
+    };
+    if !kernel_has_ktls {
+        eprintln!(
+            "NOTE: this kernel has no kTLS (CONFIG_TLS): only the userspace path can run here"
+        );
+    }
+    assert_eq!(
+        proxy.metric("ringmesh_ktls_available", &[]),
+        if kernel_has_ktls { 1.0 } else { 0.0 }
+    );
+    assert_eq!(
+        proxy.metric(
+            "ringmesh_tls_data_path",
+            &[("listener", "tls"), ("path", "userspace")]
+        ),
+        1.0
+    );
+    let logged = proxy.wait_log(Duration::from_secs(1), |v| {
+        v["message"].as_str().is_some_and(|m| m.starts_with("kTLS"))
+    });
+    assert!(logged.is_some(), "the probe's outcome must be logged");
+    // And the userspace path carries data.
+    let mut c = tls::connect(
+        proxy.listener("tls"),
+        tls::client_config(&pki.path("ca.pem"), None, Versions::Both),
+    );
+    assert_eq!(tls::roundtrip(&mut c, b"userspace").unwrap(), b"userspace");
+}

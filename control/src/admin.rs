@@ -175,14 +175,40 @@ async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
 
 async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
     let (applied_count, rejected) = proxy.reload_counts();
+    let applied = proxy.applied();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut certificates = Vec::new();
+    for l in &applied.snapshot.listeners {
+        if let Some(at) = l.tls.as_ref().and_then(|t| t.not_after) {
+            certificates.push((format!("listener/{}", l.name), at - now));
+        }
+    }
+    for c in &applied.snapshot.clusters {
+        if let Some(at) = c.tls.as_ref().and_then(|t| t.not_after) {
+            certificates.push((format!("cluster/{}", c.name), at - now));
+        }
+    }
     let info = ProxyInfo {
         version: env!("CARGO_PKG_VERSION"),
         io_engine: proxy.io_engine.as_str(),
         workers: proxy.workers,
-        config_version: proxy.applied().version,
+        config_version: applied.version,
         reloads_applied: applied_count,
         reloads_rejected: rejected,
         draining: proxy.is_draining(),
+        certificates,
+        ktls_available: proxy.ktls_available,
+        // The kTLS offload is not implemented: every session is userspace.
+        tls_paths: applied
+            .snapshot
+            .listeners
+            .iter()
+            .filter(|l| l.tls.is_some())
+            .map(|l| (l.name.to_string(), "userspace"))
+            .collect(),
     };
     let body = render(&info, &proxy.stats, &crate::process::read());
     (

@@ -27,6 +27,12 @@ pub struct ProxyInfo<'a> {
     pub reloads_rejected: u64,
     /// Whether the proxy is draining.
     pub draining: bool,
+    /// `(name, seconds until expiry)` of every certificate the proxy presents.
+    pub certificates: Vec<(String, i64)>,
+    /// Whether the kernel offers kTLS.
+    pub ktls_available: bool,
+    /// `(listener, data path)` of every TLS listener: `userspace` or `ktls`.
+    pub tls_paths: Vec<(String, &'static str)>,
 }
 
 struct Out(String);
@@ -121,6 +127,40 @@ pub fn render(info: &ProxyInfo<'_>, stats: &StatsRegistry, process: &ProcessStat
         "1 while the proxy drains before exiting.",
     );
     o.sample("ringmesh_draining", &[], u8::from(info.draining));
+    o.header(
+        "ringmesh_certificate_expiry_seconds",
+        "gauge",
+        "Seconds until a certificate the proxy presents expires (negative: expired); name is listener/<name> or cluster/<name>.",
+    );
+    for (name, secs) in &info.certificates {
+        o.sample(
+            "ringmesh_certificate_expiry_seconds",
+            &[("name", name)],
+            secs,
+        );
+    }
+    o.header(
+        "ringmesh_ktls_available",
+        "gauge",
+        "1 when the kernel offers kernel TLS (probed at startup).",
+    );
+    o.sample(
+        "ringmesh_ktls_available",
+        &[],
+        u8::from(info.ktls_available),
+    );
+    o.header(
+        "ringmesh_tls_data_path",
+        "gauge",
+        "1 for the path a TLS listener's records take: path=userspace (rustls) or ktls.",
+    );
+    for (listener, path) in &info.tls_paths {
+        o.sample(
+            "ringmesh_tls_data_path",
+            &[("listener", listener), ("path", path)],
+            1,
+        );
+    }
 
     let listeners: Vec<_> = stats
         .listeners()
@@ -385,6 +425,9 @@ mod tests {
             reloads_applied: 3,
             reloads_rejected: 1,
             draining: false,
+            certificates: vec![("listener/db".into(), 86400)],
+            ktls_available: false,
+            tls_paths: vec![("db".into(), "userspace")],
         };
         let text = render(&info, &stats, &ProcessStats::default());
         for line in text.lines().filter(|l| !l.starts_with('#')) {

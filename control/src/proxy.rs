@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub io_engine: IoEngineChoice,
     /// How long a drain waits for connections before exiting anyway.
     pub drain_timeout: Duration,
+    /// How often certificate, key and bundle files are checked for changes.
+    pub cert_watch_interval: Duration,
 }
 
 /// Why the proxy could not start.
@@ -101,6 +103,8 @@ pub struct Proxy {
     pub workers: usize,
     /// I/O driver in use.
     pub io_engine: IoEngine,
+    /// Whether the kernel offers kTLS (probed once at startup).
+    pub ktls_available: bool,
     applied: ArcSwap<Applied>,
     config_path: PathBuf,
     admin_listen: SocketAddr,
@@ -174,6 +178,12 @@ impl Proxy {
                 ),
             }])));
         }
+        self.apply_document(source, document).await
+    }
+
+    /// Compiles `document` (re-reading every certificate file) and makes it
+    /// the running config.
+    async fn apply_document(&self, source: &str, document: Document) -> Result<u64, ReloadError> {
         let mut engine = self.engine.lock().await;
         let version = self.applied.load().version + 1;
         let snapshot =
@@ -186,6 +196,29 @@ impl Proxy {
             source: source.to_owned(),
         }));
         Ok(version)
+    }
+
+    /// Re-applies the running document because certificate material
+    /// changed on disk. New handshakes use the new material; established
+    /// connections keep their sessions. A broken file is rejected and the
+    /// running material stays.
+    pub async fn rotate_certificates(&self) -> Result<u64, ReloadError> {
+        if self.is_draining() {
+            return Err(ReloadError::Draining);
+        }
+        let document = self.applied.load().document.clone();
+        let result = self.apply_document("certificate rotation", document).await;
+        match &result {
+            Ok(version) => {
+                self.reloads_applied.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(version, "certificates reloaded");
+            }
+            Err(e) => {
+                self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(errors = %e, "certificate files changed but cannot be used; the running ones are kept");
+            }
+        }
+        result
     }
 
     /// Re-reads the config file (SIGHUP).
@@ -304,6 +337,15 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         io_engine = %engine.io_engine(),
         "ringmesh starting"
     );
+    let ktls = ringmesh_core::tls::ktls::probe();
+    match &ktls {
+        ringmesh_core::tls::ktls::KtlsSupport::Available => tracing::info!(
+            "kTLS is available in this kernel, but ringmesh does not offload to it yet: TLS runs in userspace (rustls)"
+        ),
+        ringmesh_core::tls::ktls::KtlsSupport::Unavailable(reason) => {
+            tracing::info!(reason = %reason, "kTLS unavailable: TLS runs in userspace (rustls)")
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("ringmesh-control")
@@ -335,6 +377,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             })?;
         let admin_addr = admin_socket.local_addr().unwrap_or(admin_listen);
         let proxy = Arc::new(Proxy {
+            ktls_available: ktls.is_available(),
             io_engine: engine.io_engine(),
             workers,
             stats,
@@ -355,6 +398,10 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         tokio::spawn(crate::admin::serve(admin_socket, proxy.clone()));
         tracing::info!(addr = %admin_addr, "admin API listening");
         tokio::spawn(reload_on_sighup(proxy.clone()));
+        tokio::spawn(watch_certificates(
+            proxy.clone(),
+            options.cert_watch_interval,
+        ));
         wait_for_drain_request(&proxy).await;
         proxy.drain(options.drain_timeout).await;
         Ok(())
@@ -386,5 +433,52 @@ async fn wait_for_drain_request(proxy: &Proxy) {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
         _ = proxy.drain_requested.notified() => tracing::info!("POST /drain: draining"),
+    }
+}
+
+/// A file's identity for change detection: modification time, size, inode.
+type Stamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn stamp(path: &str) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// Polls the running config's certificate files and rotates on change.
+/// Polling (not inotify) also sees Kubernetes' symlink swaps of mounted
+/// secrets, and costs a few `stat` calls per interval on the control thread.
+async fn watch_certificates(proxy: Arc<Proxy>, interval: Duration) {
+    let mut seen: std::collections::BTreeMap<String, Stamp> = std::collections::BTreeMap::new();
+    let mut seen_version = 0;
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(50)));
+    loop {
+        ticker.tick().await;
+        if proxy.is_draining() {
+            return;
+        }
+        let applied = proxy.applied();
+        let files = applied.document.tls_files();
+        let now: std::collections::BTreeMap<String, Stamp> =
+            files.iter().map(|f| (f.clone(), stamp(f))).collect();
+        // A reload we did not cause (PUT /config, SIGHUP) re-read every
+        // file already: take the current state as the new baseline.
+        if applied.version != seen_version {
+            seen = now;
+            seen_version = applied.version;
+            continue;
+        }
+        if now != seen {
+            let changed: Vec<&String> = now
+                .iter()
+                .filter(|(k, v)| seen.get(*k) != Some(v))
+                .map(|(k, _)| k)
+                .collect();
+            tracing::info!(files = ?changed, "certificate files changed");
+            seen = now;
+            if let Ok(v) = proxy.rotate_certificates().await {
+                seen_version = v;
+            }
+        }
     }
 }

@@ -29,6 +29,29 @@ pub struct Document {
     pub clusters: Vec<ClusterDoc>,
 }
 
+impl Document {
+    /// Every certificate, key and trust-bundle file the document names.
+    pub fn tls_files(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        for l in &self.listeners {
+            if let Some(t) = &l.tls {
+                files.extend([t.cert.clone(), t.key.clone()]);
+                files.extend(t.client_ca.clone());
+            }
+        }
+        for c in &self.clusters {
+            if let Some(t) = &c.tls {
+                files.push(t.ca.clone());
+                files.extend(t.cert.clone());
+                files.extend(t.key.clone());
+            }
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+}
+
 /// A decoded value and where it was written, for errors found later
 /// (cross-references, DNS resolution).
 #[derive(Debug, Clone, Default)]

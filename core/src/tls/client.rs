@@ -57,6 +57,8 @@ pub struct ClientTls {
     pub(crate) server_name: Option<ServerName<'static>>,
     /// Time allowed for the handshake.
     pub handshake_timeout: Duration,
+    /// When the presented client certificate expires, if there is one.
+    pub not_after: Option<i64>,
 }
 
 impl ClientTls {
@@ -95,9 +97,11 @@ impl ClientTls {
             .map_err(|e| TlsError::Config(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
+        let mut not_after = None;
         let mut config = match &material.identity {
             Some((cert, key)) => {
                 let chain = parse_certs(cert).map_err(TlsError::Cert)?;
+                not_after = chain.first().and_then(|c| super::identity::not_after(c));
                 let key = PrivateKeyDer::from_pem_slice(key)
                     .map_err(|e| TlsError::Key(format!("invalid PEM key: {e}")))?;
                 builder
@@ -111,6 +115,7 @@ impl ClientTls {
             config: Arc::new(config),
             server_name,
             handshake_timeout,
+            not_after,
         })
     }
 }

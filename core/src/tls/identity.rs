@@ -18,6 +18,12 @@ pub fn spiffe_id(cert_der: &[u8]) -> Option<String> {
     })
 }
 
+/// The end of a DER certificate's validity, in seconds since the epoch.
+pub fn not_after(cert_der: &[u8]) -> Option<i64> {
+    let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// One identity pattern, e.g. `spiffe://mesh.local/ns/shop/sa/*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityPattern {

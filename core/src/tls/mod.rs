@@ -3,14 +3,16 @@
 //! compio streams (`stream`), and workload identity with authorization
 //! (`identity`).
 //!
-//! Not here yet: SNI passthrough and kTLS offload (see the README).
+//! Not here yet: SNI passthrough, and the kTLS offload itself (`ktls` only
+//! probes; every session runs in userspace).
 
 mod client;
 mod identity;
+pub mod ktls;
 mod server;
 pub(crate) mod stream;
 
 pub use client::{ClientTls, ClientTlsMaterial, ExpectedPeer};
-pub use identity::{AuthzPolicy, IdentityPattern, spiffe_id};
+pub use identity::{AuthzPolicy, IdentityPattern, not_after, spiffe_id};
 pub use server::{ServerTls, ServerTlsMaterial, TlsError, parse_certs};
 pub use stream::HandshakeError;

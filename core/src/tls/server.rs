@@ -57,6 +57,8 @@ pub struct ServerTls {
     pub handshake_timeout: Duration,
     /// Whether clients must present a certificate.
     pub mutual: bool,
+    /// When the listener's certificate expires (seconds since the epoch).
+    pub not_after: Option<i64>,
 }
 
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -86,6 +88,7 @@ impl ServerTls {
         denied: Arc<AtomicU64>,
     ) -> Result<ServerTls, TlsError> {
         let chain = parse_certs(&material.cert_chain_pem).map_err(TlsError::Cert)?;
+        let not_after = chain.first().and_then(|c| super::identity::not_after(c));
         let key = PrivateKeyDer::from_pem_slice(&material.key_pem)
             .map_err(|e| TlsError::Key(format!("invalid PEM key: {e}")))?;
         let provider = provider();
@@ -125,6 +128,7 @@ impl ServerTls {
             config: Arc::new(config),
             handshake_timeout,
             mutual,
+            not_after,
         })
     }
 }
