@@ -570,3 +570,104 @@ fn the_ktls_probe_is_reported_and_sessions_stay_in_userspace() {
     );
     assert_eq!(tls::roundtrip(&mut c, b"userspace").unwrap(), b"userspace");
 }
+
+/// A backend that reads `n` bytes, reports them, and answers `tag`.
+fn capture(tag: &'static str, n: usize) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = tcp::serve_each(move |mut s| {
+        let mut got = vec![0u8; n];
+        if s.read_exact(&mut got).is_ok() {
+            let _ = tx.send(got);
+            let _ = s.write_all(tag.as_bytes());
+        }
+    });
+    (addr, rx)
+}
+
+fn hello_bytes(name: &str) -> Vec<u8> {
+    let config = tls::client_config(&Pki::new().path("ca.pem"), None, Versions::Both);
+    let mut conn = rustls::ClientConnection::new(
+        config,
+        rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn sni_routes_pass_tls_through_untouched() {
+    let a_hello = hello_bytes("api.a.example");
+    let b_hello = hello_bytes("b.example");
+    let ip_hello = hello_bytes("127.0.0.1");
+    let (a, a_rx) = capture("A", a_hello.len());
+    let (b, b_rx) = capture("B", b_hello.len());
+    let (dflt, dflt_rx) = capture("D", 16);
+    let config = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - name: edge\n    listen: 127.0.0.1:0\n    cluster: dflt\n    sni_routes:\n      - {{ server_names: [\"*.a.example\"], cluster: a }}\n      - {{ server_names: [\"b.example\", \"c.example\"], cluster: b }}\nclusters:\n  - {{ name: a, endpoints: [\"{a}\"] }}\n  - {{ name: b, endpoints: [\"{b}\"] }}\n  - {{ name: dflt, endpoints: [\"{dflt}\"] }}\n"
+    );
+    let proxy = Proxy::start("uring", &config);
+    let edge = proxy.listener("edge");
+    for (hello, rx, tag) in [(&a_hello, &a_rx, "A"), (&b_hello, &b_rx, "B")] {
+        let mut c = tcp::connect(edge);
+        c.write_all(hello).unwrap();
+        let mut answer = [0u8; 1];
+        c.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, tag.as_bytes());
+        assert_eq!(
+            &rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            hello,
+            "the ClientHello must arrive unchanged"
+        );
+    }
+    // No SNI, and not TLS at all: the listener's own cluster.
+    for first in [&ip_hello[..], b"GET / HTTP/1.1\r\n".as_slice()] {
+        let mut c = tcp::connect(edge);
+        c.write_all(first).unwrap();
+        let mut answer = [0u8; 1];
+        c.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"D");
+        assert_eq!(
+            dflt_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            &first[..16]
+        );
+    }
+    // A ClientHello split across segments is still routed.
+    let mut c = tcp::connect(edge);
+    c.write_all(&b_hello[..20]).unwrap();
+    thread::sleep(Duration::from_millis(30));
+    c.write_all(&b_hello[20..]).unwrap();
+    let mut answer = [0u8; 1];
+    c.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"B");
+}
+
+#[test]
+fn a_whole_tls_session_passes_through_to_a_terminating_proxy() {
+    let pki = Pki::new();
+    let echo = EchoServer::start();
+    let terminating = tls_proxy("uring", &pki, echo.addr, false, "");
+    let config = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - name: edge\n    listen: 127.0.0.1:0\n    cluster: nowhere\n    sni_routes: [ {{ server_names: [localhost], cluster: inner }} ]\nclusters:\n  - {{ name: inner, endpoints: [\"{}\"] }}\n  - {{ name: nowhere, endpoints: [] }}\n",
+        terminating.listener("tls")
+    );
+    let edge = Proxy::start("epoll", &config);
+    let mut c = tls::connect(
+        edge.listener("edge"),
+        tls::client_config(&pki.path("ca.pem"), None, Versions::Both),
+    );
+    assert_eq!(
+        tls::roundtrip(&mut c, b"end to end").unwrap(),
+        b"end to end"
+    );
+    drop(c);
+    let line = edge
+        .wait_log(Duration::from_secs(5), |v| {
+            v["message"] == "connection closed"
+        })
+        .expect("access log");
+    assert_eq!(line["cluster"], "inner");
+    assert_eq!(line["tls"], "passthrough");
+    assert_eq!(line["sni"], "localhost");
+}

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use ringmesh_core::balance::RoundRobin;
+use ringmesh_core::snapshot::SniRoute;
 use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 
 use crate::decode::{ConfigErrors, Decoder};
@@ -101,6 +102,16 @@ pub fn compile(
             None => None,
             Some(t) => server_tls(&mut d, t, l.authz.as_ref(), &stats.authz_denied).map(Arc::new),
         };
+        let sni_routes = l
+            .sni_routes
+            .iter()
+            .filter_map(|r| {
+                clusters.get(r.cluster.as_str()).map(|c| SniRoute {
+                    server_names: r.server_names.clone(),
+                    cluster: c.clone(),
+                })
+            })
+            .collect();
         listeners.push(Arc::new(ListenerConfig {
             name: Arc::from(l.name.as_str()),
             listen: l.listen,
@@ -109,6 +120,7 @@ pub fn compile(
             idle_timeout: l.idle_timeout,
             access_log: l.access_log,
             tls,
+            sni_routes,
             stats,
         }));
     }

@@ -63,6 +63,18 @@ pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {
         }
     }
     for l in &doc.listeners {
+        for r in &l.sni_routes {
+            if !cluster_names.contains_key(r.cluster.as_str()) {
+                d.error(
+                    r.cluster_origin.mark,
+                    &r.cluster_origin.path,
+                    format!(
+                        "SNI route of listener `{}` references unknown cluster `{}`",
+                        l.name, r.cluster
+                    ),
+                );
+            }
+        }
         if l.cluster.is_empty() {
             continue;
         }

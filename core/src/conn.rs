@@ -10,14 +10,18 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::connect::{ConnectError, connect_upstream};
 use crate::forward::{DirectionCounters, Duplex, ForwardOutcome, proxy_both_ways};
 use crate::metrics::{CloseReason, ListenerStats};
 use crate::runtime::TcpStream;
+use crate::runtime::{self, BufResult};
+use crate::snapshot::Cluster;
 use crate::snapshot::ListenerConfig;
+use crate::tls::client_hello::{self, ClientHello, MAX_CLIENT_HELLO};
 use crate::tls::stream::TlsStream;
 use crate::tls::{HandshakeError, ServerTls};
 
@@ -71,6 +75,13 @@ pub(crate) async fn serve(
     let mut record = ConnectionRecord::new(peer);
     let _ = downstream.set_nodelay(true);
     match &ctx.config.tls {
+        None if !ctx.config.sni_routes.is_empty() => {
+            // Passthrough: route by the ClientHello, leave it in the socket.
+            let sni = peek_server_name(&downstream).await;
+            let cluster = ctx.config.cluster_for(sni.as_deref()).clone();
+            record.tls = Some(("passthrough", sni));
+            proxy_to(&downstream, &cluster, &ctx, &mut record).await;
+        }
         None => proxy(&downstream, &ctx, &mut record).await,
         Some(tls) => match handshake(downstream, tls).await {
             Ok(stream) => {
@@ -99,10 +110,50 @@ async fn handshake(downstream: TcpStream, tls: &ServerTls) -> Result<TlsStream, 
     .await
 }
 
-/// Connects upstream and copies both ways.
+/// Time a passthrough client has to send its ClientHello.
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server name of the ClientHello waiting in `stream`, without
+/// consuming it; `None` when there is none (no SNI, not TLS, timeout).
+async fn peek_server_name(stream: &TcpStream) -> Option<String> {
+    let deadline = Instant::now() + CLIENT_HELLO_TIMEOUT;
+    let mut buf = Vec::with_capacity(MAX_CLIENT_HELLO);
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        buf.clear();
+        let remaining = deadline.checked_duration_since(Instant::now())?;
+        let BufResult(res, b) = runtime::timeout(remaining, runtime::peek(stream, buf)).await?;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => match client_hello::parse(&buf[..n]) {
+                ClientHello::Parsed(name) => return name,
+                ClientHello::NotTls(_) => return None,
+                // Part of the hello has arrived: a peek returns at once, so
+                // wait a little for the rest instead of spinning.
+                ClientHello::Incomplete(_) => {
+                    runtime::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
+            },
+        }
+    }
+}
+
+/// Connects to the listener's cluster and copies both ways.
 async fn proxy(downstream: &impl Duplex, ctx: &ListenerCtx, record: &mut ConnectionRecord) {
+    proxy_to(downstream, &ctx.config.cluster, ctx, record).await
+}
+
+/// Connects to `cluster` and copies both ways.
+async fn proxy_to(
+    downstream: &impl Duplex,
+    cluster: &Cluster,
+    ctx: &ListenerCtx,
+    record: &mut ConnectionRecord,
+) {
     let config = &ctx.config;
-    let cluster = &config.cluster;
+    record.cluster = Some(cluster.name.clone());
     match connect_upstream(cluster, ctx.core).await {
         Ok(upstream) => {
             record.endpoint = Some(upstream.addr);
@@ -157,6 +208,8 @@ struct ConnectionRecord {
     started: Instant,
     peer: SocketAddr,
     endpoint: Option<SocketAddr>,
+    /// The cluster chosen (the listener's unless an SNI route matched).
+    cluster: Option<Arc<str>>,
     /// The client's SPIFFE ID (mTLS).
     identity: Option<String>,
     /// TLS version and SNI, when the listener terminates TLS.
@@ -175,6 +228,7 @@ impl ConnectionRecord {
             started: Instant::now(),
             peer,
             endpoint: None,
+            cluster: None,
             identity: None,
             tls: None,
             reason: CloseReason::Completed,
@@ -196,7 +250,7 @@ impl ConnectionRecord {
             target: "ringmesh::access",
             listener = %config.name,
             peer = %self.peer,
-            cluster = %config.cluster.name,
+            cluster = %self.cluster.as_deref().unwrap_or(&config.cluster.name),
             endpoint = endpoint.as_deref().unwrap_or("-"),
             identity = self.identity.as_deref().unwrap_or("-"),
             tls = self.tls.as_ref().map(|t| t.0).unwrap_or("-"),

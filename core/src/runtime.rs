@@ -208,3 +208,8 @@ pub(crate) fn listener_from_std(listener: std::net::TcpListener) -> io::Result<T
 pub(crate) async fn connect(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
     TcpStream::connect(addr).await
 }
+
+/// Reads what `stream` has received without consuming it.
+pub(crate) async fn peek(stream: &TcpStream, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+    stream.peek(buf).await
+}

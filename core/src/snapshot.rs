@@ -41,6 +41,9 @@ pub struct ListenerConfig {
     pub access_log: bool,
     /// TLS termination (with mTLS and authorization when configured).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// TLS passthrough routing by the ClientHello's server name, in order;
+    /// `cluster` takes what no route matches.
+    pub sni_routes: Vec<SniRoute>,
     /// Counters, shared with earlier snapshots of the same listener name.
     pub stats: Arc<ListenerStats>,
 }
@@ -79,5 +82,29 @@ impl fmt::Display for Endpoint {
             Some(h) => write!(f, "{}({})", h, self.addr),
             None => write!(f, "{}", self.addr),
         }
+    }
+}
+
+/// A passthrough route: connections whose SNI matches go to `cluster`.
+#[derive(Debug)]
+pub struct SniRoute {
+    /// Exact names or `*.suffix` patterns.
+    pub server_names: Vec<String>,
+    /// Where matching connections go.
+    pub cluster: Arc<Cluster>,
+}
+
+impl ListenerConfig {
+    /// The cluster for a connection that sent `sni` (None: no SNI, or not TLS).
+    pub fn cluster_for(&self, sni: Option<&str>) -> &Arc<Cluster> {
+        sni.and_then(|name| {
+            self.sni_routes.iter().find(|r| {
+                r.server_names
+                    .iter()
+                    .any(|p| crate::tls::client_hello::server_name_matches(p, name))
+            })
+        })
+        .map(|r| &r.cluster)
+        .unwrap_or(&self.cluster)
     }
 }

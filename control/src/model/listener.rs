@@ -7,7 +7,8 @@ use serde::{Serialize, Serializer};
 
 use super::Origin;
 use crate::decode::{
-    Decoder, Fields, boolean, child, duration, format_duration, integer, listen_addr, name, scalar,
+    Decoder, Fields, boolean, child, duration, format_duration, integer, list, listen_addr, name,
+    scalar,
 };
 use crate::yaml::Node;
 
@@ -44,6 +45,9 @@ pub struct ListenerDoc {
     /// Who may connect (requires `tls.client_ca`); present = default deny.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authz: Option<super::AuthzDoc>,
+    /// TLS passthrough routes by SNI (without terminating TLS).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<SniRouteDoc>,
     #[serde(skip)]
     pub(crate) origin: Origin,
     #[serde(skip)]
@@ -64,6 +68,7 @@ const KEYS: &[&str] = &[
     "access_log",
     "tls",
     "authz",
+    "sni_routes",
 ];
 
 pub(crate) fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -144,6 +149,25 @@ impl ListenerDoc {
                 );
             }
         }
+        let sni_routes = match f.take("sni_routes") {
+            None => Vec::new(),
+            Some((n, p)) => list(d, n, &p)
+                .map(|items| {
+                    items
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, item)| SniRouteDoc::decode(d, item, &format!("{p}[{i}]")))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        if let (Some(t), false) = (&tls, sni_routes.is_empty()) {
+            d.error(
+                t.origin.mark,
+                &t.origin.path,
+                "a listener either terminates TLS (`tls`) or passes it through by SNI (`sni_routes`), not both",
+            );
+        }
         f.finish(d, KEYS);
         // Fields that failed keep a placeholder so that cross-resource checks
         // still run and every error is reported in one pass; any error
@@ -162,6 +186,7 @@ impl ListenerDoc {
             access_log: access_log.unwrap_or(true),
             tls,
             authz,
+            sni_routes,
             origin: Origin {
                 mark: node.mark,
                 path: path.to_owned(),
@@ -180,4 +205,75 @@ impl ListenerDoc {
 
 fn placeholder_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+/// A passthrough route: TLS connections whose SNI matches go to `cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SniRouteDoc {
+    /// Exact server names or `*.suffix` patterns.
+    pub server_names: Vec<String>,
+    /// Cluster receiving matching connections.
+    pub cluster: String,
+    #[serde(skip)]
+    pub(crate) cluster_origin: Origin,
+}
+
+impl SniRouteDoc {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let names = match f.take("server_names") {
+            None => {
+                d.error(node.mark, path, "missing required key `server_names`");
+                None
+            }
+            Some((n, p)) => list(d, n, &p).map(|items| {
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| {
+                        let ip = format!("{p}[{i}]");
+                        let v = scalar(d, item, &ip, "a server name")?;
+                        let bare = v.strip_prefix("*.").unwrap_or(v);
+                        let ok = !bare.is_empty()
+                            && bare.split('.').all(|l| {
+                                !l.is_empty()
+                                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            });
+                        if ok {
+                            Some(v.to_ascii_lowercase())
+                        } else {
+                            d.error(
+                                item.mark,
+                                &ip,
+                                format!("invalid server name `{v}` (a DNS name, or *.suffix)"),
+                            );
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }),
+        };
+        let cluster = match f.take("cluster") {
+            None => {
+                d.error(node.mark, path, "missing required key `cluster`");
+                None
+            }
+            Some((n, p)) => name(d, n, &p).map(|c| {
+                (
+                    c,
+                    Origin {
+                        mark: n.mark,
+                        path: p,
+                    },
+                )
+            }),
+        };
+        f.finish(d, &["server_names", "cluster"]);
+        let (cluster, cluster_origin) = cluster?;
+        Some(SniRouteDoc {
+            server_names: names?,
+            cluster,
+            cluster_origin,
+        })
+    }
 }

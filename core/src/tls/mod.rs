@@ -7,6 +7,7 @@
 //! probes; every session runs in userspace).
 
 mod client;
+pub mod client_hello;
 mod identity;
 pub mod ktls;
 mod server;
