@@ -33,7 +33,7 @@ enum CertCommand {
         #[arg(long, default_value_t = 3650)]
         days: i64,
     },
-    /// Issue a certificate signed by the CA: OUT.pem (chain: leaf, CA) and OUT.key.
+    /// Issue a certificate signed by the CA: OUT.pem and OUT.key.
     ///
     /// Workload certificates carry a SPIFFE ID (--spiffe) and server
     /// certificates DNS names (--dns); one certificate may carry both. Every
@@ -125,7 +125,9 @@ pub fn run(args: CertArgs) -> anyhow::Result<()> {
             let cert = params.signed_by(&key, &issuer)?;
             let pem = with_extension(&out, "pem");
             let key_path = with_extension(&out, "key");
-            write(&pem, &format!("{}{}", cert.pem(), ca_pem))?;
+            // The leaf only: peers trust the CA separately, and serving the
+            // root in the chain is useless (and flagged by TLS scanners).
+            write(&pem, &cert.pem())?;
             write_key(&key_path, &key.serialize_pem())?;
             println!("wrote {} and {}", pem.display(), key_path.display());
             Ok(())

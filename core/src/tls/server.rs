@@ -124,6 +124,8 @@ impl ServerTls {
             .with_single_cert(chain, key)
             .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))?;
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        // Our suite order (strongest first) wins over the client's.
+        config.ignore_client_order = true;
         Ok(ServerTls {
             config: Arc::new(config),
             handshake_timeout,
