@@ -671,3 +671,50 @@ fn a_whole_tls_session_passes_through_to_a_terminating_proxy() {
     assert_eq!(line["tls"], "passthrough");
     assert_eq!(line["sni"], "localhost");
 }
+
+#[test]
+fn certificates_are_selected_by_sni() {
+    let pki = Pki::new();
+    pki.issue("a", &["--dns", "a.example"]);
+    pki.issue("b", &["--dns", "*.b.example"]);
+    let echo = EchoServer::start();
+    let tls_block = format!(
+        "tls: {{ cert: \"{}\", key: \"{}\", certificates: [ {{ cert: \"{}\", key: \"{}\" }}, {{ cert: \"{}\", key: \"{}\" }} ] }}",
+        pki.file("server.pem"),
+        pki.file("server.key"),
+        pki.file("a.pem"),
+        pki.file("a.key"),
+        pki.file("b.pem"),
+        pki.file("b.key")
+    );
+    let proxy = Proxy::start(
+        "uring",
+        &one_listener("multi", &[echo.addr], &tls_block, ""),
+    );
+    let addr = proxy.listener("multi");
+    let config = tls::client_config(&pki.path("ca.pem"), None, Versions::Both);
+    for (sni, expected) in [
+        ("a.example", "a"),
+        ("x.b.example", "b"),
+        ("localhost", "server"),
+    ] {
+        let tcp = tcp::connect(addr);
+        let conn = rustls::ClientConnection::new(
+            config.clone(),
+            rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap(),
+        )
+        .unwrap();
+        let mut c = rustls::StreamOwned::new(conn, tcp);
+        assert_eq!(
+            tls::roundtrip(&mut c, sni.as_bytes()).unwrap(),
+            sni.as_bytes(),
+            "{sni}"
+        );
+        let served = c.conn.peer_certificates().unwrap()[0].to_vec();
+        assert_eq!(
+            served,
+            leaf_der(&pki.path(&format!("{expected}.pem"))),
+            "SNI {sni} must get {expected}.pem"
+        );
+    }
+}

@@ -156,10 +156,19 @@ fn server_tls(
         Some(p) => Some(read("client_ca", p)?),
         None => None,
     };
+    let mut sni_certificates = Vec::with_capacity(t.certificates.len());
+    for (i, c) in t.certificates.iter().enumerate() {
+        let pair = (
+            read(&format!("certificates[{i}].cert"), &c.cert),
+            read(&format!("certificates[{i}].key"), &c.key),
+        );
+        sni_certificates.push((pair.0?, pair.1?));
+    }
     let material = ServerTlsMaterial {
         cert_chain_pem: cert?,
         key_pem: key?,
         client_ca_pem: client_ca,
+        sni_certificates,
     };
     let policy = authz.map(|a| AuthzPolicy {
         allow: a

@@ -37,6 +37,9 @@ impl Document {
             if let Some(t) = &l.tls {
                 files.extend([t.cert.clone(), t.key.clone()]);
                 files.extend(t.client_ca.clone());
+                for c in &t.certificates {
+                    files.extend([c.cert.clone(), c.key.clone()]);
+                }
             }
         }
         for c in &self.clusters {

@@ -31,8 +31,20 @@ pub struct ListenerTlsDoc {
     /// ALPN protocols offered, in preference order (none by default).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub alpn: Vec<String>,
+    /// More certificates, each served to clients whose SNI its DNS SANs cover.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateDoc>,
     #[serde(skip)]
     pub(crate) origin: Origin,
+}
+
+/// A certificate and its key.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateDoc {
+    /// Chain, PEM.
+    pub cert: String,
+    /// Key, PEM.
+    pub key: String,
 }
 
 /// Who may connect, by SPIFFE ID; with a policy present the default is deny.
@@ -101,11 +113,41 @@ impl ListenerTlsDoc {
                     .collect()
             }),
         };
+        let certificates = match f.take("certificates") {
+            None => Vec::new(),
+            Some((n, p)) => list(d, n, &p)
+                .map(|items| {
+                    items
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, item)| {
+                            let ip = format!("{p}[{i}]");
+                            let mut cf = Fields::of(d, item, &ip)?;
+                            let cert = path_string(d, &mut cf, item, &ip, "cert", true);
+                            let key = path_string(d, &mut cf, item, &ip, "key", true);
+                            cf.finish(d, &["cert", "key"]);
+                            Some(CertificateDoc {
+                                cert: cert?,
+                                key: key?,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
         f.finish(
             d,
-            &["cert", "key", "client_ca", "handshake_timeout", "alpn"],
+            &[
+                "cert",
+                "key",
+                "client_ca",
+                "handshake_timeout",
+                "alpn",
+                "certificates",
+            ],
         );
         Some(ListenerTlsDoc {
+            certificates,
             cert: cert?,
             key: key?,
             client_ca,

@@ -18,6 +18,35 @@ pub fn spiffe_id(cert_der: &[u8]) -> Option<String> {
     })
 }
 
+/// The DNS SANs of a DER certificate, lower-cased (wildcards kept as `*.x`).
+pub fn dns_names(cert_der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = X509Certificate::from_der(cert_der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `name` is covered by DNS SAN `san` (RFC 6125: a leading `*`
+/// stands for exactly one label).
+pub fn dns_name_matches(san: &str, name: &str) -> bool {
+    match san.strip_prefix("*.") {
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(suffix)),
+        None => san.eq_ignore_ascii_case(name),
+    }
+}
+
 /// The end of a DER certificate's validity, in seconds since the epoch.
 pub fn not_after(cert_der: &[u8]) -> Option<i64> {
     let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
@@ -134,6 +163,14 @@ mod tests {
         assert!(!p.allows(Some("spiffe://mesh.local/ns/other/sa/product")));
         assert!(!p.allows(None));
         assert!(!AuthzPolicy::default().allows(Some("spiffe://mesh.local/x")));
+    }
+
+    #[test]
+    fn dns_wildcards_cover_exactly_one_label() {
+        assert!(dns_name_matches("*.b.example", "x.b.example"));
+        assert!(!dns_name_matches("*.b.example", "y.x.b.example"));
+        assert!(!dns_name_matches("*.b.example", "b.example"));
+        assert!(dns_name_matches("A.Example", "a.example"));
     }
 
     #[test]

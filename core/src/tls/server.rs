@@ -11,8 +11,9 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -47,6 +48,9 @@ pub struct ServerTlsMaterial {
     pub key_pem: Vec<u8>,
     /// Trust bundle for client certificates; present = mTLS required.
     pub client_ca_pem: Option<Vec<u8>>,
+    /// More `(chain, key)` pairs, each served to clients whose SNI its DNS
+    /// SANs cover; the main chain serves everyone else.
+    pub sni_certificates: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A listener's TLS settings, ready for handshakes.
@@ -92,6 +96,7 @@ impl ServerTls {
         let key = PrivateKeyDer::from_pem_slice(&material.key_pem)
             .map_err(|e| TlsError::Key(format!("invalid PEM key: {e}")))?;
         let provider = provider();
+        let provider_for_keys = provider.clone();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -120,9 +125,31 @@ impl ServerTls {
                 builder.with_no_client_auth()
             }
         };
-        let mut config = builder
-            .with_single_cert(chain, key)
-            .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))?;
+        let certified = |chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>| {
+            CertifiedKey::from_der(chain, key, &provider_for_keys)
+                .map(Arc::new)
+                .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))
+        };
+        let default = certified(chain, key)?;
+        let mut by_name = Vec::new();
+        for (i, (cert_pem, key_pem)) in material.sni_certificates.iter().enumerate() {
+            let chain = parse_certs(cert_pem)
+                .map_err(|e| TlsError::Cert(format!("certificates[{i}]: {e}")))?;
+            let names = chain
+                .first()
+                .map(|c| super::identity::dns_names(c))
+                .unwrap_or_default();
+            if names.is_empty() {
+                return Err(TlsError::Cert(format!(
+                    "certificates[{i}] has no DNS name to be selected by"
+                )));
+            }
+            let key = PrivateKeyDer::from_pem_slice(key_pem)
+                .map_err(|e| TlsError::Key(format!("certificates[{i}]: invalid PEM key: {e}")))?;
+            let ck = certified(chain, key)?;
+            by_name.extend(names.into_iter().map(|n| (n, ck.clone())));
+        }
+        let mut config = builder.with_cert_resolver(Arc::new(SniCertificates { default, by_name }));
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         // Our suite order (strongest first) wins over the client's.
         config.ignore_client_order = true;
@@ -132,6 +159,26 @@ impl ServerTls {
             mutual,
             not_after,
         })
+    }
+}
+
+/// Picks the certificate for a ClientHello: the first whose DNS SANs cover
+/// its SNI, else the listener's main certificate.
+#[derive(Debug)]
+struct SniCertificates {
+    default: Arc<CertifiedKey>,
+    by_name: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesServerCert for SniCertificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello.server_name().and_then(|sni| {
+            self.by_name
+                .iter()
+                .find(|(san, _)| super::identity::dns_name_matches(san, sni))
+                .map(|(_, k)| k.clone())
+        });
+        Some(chosen.unwrap_or_else(|| self.default.clone()))
     }
 }
 
