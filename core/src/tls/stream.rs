@@ -17,15 +17,21 @@ use futures_util::lock::Mutex;
 
 use crate::runtime::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufResult, TcpStream};
 
-/// Ciphertext read size: one maximum TLS record plus overhead.
+/// First ciphertext read size: one maximum TLS record plus overhead.
 const CIPHER_BUFFER: usize = 18 * 1024;
+/// Ciphertext read size once reads fill the buffer (bulk transfers): fewer,
+/// larger reads cost less CPU per byte.
+const CIPHER_BUFFER_BULK: usize = 128 * 1024;
 
 /// An established TLS session.
 pub(crate) struct TlsStream {
     sock: TcpStream,
     conn: RefCell<rustls::Connection>,
-    /// Reused ciphertext read buffer (None while a read owns it).
+    /// Reused ciphertext read buffer (None while a read owns it). Bytes
+    /// `cipher_pos..len` were read but not yet accepted by rustls, which
+    /// refuses more while 16 KiB of plaintext wait to be read.
     cipher_in: Cell<Option<Vec<u8>>>,
+    cipher_pos: Cell<usize>,
     /// Serialises socket writes; holds the reused ciphertext write buffer.
     out: Mutex<Vec<u8>>,
 }
@@ -55,6 +61,7 @@ impl TlsStream {
             sock,
             conn: RefCell::new(conn),
             cipher_in: Cell::new(Some(Vec::with_capacity(CIPHER_BUFFER))),
+            cipher_pos: Cell::new(0),
             out: Mutex::new(Vec::with_capacity(CIPHER_BUFFER)),
         };
         match runtime::timeout(timeout, stream.drive_handshake()).await {
@@ -89,36 +96,63 @@ impl TlsStream {
         }
     }
 
-    /// Reads ciphertext from the socket into the session; `Ok(0)` at EOF.
+    /// Moves ciphertext into the session: bytes already read but not yet
+    /// accepted first, else a new socket read. `Ok(0)` at EOF.
     async fn read_ciphertext(&self) -> Result<usize, Ciphertext> {
         let mut buf = self
             .cipher_in
             .take()
             .unwrap_or_else(|| Vec::with_capacity(CIPHER_BUFFER));
-        buf.clear();
-        let mut sock = &self.sock;
-        let BufResult(res, buf) = sock.read(buf).await;
-        let result = match res {
-            Ok(0) => Ok(0),
-            Ok(n) => {
-                let mut c = self.conn.borrow_mut();
-                let mut slice = &buf[..n];
-                while !slice.is_empty() {
-                    if let Err(e) = c.read_tls(&mut slice) {
-                        self.cipher_in.set(Some(buf));
-                        return Err(Ciphertext::Io(e));
-                    }
-                    if let Err(e) = c.process_new_packets() {
-                        self.cipher_in.set(Some(buf));
-                        return Err(Ciphertext::Tls(e));
-                    }
-                }
-                Ok(n)
+        if self.cipher_pos.get() >= buf.len() {
+            // Nothing pending: read from the socket.
+            if buf.len() == buf.capacity() && buf.capacity() < CIPHER_BUFFER_BULK {
+                buf = Vec::with_capacity(CIPHER_BUFFER_BULK);
             }
-            Err(e) => Err(Ciphertext::Io(e)),
-        };
+            buf.clear();
+            self.cipher_pos.set(0);
+            let mut sock = &self.sock;
+            let BufResult(res, b) = sock.read(buf).await;
+            buf = b;
+            match res {
+                Ok(0) => {
+                    self.cipher_in.set(Some(buf));
+                    return Ok(0);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.cipher_in.set(Some(buf));
+                    return Err(Ciphertext::Io(e));
+                }
+            }
+        }
+        let result = self.feed(&buf);
         self.cipher_in.set(Some(buf));
         result
+    }
+
+    /// Hands `buf[cipher_pos..]` to rustls until it is all accepted or
+    /// rustls pushes back (plaintext waiting); returns bytes accepted.
+    fn feed(&self, buf: &[u8]) -> Result<usize, Ciphertext> {
+        let mut c = self.conn.borrow_mut();
+        let start = self.cipher_pos.get();
+        let mut slice = &buf[start..];
+        while !slice.is_empty() {
+            match c.read_tls(&mut slice) {
+                Ok(0) => break, // close_notify received: nothing more is read
+                Ok(_) => {}
+                // Backpressure: the plaintext must be read first.
+                Err(e) if e.kind() == io::ErrorKind::Other && start != buf.len() - slice.len() => {
+                    break;
+                }
+                Err(e) => return Err(Ciphertext::Io(e)),
+            }
+            if let Err(e) = c.process_new_packets() {
+                return Err(Ciphertext::Tls(e));
+            }
+        }
+        let consumed = buf.len() - slice.len();
+        self.cipher_pos.set(consumed);
+        Ok((consumed - start).max(1))
     }
 
     /// Writes every record the session has queued.
