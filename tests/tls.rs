@@ -718,3 +718,42 @@ fn certificates_are_selected_by_sni() {
         );
     }
 }
+
+#[test]
+fn a_bulk_upload_survives_rustls_backpressure() {
+    // A slow upstream makes the proxy wait on its writes while the client's
+    // records pile up in the socket, so one read carries far more than the
+    // 16 KiB of plaintext rustls accepts at once; the rest must be kept.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let slow_sink = tcp::serve_each(move |mut s| {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    n += k;
+                    h.update(&buf[..k]);
+                    thread::sleep(Duration::from_micros(500));
+                }
+            }
+        }
+        let digest: [u8; 32] = h.finalize().into();
+        tx.send((n, digest)).unwrap();
+    });
+    let pki = Pki::new();
+    let proxy = tls_proxy("uring", &pki, slow_sink, false, "");
+    let mut c = tls::connect(
+        proxy.listener("tls"),
+        tls::client_config(&pki.path("ca.pem"), None, Versions::Both),
+    );
+    let sent = tcp::send_payload(&mut c, 5, 32 << 20).unwrap();
+    c.conn.send_close_notify();
+    c.flush().unwrap();
+    c.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let (n, got) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(n, 32 << 20, "bytes lost");
+    assert_eq!(got, sent, "bytes differ");
+}
