@@ -395,23 +395,51 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             reloads_applied: AtomicU64::new(1),
             reloads_rejected: AtomicU64::new(0),
         });
+        // Signal handlers exist before anyone is told the proxy is up: a
+        // SIGHUP or SIGTERM arriving earlier would take the default action
+        // (terminate).
+        let signals = Signals::install();
         tokio::spawn(crate::admin::serve(admin_socket, proxy.clone()));
+        tokio::spawn(reload_on_sighup(proxy.clone(), signals.hup));
         tracing::info!(addr = %admin_addr, "admin API listening");
-        tokio::spawn(reload_on_sighup(proxy.clone()));
         tokio::spawn(watch_certificates(
             proxy.clone(),
             options.cert_watch_interval,
         ));
-        wait_for_drain_request(&proxy).await;
+        wait_for_drain_request(&proxy, signals.term, signals.int).await;
         proxy.drain(options.drain_timeout).await;
         Ok(())
     })
 }
 
-async fn reload_on_sighup(proxy: Arc<Proxy>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install the SIGHUP handler; reload through PUT /config");
+/// The process's signal streams, registered together at startup.
+struct Signals {
+    hup: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let get = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(signal = name, error = %e, "cannot install the signal handler");
+                None
+            }
+        };
+        Signals {
+            hup: get(SignalKind::hangup(), "SIGHUP"),
+            term: get(SignalKind::terminate(), "SIGTERM"),
+            int: get(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+}
+
+async fn reload_on_sighup(proxy: Arc<Proxy>, hup: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hup) = hup else {
+        tracing::warn!("no SIGHUP handler; reload through PUT /config");
         return;
     };
     while hup.recv().await.is_some() {
@@ -420,11 +448,12 @@ async fn reload_on_sighup(proxy: Arc<Proxy>) {
     }
 }
 
-async fn wait_for_drain_request(proxy: &Proxy) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    let (Ok(mut term), Ok(mut int)) = (term, int) else {
+async fn wait_for_drain_request(
+    proxy: &Proxy,
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+) {
+    let (Some(mut term), Some(mut int)) = (term, int) else {
         tracing::warn!("cannot install SIGTERM/SIGINT handlers; drain through POST /drain");
         proxy.drain_requested.notified().await;
         return;
