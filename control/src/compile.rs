@@ -139,17 +139,7 @@ fn server_tls(
     authz: Option<&AuthzDoc>,
     denied: &Arc<std::sync::atomic::AtomicU64>,
 ) -> Option<ServerTls> {
-    let mut read = |key: &str, path: &str| match std::fs::read(path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) => {
-            d.error(
-                t.origin.mark,
-                &format!("{}.{key}", t.origin.path),
-                format!("cannot read `{path}`: {e}"),
-            );
-            None
-        }
-    };
+    let mut read = |key: &str, path: &str| read_material(d, &t.origin, key, path);
     let cert = read("cert", &t.cert);
     let key = read("key", &t.key);
     let client_ca = match &t.client_ca {
@@ -200,17 +190,7 @@ fn server_tls(
 /// Reads a cluster's TLS material and builds its client config; problems
 /// are reported at the cluster's `tls` key.
 fn client_tls(d: &mut Decoder, t: &ClusterTlsDoc) -> Option<ClientTls> {
-    let mut read = |key: &str, path: &str| match std::fs::read(path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) => {
-            d.error(
-                t.origin.mark,
-                &format!("{}.{key}", t.origin.path),
-                format!("cannot read `{path}`: {e}"),
-            );
-            None
-        }
-    };
+    let mut read = |key: &str, path: &str| read_material(d, &t.origin, key, path);
     let ca = read("ca", &t.ca);
     let identity = match (&t.cert, &t.key) {
         (Some(c), Some(k)) => Some((read("cert", c)?, read("key", k)?)),
@@ -235,6 +215,27 @@ fn client_tls(d: &mut Decoder, t: &ClusterTlsDoc) -> Option<ClientTls> {
         Ok(tls) => Some(tls),
         Err(e) => {
             d.error(t.origin.mark, &t.origin.path, e.to_string());
+            None
+        }
+    }
+}
+
+/// Reads a certificate, key or bundle file named at `origin.<key>`; a
+/// failure is a config error there.
+fn read_material(
+    d: &mut Decoder,
+    origin: &crate::model::Origin,
+    key: &str,
+    path: &str,
+) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            d.error(
+                origin.mark,
+                &format!("{}.{key}", origin.path),
+                format!("cannot read `{path}`: {e}"),
+            );
             None
         }
     }

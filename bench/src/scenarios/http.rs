@@ -7,18 +7,15 @@ use compio::BufResult;
 use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
 
-use super::{CONNECT_BACKOFF, classify, connect};
+use super::{classify, connect, next_slot, reuse_or_connect, schedule_for};
 use crate::http1::{Progress, ResponseError, ResponseReader};
 use crate::runner::{ConnCtx, HttpWorkload};
-use crate::schedule::{Schedule, corrected_latency};
+use crate::schedule::corrected_latency;
 use crate::stats::ErrorKind;
 
 pub(crate) async fn run(ctx: &ConnCtx<'_>, w: &HttpWorkload) {
     let spec = ctx.spec;
-    let mut schedule = match spec.rate {
-        Some(rate) => Schedule::open(ctx.window.start, rate, spec.connections, ctx.index),
-        None => Schedule::Closed,
-    };
+    let mut schedule = schedule_for(ctx);
     let mut conn: Option<TcpStream> = None;
     let mut reader = ResponseReader::new(w.request.head);
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -27,32 +24,11 @@ pub(crate) async fn run(ctx: &ConnCtx<'_>, w: &HttpWorkload) {
         conn = connect(spec.target, spec.timeout).await.ok();
     }
     compio::time::sleep_until(ctx.window.start).await;
-    loop {
-        let intended = schedule.next_intended();
-        if let Some(at) = intended {
-            if at >= ctx.window.end {
-                return;
-            }
-            compio::time::sleep_until(at).await;
-        }
-        let sent = Instant::now();
-        if sent >= ctx.window.end {
-            return;
-        }
-        let counted_at = intended.unwrap_or(sent);
-        let stream = match conn.take() {
-            Some(s) => s,
-            None => match connect(spec.target, spec.timeout).await {
-                Ok(s) => s,
-                Err(kind) => {
-                    ctx.error(kind, counted_at);
-                    if intended.is_none() {
-                        compio::time::sleep(CONNECT_BACKOFF).await;
-                    }
-                    continue;
-                }
-            },
+    while let Some(slot) = next_slot(&mut schedule, ctx).await {
+        let Some(stream) = reuse_or_connect(&mut conn, ctx, &slot).await else {
+            continue;
         };
+        let (intended, sent, counted_at) = (slot.intended, slot.sent, slot.counted_at());
         reader.reset(w.request.head);
         let outcome =
             compio::time::timeout(spec.timeout, exchange(&stream, w, &mut reader, &mut buf)).await;

@@ -7,18 +7,15 @@ use std::time::Instant;
 use compio::BufResult;
 use compio::io::{AsyncRead, AsyncWriteExt};
 
-use super::{CONNECT_BACKOFF, classify, connect};
+use super::{classify, connect, next_slot, reuse_or_connect, schedule_for};
 use crate::runner::ConnCtx;
-use crate::schedule::{Schedule, corrected_latency};
+use crate::schedule::corrected_latency;
 use crate::stats::ErrorKind;
 
 pub(crate) async fn run(ctx: &ConnCtx<'_>, size: usize) {
     let spec = ctx.spec;
     let size = size.max(1);
-    let mut schedule = match spec.rate {
-        Some(rate) => Schedule::open(ctx.window.start, rate, spec.connections, ctx.index),
-        None => Schedule::Closed,
-    };
+    let mut schedule = schedule_for(ctx);
     let message: Vec<u8> = (0..size)
         .map(|i| (i as u8).wrapping_add(ctx.index as u8))
         .collect();
@@ -26,30 +23,11 @@ pub(crate) async fn run(ctx: &ConnCtx<'_>, size: usize) {
     let mut out: Vec<u8> = Vec::with_capacity(size);
     let mut inb: Vec<u8> = Vec::with_capacity(size.max(4096));
     compio::time::sleep_until(ctx.window.start).await;
-    loop {
-        let intended = schedule.next_intended();
-        if let Some(at) = intended {
-            if at >= ctx.window.end {
-                return;
-            }
-            compio::time::sleep_until(at).await;
-        }
-        let sent = Instant::now();
-        if sent >= ctx.window.end {
-            return;
-        }
-        let counted_at = intended.unwrap_or(sent);
-        let s = match stream.take() {
-            Some(s) => s,
-            None => match connect(spec.target, spec.timeout).await {
-                Ok(s) => s,
-                Err(kind) => {
-                    ctx.error(kind, counted_at);
-                    compio::time::sleep(CONNECT_BACKOFF).await;
-                    continue;
-                }
-            },
+    while let Some(slot) = next_slot(&mut schedule, ctx).await {
+        let Some(s) = reuse_or_connect(&mut stream, ctx, &slot).await else {
+            continue;
         };
+        let (intended, sent, counted_at) = (slot.intended, slot.sent, slot.counted_at());
         out.clear();
         out.extend_from_slice(&message);
         let round_trip = async {

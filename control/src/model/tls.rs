@@ -95,24 +95,7 @@ impl ListenerTlsDoc {
             None => Some(DEFAULT_HANDSHAKE_TIMEOUT),
             Some((n, p)) => duration(d, n, &p, Duration::from_millis(1), Duration::from_secs(300)),
         };
-        let alpn = match f.take("alpn") {
-            None => Some(Vec::new()),
-            Some((n, p)) => list(d, n, &p).map(|items| {
-                items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, item)| {
-                        let ip = format!("{p}[{i}]");
-                        let v = scalar(d, item, &ip, "a protocol name")?;
-                        if v.is_empty() || v.len() > 255 {
-                            d.error(item.mark, &ip, "ALPN protocol names are 1-255 bytes");
-                            return None;
-                        }
-                        Some(v.to_owned())
-                    })
-                    .collect()
-            }),
-        };
+        let alpn = Some(protocols(d, &mut f));
         let certificates = match f.take("certificates") {
             None => Vec::new(),
             Some((n, p)) => list(d, n, &p)
@@ -159,6 +142,29 @@ impl ListenerTlsDoc {
             },
         })
     }
+}
+
+/// `alpn: [...]`: protocol names of 1-255 bytes.
+fn protocols(d: &mut Decoder, f: &mut Fields<'_>) -> Vec<String> {
+    let Some((n, p)) = f.take("alpn") else {
+        return Vec::new();
+    };
+    let Some(items) = list(d, n, &p) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let ip = format!("{p}[{i}]");
+            let v = scalar(d, item, &ip, "a protocol name")?;
+            if v.is_empty() || v.len() > 255 {
+                d.error(item.mark, &ip, "ALPN protocol names are 1-255 bytes");
+                return None;
+            }
+            Some(v.to_owned())
+        })
+        .collect()
 }
 
 fn patterns(d: &mut Decoder, f: &mut Fields<'_>, key: &str) -> Vec<String> {
@@ -253,21 +259,7 @@ impl ClusterTlsDoc {
             None => Some(DEFAULT_HANDSHAKE_TIMEOUT),
             Some((n, p)) => duration(d, n, &p, Duration::from_millis(1), Duration::from_secs(300)),
         };
-        let alpn = match f.take("alpn") {
-            None => Vec::new(),
-            Some((n, p)) => list(d, n, &p)
-                .map(|items| {
-                    items
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, it)| {
-                            scalar(d, it, &format!("{p}[{i}]"), "a protocol name")
-                                .map(str::to_owned)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
+        let alpn = protocols(d, &mut f);
         f.finish(
             d,
             &[
