@@ -147,11 +147,11 @@ async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
             let endpoints: Vec<_> = c
                 .endpoints
                 .iter()
-                .map(|e| json!({"address": e.addr.to_string(), "hostname": e.hostname.as_deref()}))
+                .map(|e| json!({"address": e.addr.to_string(), "hostname": e.hostname.as_deref(), "weight": e.weight}))
                 .collect();
             json!({
                 "name": &*c.name,
-                "lb": "round_robin",
+                "lb": c.balancer.policy().as_str(),
                 "connect_timeout": crate::decode::format_duration(c.connect_timeout),
                 "connect_attempts": c.connect_attempts,
                 "endpoints": endpoints,

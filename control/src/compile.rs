@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
-use ringmesh_core::balance::RoundRobin;
 use ringmesh_core::snapshot::SniRoute;
+use ringmesh_core::{Balancer, LbPolicy as CoreLb};
 use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 
 use crate::decode::{ConfigErrors, Decoder};
@@ -38,6 +38,7 @@ pub fn compile(
                 endpoints.push(Endpoint {
                     addr: SocketAddr::new(ip, e.port),
                     hostname: None,
+                    weight: e.weight,
                 });
                 continue;
             }
@@ -51,6 +52,7 @@ pub fn compile(
                             endpoints.push(Endpoint {
                                 addr,
                                 hostname: Some(hostname.clone()),
+                                weight: e.weight,
                             });
                         }
                     }
@@ -74,12 +76,20 @@ pub fn compile(
             .as_ref()
             .and_then(|t| client_tls(&mut d, t))
             .map(Arc::new);
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let policy = match c.lb {
+            crate::model::LbPolicy::RoundRobin => CoreLb::RoundRobin,
+            crate::model::LbPolicy::Random => CoreLb::Random,
+            crate::model::LbPolicy::LeastRequest => CoreLb::LeastRequest,
+        };
+        // Seeded per version so runs differ; any seed is correct.
+        let balancer = Balancer::new(policy, &weights, workers, version ^ 0x9e37_79b9_7f4a_7c15);
         let cluster = Arc::new(Cluster {
             name: Arc::from(c.name.as_str()),
             endpoints,
             connect_timeout: c.connect_timeout,
             connect_attempts: c.connect_attempts,
-            balancer: RoundRobin::new(workers),
+            balancer,
             tls,
             stats: stats.cluster(&c.name),
         });

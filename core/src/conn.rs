@@ -160,6 +160,7 @@ async fn proxy_to(
             let lc = config.stats.cores.get(ctx.core);
             let cc = cluster.stats.cores.get(ctx.core);
             cc.active.add(1);
+            cluster.balancer.opened(ctx.core, upstream.index);
             let ForwardOutcome { reason, error } = proxy_both_ways(
                 downstream,
                 &upstream.stream,
@@ -177,6 +178,7 @@ async fn proxy_to(
             )
             .await;
             cc.active.add(-1);
+            cluster.balancer.closed(ctx.core, upstream.index);
             record.reason = reason;
             record.error = error.map(ErrorText::Io);
         }

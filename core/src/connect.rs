@@ -52,6 +52,8 @@ pub enum AttemptError {
 pub(crate) struct Upstream {
     pub stream: Stream,
     pub addr: SocketAddr,
+    /// Index of the endpoint in the cluster.
+    pub index: usize,
 }
 
 /// Connects to one of `cluster`'s endpoints from worker `core`.
@@ -64,11 +66,12 @@ pub(crate) async fn connect_upstream(
         return Err(ConnectError::NoEndpoints);
     }
     let stats = cluster.stats.cores.get(core);
-    let first = cluster.balancer.pick(core, endpoints.len());
+    let first = cluster.balancer.pick(core) % endpoints.len();
     let attempts = (cluster.connect_attempts.max(1) as usize).min(endpoints.len());
     let mut last = None;
     for i in 0..attempts {
-        let addr = endpoints[(first + i) % endpoints.len()].addr;
+        let index = (first + i) % endpoints.len();
+        let addr = endpoints[index].addr;
         let started = Instant::now();
         let err = match runtime::timeout(cluster.connect_timeout, runtime::connect(addr)).await {
             Some(Ok(stream)) => {
@@ -81,7 +84,11 @@ pub(crate) async fn connect_upstream(
                             .connect_latency
                             .record(CONNECT_BUCKETS, started.elapsed());
                         stats.connections.inc();
-                        return Ok(Upstream { stream, addr });
+                        return Ok(Upstream {
+                            stream,
+                            addr,
+                            index,
+                        });
                     }
                     Err(e) => {
                         stats.tls_failures.inc();

@@ -29,6 +29,7 @@ mod stream;
 pub mod tls;
 mod worker;
 
+pub use balance::{Balancer, LbPolicy};
 pub use bind::{BindError, ListenKey};
 pub use connect::{AttemptError, ConnectError};
 pub use engine::{BoundListener, Engine, EngineError, EngineOptions};

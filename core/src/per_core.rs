@@ -26,6 +26,14 @@ impl<T: Default> PerCore<T> {
 }
 
 impl<T> PerCore<T> {
+    /// Creates `workers` slots (at least one) with `make`.
+    pub fn from_fn(workers: usize, make: impl Fn() -> T) -> Self {
+        let slots = (0..workers.max(1))
+            .map(|_| CachePadded::new(make()))
+            .collect();
+        Self { slots }
+    }
+
     /// The slot of worker `core`. Indices wrap, so a caller can never panic
     /// on an index from a larger worker count.
     #[inline]
@@ -79,6 +87,36 @@ impl Gauge {
     /// The current value.
     pub fn get(&self) -> i64 {
         self.0.load(Relaxed)
+    }
+}
+
+/// A pseudo-random generator with a single writer (xorshift64*): fast,
+/// and deterministic from its seed for tests.
+#[derive(Debug)]
+pub struct Rng(AtomicU64);
+
+impl Rng {
+    /// A generator seeded with `seed` (0 is replaced, xorshift needs bits).
+    pub fn new(seed: u64) -> Self {
+        Rng(AtomicU64::new(seed.max(1)))
+    }
+
+    /// The next value. Must only be called by the slot's own worker.
+    #[inline]
+    pub fn next(&self) -> u64 {
+        let mut x = self.0.load(Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0.store(x, Relaxed);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A value in `0..n` (n > 0).
+    #[inline]
+    pub fn below(&self, n: u64) -> u64 {
+        // Multiply-shift: unbiased enough for load balancing, no division.
+        ((self.next() >> 32) * n) >> 32
     }
 }
 

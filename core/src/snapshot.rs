@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::balance::RoundRobin;
+use crate::balance::Balancer;
 use crate::metrics::{ClusterStats, ListenerStats};
 
 /// One applied configuration.
@@ -59,8 +59,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Distinct endpoints tried for one downstream connection before giving up.
     pub connect_attempts: u32,
-    /// Per-core round-robin positions.
-    pub balancer: RoundRobin,
+    /// Picks the endpoint for each connection (per-core state inside).
+    pub balancer: Balancer,
     /// TLS towards the endpoints (origination), if any.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// Counters, shared with earlier snapshots of the same cluster name.
@@ -74,6 +74,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The configured host name this address was resolved from, if any.
     pub hostname: Option<Arc<str>>,
+    /// Share of connections relative to the other endpoints (>= 1).
+    pub weight: u32,
 }
 
 impl fmt::Display for Endpoint {

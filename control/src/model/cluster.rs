@@ -13,8 +13,12 @@ use crate::yaml::Node;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
-    /// Each endpoint in turn.
+    /// Each endpoint in turn, in proportion to its weight (smooth).
     RoundRobin,
+    /// At random, in proportion to weight.
+    Random,
+    /// The less loaded of two random endpoints (active connections per weight).
+    LeastRequest,
 }
 
 /// One upstream endpoint as written: a host (IP literal or DNS name) and a port.
@@ -24,17 +28,64 @@ pub struct EndpointDoc {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// Relative share of connections, 1-1000 (default 1).
+    pub weight: u32,
     pub(crate) origin: Origin,
 }
 
 impl Serialize for EndpointDoc {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.host.contains(':') {
-            s.serialize_str(&format!("[{}]:{}", self.host, self.port))
+        let address = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
         } else {
-            s.serialize_str(&format!("{}:{}", self.host, self.port))
+            format!("{}:{}", self.host, self.port)
+        };
+        if self.weight == 1 {
+            s.serialize_str(&address)
+        } else {
+            use serde::ser::SerializeMap;
+            let mut m = s.serialize_map(Some(2))?;
+            m.serialize_entry("address", &address)?;
+            m.serialize_entry("weight", &self.weight)?;
+            m.end()
         }
     }
+}
+
+/// An endpoint: `host:port`, or `{ address: host:port, weight: N }`.
+fn endpoint(d: &mut Decoder, item: &Node, path: &str) -> Option<EndpointDoc> {
+    let origin = Origin {
+        mark: item.mark,
+        path: path.to_owned(),
+    };
+    if let crate::yaml::Value::Map(_) = item.value {
+        let mut f = Fields::of(d, item, path)?;
+        let address = match f.take("address") {
+            Some((n, p)) => host_port(d, n, &p),
+            None => {
+                d.error(item.mark, path, "missing required key `address`");
+                None
+            }
+        };
+        let weight = match f.take("weight") {
+            None => Some(1),
+            Some((n, p)) => integer(d, n, &p, 1, 1000).map(|w| w as u32),
+        };
+        f.finish(d, &["address", "weight"]);
+        let (host, port) = address?;
+        return Some(EndpointDoc {
+            host,
+            port,
+            weight: weight?,
+            origin,
+        });
+    }
+    host_port(d, item, path).map(|(host, port)| EndpointDoc {
+        host,
+        port,
+        weight: 1,
+        origin,
+    })
 }
 
 /// One cluster.
@@ -88,41 +139,25 @@ impl ClusterDoc {
                 items
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, item)| {
-                        let ip = format!("{p}[{i}]");
-                        host_port(d, item, &ip).map(|(host, port)| EndpointDoc {
-                            host,
-                            port,
-                            origin: Origin {
-                                mark: item.mark,
-                                path: ip,
-                            },
-                        })
-                    })
+                    .filter_map(|(i, item)| endpoint(d, item, &format!("{p}[{i}]")))
                     .collect::<Vec<_>>()
             }),
         };
         let lb = match f.take("lb") {
             None => Some(LbPolicy::RoundRobin),
-            Some((n, p)) => {
-                match scalar(d, n, &p, "a load-balancing policy")? {
-                    "round_robin" => Some(LbPolicy::RoundRobin),
-                    other @ ("random" | "least_request" | "peak_ewma" | "ring_hash" | "maglev") => {
-                        d.error(n.mark, &p, format!("load-balancing policy `{other}` is not available yet; use round_robin"));
-                        None
-                    }
-                    other => {
-                        d.error(
-                            n.mark,
-                            &p,
-                            format!(
-                                "unknown load-balancing policy `{other}` (expected round_robin)"
-                            ),
-                        );
-                        None
-                    }
+            Some((n, p)) => match scalar(d, n, &p, "a load-balancing policy")? {
+                "round_robin" => Some(LbPolicy::RoundRobin),
+                "random" => Some(LbPolicy::Random),
+                "least_request" => Some(LbPolicy::LeastRequest),
+                other @ ("peak_ewma" | "ring_hash" | "maglev") => {
+                    d.error(n.mark, &p, format!("load-balancing policy `{other}` is not available yet; use round_robin, random or least_request"));
+                    None
                 }
-            }
+                other => {
+                    d.error(n.mark, &p, format!("unknown load-balancing policy `{other}` (expected round_robin, random or least_request)"));
+                    None
+                }
+            },
         };
         let connect_timeout = match f.take("connect_timeout") {
             None => Some(DEFAULT_CONNECT_TIMEOUT),

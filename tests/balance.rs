@@ -1,0 +1,120 @@
+//! Load balancing over real endpoints: weights are respected, and
+//! least_request steers new connections away from loaded endpoints while
+//! round_robin does not.
+
+mod helpers;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use helpers::proxy::Proxy;
+use helpers::tcp::{self, EchoServer};
+
+fn config(lb: &str, a: SocketAddr, wa: u32, b: SocketAddr, wb: u32) -> String {
+    format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners: [ {{ name: l, listen: 127.0.0.1:0, cluster: c }} ]\nclusters:\n  - name: c\n    lb: {lb}\n    endpoints:\n      - {{ address: \"{a}\", weight: {wa} }}\n      - {{ address: \"{b}\", weight: {wb} }}\n"
+    )
+}
+
+fn one_worker(config: &str) -> Proxy {
+    Proxy::start_with(config, &["--io-engine", "uring", "--workers", "1"]).unwrap()
+}
+
+#[test]
+fn weighted_round_robin_splits_connections_by_weight() {
+    let (a, b) = (EchoServer::start(), EchoServer::start());
+    let proxy = one_worker(&config("round_robin", a.addr, 1, b.addr, 3));
+    for i in 0..40 {
+        let mut c = tcp::connect(proxy.listener("l"));
+        assert_eq!(
+            tcp::echo_roundtrip(&mut c, format!("{i}").as_bytes()).unwrap(),
+            format!("{i}").as_bytes()
+        );
+    }
+    assert_eq!(
+        (
+            a.accepted.load(Ordering::SeqCst),
+            b.accepted.load(Ordering::SeqCst)
+        ),
+        (10, 30)
+    );
+    let clusters = proxy.get("/clusters").json();
+    assert_eq!(clusters["clusters"][0]["lb"], "round_robin");
+    assert_eq!(clusters["clusters"][0]["endpoints"][1]["weight"], 3);
+}
+
+/// Opens 20 connections one after another, keeping those that land on `a`
+/// and closing those that land on `b`; returns how many `a` holds.
+fn held_on_a(lb: &str) -> usize {
+    let (a, b) = (EchoServer::start(), EchoServer::start());
+    let proxy = one_worker(&config(lb, a.addr, 1, b.addr, 1));
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let before = a.accepted.load(Ordering::SeqCst);
+        let mut c = tcp::connect(proxy.listener("l"));
+        assert_eq!(tcp::echo_roundtrip(&mut c, b"x").unwrap(), b"x");
+        if a.accepted.load(Ordering::SeqCst) > before {
+            held.push(c);
+        } else {
+            drop(c);
+            // Let the proxy see the close before the next pick.
+            proxy.wait_metric(
+                "ringmesh_upstream_connections_active",
+                &[("cluster", "c")],
+                std::time::Duration::from_secs(5),
+                |v| v as usize == held.len(),
+            );
+        }
+    }
+    held.len()
+}
+
+#[test]
+fn least_request_avoids_the_loaded_endpoint_and_round_robin_does_not() {
+    assert_eq!(held_on_a("round_robin"), 10, "round robin ignores load");
+    let lr = held_on_a("least_request");
+    assert!(
+        lr <= 2,
+        "least_request kept sending to the loaded endpoint: {lr}"
+    );
+}
+
+#[test]
+fn random_reaches_every_endpoint() {
+    let (a, b) = (EchoServer::start(), EchoServer::start());
+    let proxy = one_worker(&config("random", a.addr, 1, b.addr, 1));
+    for _ in 0..40 {
+        let mut c = tcp::connect(proxy.listener("l"));
+        assert_eq!(tcp::echo_roundtrip(&mut c, b"r").unwrap(), b"r");
+    }
+    let (na, nb) = (
+        a.accepted.load(Ordering::SeqCst),
+        b.accepted.load(Ordering::SeqCst),
+    );
+    assert_eq!(na + nb, 40);
+    assert!(na >= 5 && nb >= 5, "{na}/{nb}");
+}
+
+#[test]
+fn bad_weights_are_config_errors() {
+    let echo = EchoServer::start();
+    let proxy = Proxy::start(
+        "uring",
+        &helpers::proxy::one_listener("l", &[echo.addr], "", ""),
+    );
+    let r = proxy.put_config(&config("least_request", echo.addr, 0, echo.addr, 1001));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let paths: Vec<String> = r.json()["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "clusters[0].endpoints[0].weight",
+            "clusters[0].endpoints[1].weight"
+        ]
+    );
+}
