@@ -118,3 +118,62 @@ fn bad_weights_are_config_errors() {
         ]
     );
 }
+
+/// Connects from source address `ip` (any of 127.0.0.0/8).
+fn connect_from(ip: &str, to: SocketAddr) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&format!("{ip}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.connect(&to.into()).unwrap();
+    let s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s
+}
+
+#[test]
+fn consistent_hashing_keeps_each_client_ip_on_one_endpoint() {
+    for lb in ["ring_hash", "maglev"] {
+        let servers: Vec<EchoServer> = (0..3).map(|_| EchoServer::start()).collect();
+        let eps: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.addr)).collect();
+        let config = format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\nlisteners: [ {{ name: l, listen: 127.0.0.1:0, cluster: c }} ]\nclusters:\n  - {{ name: c, lb: {lb}, endpoints: [{}] }}\n",
+            eps.join(", ")
+        );
+        // Two workers: the choice must not depend on which core accepts.
+        let proxy = Proxy::start("uring", &config);
+        let target = proxy.listener("l");
+        let mut used = std::collections::BTreeSet::new();
+        // 12 clients over 3 endpoints: all on one by chance is ~6e-6.
+        for n in 2..14 {
+            let client = format!("127.0.0.{n}");
+            let client = client.as_str();
+            let counts_before: Vec<usize> = servers
+                .iter()
+                .map(|s| s.accepted.load(Ordering::SeqCst))
+                .collect();
+            for _ in 0..5 {
+                let mut c = connect_from(client, target);
+                assert_eq!(tcp::echo_roundtrip(&mut c, b"h").unwrap(), b"h");
+            }
+            let gained: Vec<usize> = servers
+                .iter()
+                .zip(&counts_before)
+                .map(|(s, b)| s.accepted.load(Ordering::SeqCst) - b)
+                .collect();
+            let owners: Vec<usize> = (0..3).filter(|i| gained[*i] > 0).collect();
+            assert_eq!(
+                owners.len(),
+                1,
+                "{lb}: client {client} was spread over {gained:?}"
+            );
+            assert_eq!(gained[owners[0]], 5);
+            used.insert(owners[0]);
+        }
+        assert!(
+            used.len() >= 2,
+            "{lb}: twelve clients all hashed to one endpoint"
+        );
+    }
+}

@@ -81,9 +81,18 @@ pub fn compile(
             crate::model::LbPolicy::RoundRobin => CoreLb::RoundRobin,
             crate::model::LbPolicy::Random => CoreLb::Random,
             crate::model::LbPolicy::LeastRequest => CoreLb::LeastRequest,
+            crate::model::LbPolicy::RingHash => CoreLb::RingHash,
+            crate::model::LbPolicy::Maglev => CoreLb::Maglev,
         };
+        let ids: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
         // Seeded per version so runs differ; any seed is correct.
-        let balancer = Balancer::new(policy, &weights, workers, version ^ 0x9e37_79b9_7f4a_7c15);
+        let balancer = Balancer::new(
+            policy,
+            &ids,
+            &weights,
+            workers,
+            version ^ 0x9e37_79b9_7f4a_7c15,
+        );
         let cluster = Arc::new(Cluster {
             name: Arc::from(c.name.as_str()),
             endpoints,

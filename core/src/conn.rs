@@ -154,7 +154,7 @@ async fn proxy_to(
 ) {
     let config = &ctx.config;
     record.cluster = Some(cluster.name.clone());
-    match connect_upstream(cluster, ctx.core).await {
+    match connect_upstream(cluster, ctx.core, crate::balance::client_key(record.peer)).await {
         Ok(upstream) => {
             record.endpoint = Some(upstream.addr);
             let lc = config.stats.cores.get(ctx.core);

@@ -56,17 +56,19 @@ pub(crate) struct Upstream {
     pub index: usize,
 }
 
-/// Connects to one of `cluster`'s endpoints from worker `core`.
+/// Connects to one of `cluster`'s endpoints from worker `core`, for a
+/// client with hash key `key` (consistent-hashing policies).
 pub(crate) async fn connect_upstream(
     cluster: &Cluster,
     core: usize,
+    key: u64,
 ) -> Result<Upstream, ConnectError> {
     let endpoints = &cluster.endpoints;
     if endpoints.is_empty() {
         return Err(ConnectError::NoEndpoints);
     }
     let stats = cluster.stats.cores.get(core);
-    let first = cluster.balancer.pick(core) % endpoints.len();
+    let first = cluster.balancer.pick(core, key) % endpoints.len();
     let attempts = (cluster.connect_attempts.max(1) as usize).min(endpoints.len());
     let mut last = None;
     for i in 0..attempts {

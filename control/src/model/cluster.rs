@@ -19,6 +19,10 @@ pub enum LbPolicy {
     Random,
     /// The less loaded of two random endpoints (active connections per weight).
     LeastRequest,
+    /// Consistent hashing of the client IP on a ring (Ketama).
+    RingHash,
+    /// Consistent hashing of the client IP in a Maglev table.
+    Maglev,
 }
 
 /// One upstream endpoint as written: a host (IP literal or DNS name) and a port.
@@ -149,12 +153,14 @@ impl ClusterDoc {
                 "round_robin" => Some(LbPolicy::RoundRobin),
                 "random" => Some(LbPolicy::Random),
                 "least_request" => Some(LbPolicy::LeastRequest),
-                other @ ("peak_ewma" | "ring_hash" | "maglev") => {
-                    d.error(n.mark, &p, format!("load-balancing policy `{other}` is not available yet; use round_robin, random or least_request"));
+                "ring_hash" => Some(LbPolicy::RingHash),
+                "maglev" => Some(LbPolicy::Maglev),
+                other @ "peak_ewma" => {
+                    d.error(n.mark, &p, format!("load-balancing policy `{other}` is not available yet; use round_robin, random, least_request, ring_hash or maglev"));
                     None
                 }
                 other => {
-                    d.error(n.mark, &p, format!("unknown load-balancing policy `{other}` (expected round_robin, random or least_request)"));
+                    d.error(n.mark, &p, format!("unknown load-balancing policy `{other}` (expected round_robin, random, least_request, ring_hash or maglev)"));
                     None
                 }
             },

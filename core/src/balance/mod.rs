@@ -5,10 +5,13 @@
 //! The pick is the first endpoint tried; on a connect failure the next
 //! endpoints in index order follow (see `connect.rs`).
 
+mod hash;
 mod least_request;
 mod random;
 mod round_robin;
 
+pub use hash::client_key;
+use hash::{Maglev, RingHash};
 use least_request::LeastRequest;
 use random::WeightedRandom;
 use round_robin::RoundRobin;
@@ -22,6 +25,10 @@ pub enum LbPolicy {
     Random,
     /// Power of two choices by active connections per weight.
     LeastRequest,
+    /// Consistent hashing of the client's IP on a ring.
+    RingHash,
+    /// Consistent hashing of the client's IP in a Maglev table.
+    Maglev,
 }
 
 impl LbPolicy {
@@ -31,6 +38,8 @@ impl LbPolicy {
             LbPolicy::RoundRobin => "round_robin",
             LbPolicy::Random => "random",
             LbPolicy::LeastRequest => "least_request",
+            LbPolicy::RingHash => "ring_hash",
+            LbPolicy::Maglev => "maglev",
         }
     }
 }
@@ -46,13 +55,24 @@ enum Policy {
     RoundRobin(RoundRobin),
     Random(WeightedRandom),
     LeastRequest(LeastRequest),
+    RingHash(RingHash),
+    Maglev(Maglev),
 }
 
 impl Balancer {
-    /// A balancer over endpoints with `weights`, for `workers` cores.
-    /// `seed` makes the random policies reproducible (tests); use any value.
-    pub fn new(policy: LbPolicy, weights: &[u32], workers: usize, seed: u64) -> Self {
+    /// A balancer over endpoints with `weights` and stable `ids` (their
+    /// addresses, for consistent hashing), for `workers` cores. `seed`
+    /// makes the random policies reproducible (tests); use any value.
+    pub fn new(
+        policy: LbPolicy,
+        ids: &[String],
+        weights: &[u32],
+        workers: usize,
+        seed: u64,
+    ) -> Self {
         let policy = match policy {
+            LbPolicy::RingHash => Policy::RingHash(RingHash::new(ids, weights)),
+            LbPolicy::Maglev => Policy::Maglev(Maglev::new(ids, weights)),
             LbPolicy::RoundRobin => Policy::RoundRobin(RoundRobin::new(weights, workers)),
             LbPolicy::Random => Policy::Random(WeightedRandom::new(weights, workers, seed)),
             LbPolicy::LeastRequest => {
@@ -68,16 +88,22 @@ impl Balancer {
             Policy::RoundRobin(_) => LbPolicy::RoundRobin,
             Policy::Random(_) => LbPolicy::Random,
             Policy::LeastRequest(_) => LbPolicy::LeastRequest,
+            Policy::RingHash(_) => LbPolicy::RingHash,
+            Policy::Maglev(_) => LbPolicy::Maglev,
         }
     }
 
-    /// The endpoint index to try first, on worker `core`.
+    /// The endpoint index to try first, on worker `core`, for a client
+    /// whose hash key is `key` (see [`client_key`]; used by the hashing
+    /// policies only).
     #[inline]
-    pub fn pick(&self, core: usize) -> usize {
+    pub fn pick(&self, core: usize, key: u64) -> usize {
         match &self.policy {
             Policy::RoundRobin(p) => p.pick(core),
             Policy::Random(p) => p.pick(core),
             Policy::LeastRequest(p) => p.pick(core),
+            Policy::RingHash(p) => p.pick(key),
+            Policy::Maglev(p) => p.pick(key),
         }
     }
 
