@@ -59,7 +59,7 @@ admin: { listen: 127.0.0.1:$(( $1 + 4000 )) }
 listeners:
   - { name: bench, listen: 127.0.0.1:$1, cluster: backend, access_log: false }
 clusters:
-  - { name: backend, endpoints: ["127.0.0.1:$2"] }
+  - { name: backend, endpoints: ["127.0.0.1:$2"], circuit_breakers: { max_connections: 100000 } }
 YAML
   RUST_LOG=warn taskset -c "$PROXY_CPU" "$RM" run -c "$WORK/rm.yaml" --workers 1 --io-engine "${3:-uring}" >"$WORK/rm.log" 2>&1 &
   PIDS+=($!); wait_port "$1"; echo $!

@@ -154,6 +154,7 @@ async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
                 "lb": c.balancer.policy().as_str(),
                 "connect_timeout": crate::decode::format_duration(c.connect_timeout),
                 "connect_attempts": c.connect_attempts,
+                "circuit_breakers": {"max_connections": c.max_connections},
                 "endpoints": endpoints,
                 "stats": {
                     "connections_total": t.connections,
@@ -161,6 +162,7 @@ async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
                     "connect_failures": t.connect_failures,
                     "connect_timeouts": t.connect_timeouts,
                     "unavailable": t.unavailable,
+                    "overflow": t.overflow,
                     "bytes_sent": t.bytes_sent,
                     "bytes_received": t.bytes_received,
                 },

@@ -99,6 +99,7 @@ pub fn compile(
             connect_timeout: c.connect_timeout,
             connect_attempts: c.connect_attempts,
             balancer,
+            max_connections: c.circuit_breakers.max_connections,
             tls,
             stats: stats.cluster(&c.name),
         });

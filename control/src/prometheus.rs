@@ -325,6 +325,18 @@ pub fn render(info: &ProxyInfo<'_>, stats: &StatsRegistry, process: &ProcessStat
         );
     }
     o.header(
+        "ringmesh_upstream_overflow_total",
+        "counter",
+        "Connections refused at once because the cluster's circuit breaker (max_connections) was open, by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_overflow_total",
+            &[("cluster", n)],
+            t.overflow,
+        );
+    }
+    o.header(
         "ringmesh_upstream_tls_failures_total",
         "counter",
         "TLS handshakes with upstream endpoints that failed (unknown CA, wrong identity, protocol error, timeout), by cluster.",

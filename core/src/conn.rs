@@ -152,8 +152,27 @@ async fn proxy_to(
     ctx: &ListenerCtx,
     record: &mut ConnectionRecord,
 ) {
-    let config = &ctx.config;
     record.cluster = Some(cluster.name.clone());
+    // Circuit breaker: refuse at once when the cluster is at its limit.
+    let open = &cluster.stats.open;
+    if open.fetch_add(1, Ordering::Relaxed) >= cluster.max_connections {
+        open.fetch_sub(1, Ordering::Relaxed);
+        cluster.stats.cores.get(ctx.core).overflow.inc();
+        record.reason = CloseReason::UpstreamOverflow;
+        return;
+    }
+    proxy_to_admitted(downstream, cluster, ctx, record).await;
+    open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Connects to `cluster` (the breaker has admitted us) and copies both ways.
+async fn proxy_to_admitted(
+    downstream: &impl Duplex,
+    cluster: &Cluster,
+    ctx: &ListenerCtx,
+    record: &mut ConnectionRecord,
+) {
+    let config = &ctx.config;
     match connect_upstream(cluster, ctx.core, crate::balance::client_key(record.peer)).await {
         Ok(upstream) => {
             record.endpoint = Some(upstream.addr);

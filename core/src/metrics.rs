@@ -33,17 +33,20 @@ pub enum CloseReason {
     /// The client's TLS handshake failed (bad or missing certificate,
     /// authorization denied, protocol error, timeout).
     TlsError,
+    /// The cluster's circuit breaker (max_connections) was open.
+    UpstreamOverflow,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Completed,
         CloseReason::IdleTimeout,
         CloseReason::UpstreamUnavailable,
         CloseReason::DownstreamError,
         CloseReason::UpstreamError,
         CloseReason::TlsError,
+        CloseReason::UpstreamOverflow,
     ];
 
     /// The metric label and log value.
@@ -55,6 +58,7 @@ impl CloseReason {
             CloseReason::DownstreamError => "downstream_error",
             CloseReason::UpstreamError => "upstream_error",
             CloseReason::TlsError => "tls_error",
+            CloseReason::UpstreamOverflow => "upstream_overflow",
         }
     }
 
@@ -143,7 +147,7 @@ pub struct ListenerCoreStats {
     pub(crate) rejected_max_connections: Counter,
     pub(crate) bytes_received: Counter,
     pub(crate) bytes_sent: Counter,
-    pub(crate) closed: [Counter; 6],
+    pub(crate) closed: [Counter; 7],
     pub(crate) duration: Histogram,
 }
 
@@ -224,6 +228,7 @@ pub struct ClusterCoreStats {
     pub(crate) connect_timeouts: Counter,
     pub(crate) unavailable: Counter,
     pub(crate) tls_failures: Counter,
+    pub(crate) overflow: Counter,
     pub(crate) bytes_sent: Counter,
     pub(crate) bytes_received: Counter,
     pub(crate) connect_latency: Histogram,
@@ -232,6 +237,10 @@ pub struct ClusterCoreStats {
 /// Statistics of one cluster, by name.
 #[derive(Debug)]
 pub struct ClusterStats {
+    /// Upstream connections open now over every core. Shared because the
+    /// circuit breaker is a per-cluster limit; touched once per connection
+    /// open and close, never per read.
+    pub(crate) open: AtomicU64,
     pub(crate) cores: PerCore<ClusterCoreStats>,
 }
 
@@ -250,6 +259,8 @@ pub struct ClusterTotals {
     pub unavailable: u64,
     /// TLS handshakes with endpoints that failed.
     pub tls_failures: u64,
+    /// Connections refused by the circuit breaker.
+    pub overflow: u64,
     /// Bytes written to upstream endpoints.
     pub bytes_sent: u64,
     /// Bytes read from upstream endpoints.
@@ -261,6 +272,7 @@ pub struct ClusterTotals {
 impl ClusterStats {
     fn new(workers: usize) -> Self {
         Self {
+            open: AtomicU64::new(0),
             cores: PerCore::new(workers),
         }
     }
@@ -274,6 +286,7 @@ impl ClusterStats {
             connect_timeouts: sum(&self.cores, |c| c.connect_timeouts.get()),
             unavailable: sum(&self.cores, |c| c.unavailable.get()),
             tls_failures: sum(&self.cores, |c| c.tls_failures.get()),
+            overflow: sum(&self.cores, |c| c.overflow.get()),
             bytes_sent: sum(&self.cores, |c| c.bytes_sent.get()),
             bytes_received: sum(&self.cores, |c| c.bytes_received.get()),
             connect_latency: merge_histograms(

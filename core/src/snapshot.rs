@@ -63,6 +63,9 @@ pub struct Cluster {
     pub balancer: Balancer,
     /// TLS towards the endpoints (origination), if any.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// Circuit breaker: upstream connections allowed at once over all
+    /// workers; a connection beyond it is refused at once and counted.
+    pub max_connections: u64,
     /// Counters, shared with earlier snapshots of the same cluster name.
     pub stats: Arc<ClusterStats>,
 }

@@ -109,6 +109,8 @@ pub struct ClusterDoc {
     /// TLS towards the endpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<super::ClusterTlsDoc>,
+    /// Circuit breakers.
+    pub circuit_breakers: CircuitBreakersDoc,
     #[serde(skip)]
     pub(crate) name_origin: Origin,
 }
@@ -124,6 +126,7 @@ const KEYS: &[&str] = &[
     "connect_timeout",
     "connect_attempts",
     "tls",
+    "circuit_breakers",
 ];
 
 impl ClusterDoc {
@@ -182,6 +185,10 @@ impl ClusterDoc {
         let tls = f
             .take("tls")
             .and_then(|(n, p)| super::ClusterTlsDoc::decode(d, n, &p));
+        let circuit_breakers = match f.take("circuit_breakers") {
+            None => CircuitBreakersDoc::default(),
+            Some((n, p)) => CircuitBreakersDoc::decode(d, n, &p).unwrap_or_default(),
+        };
         f.finish(d, KEYS);
         // Placeholders for failed fields, as in listener.rs: the document is
         // rejected anyway, but its other checks still run.
@@ -194,10 +201,55 @@ impl ClusterDoc {
             connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             connect_attempts: connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
             tls,
+            circuit_breakers,
             name_origin: Origin {
                 mark: name_mark,
                 path: name_path,
             },
+        })
+    }
+}
+
+/// Envoy's default connection limit per cluster.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+
+/// `circuit_breakers:` limits that shed load at once instead of queueing.
+#[derive(Debug, Clone, Serialize)]
+pub struct CircuitBreakersDoc {
+    /// Upstream connections open at once over all workers; more are
+    /// refused at once and counted. Default 1024 (Envoy's).
+    pub max_connections: u64,
+}
+
+impl Default for CircuitBreakersDoc {
+    fn default() -> Self {
+        CircuitBreakersDoc {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl CircuitBreakersDoc {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let max_connections = match f.take("max_connections") {
+            None => Some(DEFAULT_MAX_CONNECTIONS),
+            Some((n, p)) => integer(d, n, &p, 1, 10_000_000),
+        };
+        for key in ["max_pending_requests", "max_requests", "max_retries"] {
+            if let Some((n, p)) = f.take(key) {
+                d.error(
+                    n.mark,
+                    &p,
+                    format!(
+                        "`{key}` is not available yet (it limits HTTP requests, which come with L7)"
+                    ),
+                );
+            }
+        }
+        f.finish(d, &["max_connections"]);
+        Some(CircuitBreakersDoc {
+            max_connections: max_connections?,
         })
     }
 }
