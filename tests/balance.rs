@@ -104,12 +104,7 @@ fn bad_weights_are_config_errors() {
     );
     let r = proxy.put_config(&config("least_request", echo.addr, 0, echo.addr, 1001));
     assert_eq!(r.status, 400, "{}", r.body);
-    let paths: Vec<String> = r.json()["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap().to_owned())
-        .collect();
+    let paths = r.error_paths();
     assert_eq!(
         paths,
         [

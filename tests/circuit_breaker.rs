@@ -47,12 +47,7 @@ fn the_default_limit_is_envoys_and_http_breakers_are_refused() {
     );
     let r = proxy.put_config(&bad);
     assert_eq!(r.status, 400, "{}", r.body);
-    let paths: Vec<String> = r.json()["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap().to_owned())
-        .collect();
+    let paths = r.error_paths();
     assert_eq!(
         paths,
         [

@@ -271,13 +271,7 @@ fn bad_tls_config_is_reported_with_positions() {
     let proxy = Proxy::start("uring", &one_listener("plain", &[echo.addr], "", ""));
     let r = proxy.put_config(&bad);
     assert_eq!(r.status, 400, "{}", r.body);
-    let errors = r.json()["errors"].clone();
-    let paths: Vec<String> = errors
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["path"].as_str().unwrap().to_owned())
-        .collect();
+    let paths = r.error_paths();
     assert!(
         paths.contains(&"listeners[0].authz.allow[0]".to_owned()),
         "{paths:?}"

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
+use ringmesh_core::Balancer;
 use ringmesh_core::snapshot::SniRoute;
-use ringmesh_core::{Balancer, LbPolicy as CoreLb};
 use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 
 use crate::decode::{ConfigErrors, Decoder};
@@ -77,17 +77,10 @@ pub fn compile(
             .and_then(|t| client_tls(&mut d, t))
             .map(Arc::new);
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
-        let policy = match c.lb {
-            crate::model::LbPolicy::RoundRobin => CoreLb::RoundRobin,
-            crate::model::LbPolicy::Random => CoreLb::Random,
-            crate::model::LbPolicy::LeastRequest => CoreLb::LeastRequest,
-            crate::model::LbPolicy::RingHash => CoreLb::RingHash,
-            crate::model::LbPolicy::Maglev => CoreLb::Maglev,
-        };
         let ids: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
         // Seeded per version so runs differ; any seed is correct.
         let balancer = Balancer::new(
-            policy,
+            c.lb,
             &ids,
             &weights,
             workers,

@@ -10,13 +10,12 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::connect::{ConnectError, connect_upstream};
 use crate::forward::{DirectionCounters, Duplex, ForwardOutcome, proxy_both_ways};
-use crate::metrics::{CloseReason, ListenerStats};
+use crate::metrics::CloseReason;
 use crate::runtime::TcpStream;
 use crate::runtime::{self, BufResult};
 use crate::snapshot::Cluster;
@@ -33,27 +32,26 @@ pub(crate) struct ListenerCtx {
 }
 
 /// Holds one slot of the listener's `active` count; released on drop, so
-/// the count stays right whichever way the connection task ends.
+/// the count stays right whichever way the connection task ends. Keeps the
+/// worker-local `Rc`, not an `Arc`: no shared refcount moves per connection.
 pub(crate) struct Admitted {
-    stats: std::sync::Arc<ListenerStats>,
+    ctx: Rc<ListenerCtx>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.config.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Counts an accepted connection and applies `max_connections`. `None`
 /// means the connection must be closed at once (it has been counted).
-pub(crate) fn admit(ctx: &ListenerCtx) -> Option<Admitted> {
+pub(crate) fn admit(ctx: &Rc<ListenerCtx>) -> Option<Admitted> {
     let stats = &ctx.config.stats;
     let core = stats.cores.get(ctx.core);
     core.accepted.inc();
     let before = stats.active.fetch_add(1, Ordering::Relaxed);
-    let admitted = Admitted {
-        stats: stats.clone(),
-    };
+    let admitted = Admitted { ctx: ctx.clone() };
     match ctx.config.max_connections {
         Some(max) if before >= max => {
             core.rejected_max_connections.inc();
@@ -78,9 +76,9 @@ pub(crate) async fn serve(
         None if !ctx.config.sni_routes.is_empty() => {
             // Passthrough: route by the ClientHello, leave it in the socket.
             let sni = peek_server_name(&downstream).await;
-            let cluster = ctx.config.cluster_for(sni.as_deref()).clone();
+            let cluster = ctx.config.cluster_for(sni.as_deref());
+            proxy_to(&downstream, cluster, &ctx, &mut record).await;
             record.tls = Some(("passthrough", sni));
-            proxy_to(&downstream, &cluster, &ctx, &mut record).await;
         }
         None => proxy(&downstream, &ctx, &mut record).await,
         Some(tls) => match handshake(downstream, tls).await {
@@ -152,7 +150,6 @@ async fn proxy_to(
     ctx: &ListenerCtx,
     record: &mut ConnectionRecord,
 ) {
-    record.cluster = Some(cluster.name.clone());
     // Circuit breaker: refuse at once when the cluster is at its limit.
     let open = &cluster.stats.open;
     if open.fetch_add(1, Ordering::Relaxed) >= cluster.max_connections {
@@ -229,8 +226,6 @@ struct ConnectionRecord {
     started: Instant,
     peer: SocketAddr,
     endpoint: Option<SocketAddr>,
-    /// The cluster chosen (the listener's unless an SNI route matched).
-    cluster: Option<Arc<str>>,
     /// The client's SPIFFE ID (mTLS).
     identity: Option<String>,
     /// TLS version and SNI, when the listener terminates TLS.
@@ -249,13 +244,21 @@ impl ConnectionRecord {
             started: Instant::now(),
             peer,
             endpoint: None,
-            cluster: None,
             identity: None,
             tls: None,
             reason: CloseReason::Completed,
             error: None,
             bytes_received: Cell::new(0),
             bytes_sent: Cell::new(0),
+        }
+    }
+
+    /// The cluster the connection went to: derived from the recorded SNI
+    /// for passthrough listeners, else the listener's.
+    fn cluster_name<'a>(&self, config: &'a ListenerConfig) -> &'a str {
+        match &self.tls {
+            Some(("passthrough", sni)) => &config.cluster_for(sni.as_deref()).name,
+            _ => &config.cluster.name,
         }
     }
 
@@ -271,7 +274,7 @@ impl ConnectionRecord {
             target: "ringmesh::access",
             listener = %config.name,
             peer = %self.peer,
-            cluster = %self.cluster.as_deref().unwrap_or(&config.cluster.name),
+            cluster = %self.cluster_name(config),
             endpoint = endpoint.as_deref().unwrap_or("-"),
             identity = self.identity.as_deref().unwrap_or("-"),
             tls = self.tls.as_ref().map(|t| t.0).unwrap_or("-"),

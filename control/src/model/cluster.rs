@@ -9,20 +9,11 @@ use super::listener::human;
 use crate::decode::{Decoder, Fields, child, duration, host_port, integer, list, name, scalar};
 use crate::yaml::Node;
 
-/// How a cluster picks an endpoint for each connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LbPolicy {
-    /// Each endpoint in turn, in proportion to its weight (smooth).
-    RoundRobin,
-    /// At random, in proportion to weight.
-    Random,
-    /// The less loaded of two random endpoints (active connections per weight).
-    LeastRequest,
-    /// Consistent hashing of the client IP on a ring (Ketama).
-    RingHash,
-    /// Consistent hashing of the client IP in a Maglev table.
-    Maglev,
+/// How a cluster picks an endpoint: the data plane's own policy type.
+pub use ringmesh_core::LbPolicy;
+
+fn lb_name<S: Serializer>(p: &LbPolicy, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
 }
 
 /// One upstream endpoint as written: a host (IP literal or DNS name) and a port.
@@ -100,6 +91,7 @@ pub struct ClusterDoc {
     /// Endpoints, tried in round-robin order.
     pub endpoints: Vec<EndpointDoc>,
     /// Load-balancing policy. Default `round_robin`.
+    #[serde(serialize_with = "lb_name")]
     pub lb: LbPolicy,
     /// Time allowed for one TCP connect. Default 5s (Envoy's).
     #[serde(serialize_with = "human")]
