@@ -12,6 +12,7 @@
 //! | `POST /drain`    | stop accepting, let connections finish, exit |
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -144,18 +145,32 @@ async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
         .iter()
         .map(|c| {
             let t = c.stats.totals();
-            let endpoints: Vec<_> = c
-                .endpoints
-                .iter()
-                .map(|e| json!({"address": e.addr.to_string(), "hostname": e.hostname.as_deref(), "weight": e.weight}))
-                .collect();
+            let endpoints: Vec<_> = c.endpoints.iter().map(endpoint_json).collect();
+            let (available, total) = c.health.membership();
+            let outlier = &c.health.outlier;
+            let by_detector = |counters: &[std::sync::atomic::AtomicU64]| {
+                ringmesh_core::health::Detector::ALL
+                    .iter()
+                    .map(|d| (d.as_str().to_owned(), json!(counters[*d as usize].load(Ordering::Relaxed))))
+                    .collect::<serde_json::Map<_, _>>()
+            };
             json!({
                 "name": &*c.name,
                 "lb": c.balancer.policy().as_str(),
                 "connect_timeout": crate::decode::format_duration(c.connect_timeout),
                 "connect_attempts": c.connect_attempts,
                 "circuit_breakers": {"max_connections": c.max_connections},
+                "panic_threshold": c.panic_threshold,
+                "membership": {"available": available, "total": total, "panic": c.health.in_panic(c.panic_threshold)},
+                "outlier_detection": c.outlier.is_some(),
+                "health_check": c.health_check.is_some(),
                 "endpoints": endpoints,
+                "ejections": {
+                    "active": c.health.ejected_count(),
+                    "enforced": by_detector(&outlier.enforced),
+                    "detected": by_detector(&outlier.detected),
+                    "overflow": outlier.overflow.load(Ordering::Relaxed),
+                },
                 "stats": {
                     "connections_total": t.connections,
                     "connections_active": t.active,
@@ -163,6 +178,7 @@ async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
                     "connect_timeouts": t.connect_timeouts,
                     "unavailable": t.unavailable,
                     "overflow": t.overflow,
+                    "panic_picks": c.health.panic_picks(),
                     "bytes_sent": t.bytes_sent,
                     "bytes_received": t.bytes_received,
                 },
@@ -173,6 +189,36 @@ async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
         StatusCode::OK,
         json!({"version": applied.version, "clusters": list}),
     )
+}
+
+/// One endpoint in GET /clusters: identity, weight, labels, health.
+fn endpoint_json(e: &ringmesh_core::Endpoint) -> serde_json::Value {
+    let h = e.health.view();
+    let metadata: serde_json::Map<_, _> = e
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    json!({
+        "address": e.addr.to_string(),
+        "hostname": e.hostname.as_deref(),
+        "weight": e.weight,
+        "metadata": metadata,
+        "health": if e.health.is_available() { "healthy" } else { "unhealthy" },
+        "check": h.check,
+        "ejected": h.ejected,
+        "ejection": h.ejected.then(|| json!({
+            "reason": h.ejected_by.map(|d| d.as_str()),
+            "remaining_ms": h.ejection_remaining.map(|r| r.as_millis() as u64),
+        })),
+        "times_ejected": h.times_ejected,
+        "ejection_multiplier": h.ejection_multiplier,
+        "active_connections": h.active_connections,
+        "successes": h.successes,
+        "failures": h.failures,
+        "checks_passed": h.checks_passed,
+        "checks_failed": h.checks_failed,
+    })
 }
 
 async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
@@ -212,7 +258,7 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
             .map(|l| (l.name.to_string(), "userspace"))
             .collect(),
     };
-    let body = render(&info, &proxy.stats, &crate::process::read());
+    let body = render(&info, &proxy.stats, &proxy.health, &crate::process::read());
     (
         [(
             header::CONTENT_TYPE,

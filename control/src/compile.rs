@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use ringmesh_core::Balancer;
+use ringmesh_core::health::HealthRegistry;
 use ringmesh_core::snapshot::SniRoute;
 use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 
@@ -25,9 +26,10 @@ pub fn compile(
     file: &str,
     doc: &Document,
     version: u64,
-    stats: &StatsRegistry,
+    registries: Registries<'_>,
     workers: usize,
 ) -> Result<Snapshot, ConfigErrors> {
+    let stats = registries.stats;
     let mut d = Decoder::new(file);
     let mut clusters: HashMap<&str, Arc<Cluster>> = HashMap::new();
     let mut ordered = Vec::with_capacity(doc.clusters.len());
@@ -35,10 +37,10 @@ pub fn compile(
         let mut endpoints = Vec::with_capacity(c.endpoints.len());
         for e in &c.endpoints {
             if let Ok(ip) = e.host.parse::<IpAddr>() {
-                endpoints.push(Endpoint {
+                endpoints.push(Resolved {
                     addr: SocketAddr::new(ip, e.port),
                     hostname: None,
-                    weight: e.weight,
+                    doc: e,
                 });
                 continue;
             }
@@ -49,10 +51,10 @@ pub fn compile(
                     for addr in addrs {
                         if !seen.contains(&addr) {
                             seen.push(addr);
-                            endpoints.push(Endpoint {
+                            endpoints.push(Resolved {
                                 addr,
                                 hostname: Some(hostname.clone()),
-                                weight: e.weight,
+                                doc: e,
                             });
                         }
                     }
@@ -76,6 +78,21 @@ pub fn compile(
             .as_ref()
             .and_then(|t| client_tls(&mut d, t))
             .map(Arc::new);
+        // Health state is per address and survives snapshots.
+        let health = registries.health.cluster(&c.name);
+        let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
+        let endpoint_health = health.set_members(&addrs);
+        let endpoints: Vec<Endpoint> = endpoints
+            .into_iter()
+            .zip(endpoint_health)
+            .map(|(r, health)| Endpoint {
+                addr: r.addr,
+                hostname: r.hostname,
+                weight: r.doc.weight,
+                metadata: r.doc.metadata.clone().into(),
+                health,
+            })
+            .collect();
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let ids: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
         // Seeded per version so runs differ; any seed is correct.
@@ -95,6 +112,10 @@ pub fn compile(
             max_connections: c.circuit_breakers.max_connections,
             tls,
             stats: stats.cluster(&c.name),
+            health,
+            outlier: c.outlier_detection.as_ref().map(|o| o.0.clone()),
+            health_check: c.health_check.as_ref().map(|h| h.0.clone()),
+            panic_threshold: c.panic_threshold,
         });
         clusters.insert(c.name.as_str(), cluster.clone());
         ordered.push(cluster);
@@ -142,6 +163,22 @@ pub fn compile(
         listeners,
         clusters: ordered,
     })
+}
+
+/// The long-lived registries a snapshot takes its shared state from.
+#[derive(Clone, Copy)]
+pub struct Registries<'a> {
+    /// Counters by listener and cluster name.
+    pub stats: &'a StatsRegistry,
+    /// Endpoint health by cluster name.
+    pub health: &'a HealthRegistry,
+}
+
+/// One endpoint address, before its health state is attached.
+struct Resolved<'d> {
+    addr: SocketAddr,
+    hostname: Option<Arc<str>>,
+    doc: &'d crate::model::EndpointDoc,
 }
 
 /// Reads a listener's TLS material and builds its server config; problems

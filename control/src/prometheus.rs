@@ -6,8 +6,10 @@
 
 use std::fmt::Write;
 
+use ringmesh_core::health::{Detector, HealthRegistry};
 use ringmesh_core::metrics::HistogramSnapshot;
 use ringmesh_core::{CloseReason, StatsRegistry};
+use std::sync::atomic::Ordering;
 
 use crate::process::ProcessStats;
 
@@ -75,6 +77,117 @@ impl Out {
     }
 }
 
+/// Endpoint health: membership, panic mode, ejections, active checks.
+fn render_health(o: &mut Out, health: &HealthRegistry) {
+    let clusters = health.clusters();
+    o.header(
+        "ringmesh_cluster_membership_total",
+        "gauge",
+        "Endpoints of the cluster, by cluster.",
+    );
+    for c in &clusters {
+        o.sample(
+            "ringmesh_cluster_membership_total",
+            &[("cluster", &c.name)],
+            c.membership().1,
+        );
+    }
+    o.header(
+        "ringmesh_cluster_membership_healthy",
+        "gauge",
+        "Endpoints the balancer may pick (not ejected, not failing health checks), by cluster.",
+    );
+    for c in &clusters {
+        o.sample(
+            "ringmesh_cluster_membership_healthy",
+            &[("cluster", &c.name)],
+            c.membership().0,
+        );
+    }
+    o.header(
+        "ringmesh_lb_healthy_panic_total",
+        "counter",
+        "Picks made while too few endpoints were healthy (below panic_threshold), so health was ignored, by cluster.",
+    );
+    for c in &clusters {
+        o.sample(
+            "ringmesh_lb_healthy_panic_total",
+            &[("cluster", &c.name)],
+            c.panic_picks(),
+        );
+    }
+    o.header(
+        "ringmesh_outlier_ejections_active",
+        "gauge",
+        "Endpoints ejected now, by cluster.",
+    );
+    for c in &clusters {
+        o.sample(
+            "ringmesh_outlier_ejections_active",
+            &[("cluster", &c.name)],
+            c.ejected_count(),
+        );
+    }
+    for (name, help, counters) in [
+        (
+            "ringmesh_outlier_ejections_total",
+            "Ejections carried out, by cluster and detector.",
+            true,
+        ),
+        (
+            "ringmesh_outlier_ejections_detected_total",
+            "Outliers detected (ejected or not: enforcement percentage, max_ejection_percent), by cluster and detector.",
+            false,
+        ),
+    ] {
+        o.header(name, "counter", help);
+        for c in &clusters {
+            let set = if counters {
+                &c.outlier.enforced
+            } else {
+                &c.outlier.detected
+            };
+            for d in Detector::ALL {
+                o.sample(
+                    name,
+                    &[("cluster", &c.name), ("detector", d.as_str())],
+                    set[d as usize].load(Ordering::Relaxed),
+                );
+            }
+        }
+    }
+    o.header(
+        "ringmesh_outlier_ejections_overflow_total",
+        "counter",
+        "Ejections skipped because max_ejection_percent was reached, by cluster.",
+    );
+    for c in &clusters {
+        o.sample(
+            "ringmesh_outlier_ejections_overflow_total",
+            &[("cluster", &c.name)],
+            c.outlier.overflow.load(Ordering::Relaxed),
+        );
+    }
+    o.header(
+        "ringmesh_health_checks_total",
+        "counter",
+        "Active health checks, by cluster and result (success, failure).",
+    );
+    for c in &clusters {
+        let (passed, failed) = c.check_totals();
+        o.sample(
+            "ringmesh_health_checks_total",
+            &[("cluster", &c.name), ("result", "success")],
+            passed,
+        );
+        o.sample(
+            "ringmesh_health_checks_total",
+            &[("cluster", &c.name), ("result", "failure")],
+            failed,
+        );
+    }
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -82,7 +195,12 @@ fn escape(v: &str) -> String {
 }
 
 /// Renders every metric.
-pub fn render(info: &ProxyInfo<'_>, stats: &StatsRegistry, process: &ProcessStats) -> String {
+pub fn render(
+    info: &ProxyInfo<'_>,
+    stats: &StatsRegistry,
+    health: &HealthRegistry,
+    process: &ProcessStats,
+) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
     o.header(
         "ringmesh_info",
@@ -396,6 +514,7 @@ pub fn render(info: &ProxyInfo<'_>, stats: &StatsRegistry, process: &ProcessStat
         "User and system CPU time spent, in seconds.",
     );
     o.sample("process_cpu_seconds_total", &[], process.cpu_seconds);
+    render_health(&mut o, health);
     o.header("process_open_fds", "gauge", "Open file descriptors.");
     o.sample("process_open_fds", &[], process.open_fds);
     o.header(
@@ -441,7 +560,9 @@ mod tests {
             ktls_available: false,
             tls_paths: vec![("db".into(), "userspace")],
         };
-        let text = render(&info, &stats, &ProcessStats::default());
+        let health = HealthRegistry::new(2);
+        health.cluster("pg");
+        let text = render(&info, &stats, &health, &ProcessStats::default());
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
             let base = name

@@ -19,9 +19,10 @@ use ringmesh_core::{
 use thiserror::Error;
 use tokio::sync::{Mutex, Notify};
 
-use crate::compile::compile;
+use crate::compile::{Registries, compile};
 use crate::decode::{ConfigError, ConfigErrors};
 use crate::model::{Document, load};
+use ringmesh_core::health::HealthRegistry;
 
 /// How to run the proxy (from the command line).
 #[derive(Debug, Clone)]
@@ -99,6 +100,8 @@ pub struct Proxy {
     engine: Mutex<Engine>,
     /// Per-core statistics of the data plane.
     pub stats: Arc<StatsRegistry>,
+    /// Endpoint health of every cluster.
+    pub health: Arc<HealthRegistry>,
     /// Worker count.
     pub workers: usize,
     /// I/O driver in use.
@@ -136,6 +139,10 @@ impl Proxy {
             self.reloads_applied.load(Ordering::Relaxed),
             self.reloads_rejected.load(Ordering::Relaxed),
         )
+    }
+
+    fn registries(&self) -> (Arc<StatsRegistry>, Arc<HealthRegistry>) {
+        (self.stats.clone(), self.health.clone())
     }
 
     /// Listeners and the addresses they are bound to.
@@ -187,7 +194,8 @@ impl Proxy {
         let mut engine = self.engine.lock().await;
         let version = self.applied.load().version + 1;
         let snapshot =
-            compile_off_thread(source, &document, version, &self.stats, self.workers).await?;
+            compile_off_thread(source, &document, version, &self.registries(), self.workers)
+                .await?;
         apply(&mut engine, &document, source, snapshot.clone()).await?;
         self.applied.store(Arc::new(Applied {
             version,
@@ -265,15 +273,22 @@ async fn compile_off_thread(
     source: &str,
     document: &Document,
     version: u64,
-    stats: &Arc<StatsRegistry>,
+    registries: &(Arc<StatsRegistry>, Arc<HealthRegistry>),
     workers: usize,
 ) -> Result<Arc<Snapshot>, ReloadError> {
-    let (source, document, stats) = (source.to_owned(), document.clone(), stats.clone());
-    tokio::task::spawn_blocking(move || compile(&source, &document, version, &stats, workers))
-        .await
-        .map_err(|e| ReloadError::Internal(format!("compile task failed: {e}")))?
-        .map(Arc::new)
-        .map_err(ReloadError::Invalid)
+    let (source, document, (stats, health)) =
+        (source.to_owned(), document.clone(), registries.clone());
+    tokio::task::spawn_blocking(move || {
+        let registries = Registries {
+            stats: &stats,
+            health: &health,
+        };
+        compile(&source, &document, version, registries, workers)
+    })
+    .await
+    .map_err(|e| ReloadError::Internal(format!("compile task failed: {e}")))?
+    .map(Arc::new)
+    .map_err(ReloadError::Invalid)
 }
 
 /// Applies a snapshot; a bind failure becomes a config error at the
@@ -353,9 +368,11 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         .map_err(RunError::Runtime)?;
     runtime.block_on(async move {
         let stats = engine.stats().clone();
+        let health = engine.health().clone();
         let workers = engine.workers();
         let mut engine = engine;
-        let snapshot = compile_off_thread(&source, &document, 1, &stats, workers)
+        let registries = (stats.clone(), health.clone());
+        let snapshot = compile_off_thread(&source, &document, 1, &registries, workers)
             .await
             .map_err(|e| match e {
                 ReloadError::Invalid(errs) => RunError::Config(errs),
@@ -381,6 +398,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             io_engine: engine.io_engine(),
             workers,
             stats,
+            health,
             engine: Mutex::new(engine),
             applied: ArcSwap::from_pointee(Applied {
                 version: 1,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::connect::{ConnectError, connect_upstream};
 use crate::forward::{DirectionCounters, Duplex, ForwardOutcome, proxy_both_ways};
+use crate::health::{Outcome, outlier};
 use crate::metrics::CloseReason;
 use crate::runtime::TcpStream;
 use crate::runtime::{self, BufResult};
@@ -177,6 +178,8 @@ async fn proxy_to_admitted(
             let cc = cluster.stats.cores.get(ctx.core);
             cc.active.add(1);
             cluster.balancer.opened(ctx.core, upstream.index);
+            let endpoint = &cluster.endpoints[upstream.index].health;
+            endpoint.cores.get(ctx.core).active.add(1);
             let ForwardOutcome { reason, error } = proxy_both_ways(
                 downstream,
                 &upstream.stream,
@@ -195,6 +198,18 @@ async fn proxy_to_admitted(
             .await;
             cc.active.add(-1);
             cluster.balancer.closed(ctx.core, upstream.index);
+            endpoint.cores.get(ctx.core).active.add(-1);
+            let outcome = match reason {
+                CloseReason::UpstreamError => Outcome::LocalOriginFailure,
+                _ => Outcome::Success,
+            };
+            outlier::record(
+                &cluster.health,
+                endpoint,
+                cluster.outlier.as_ref(),
+                ctx.core,
+                outcome,
+            );
             record.reason = reason;
             record.error = error.map(ErrorText::Io);
         }

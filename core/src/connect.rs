@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::health::{Outcome, outlier};
 use crate::metrics::CONNECT_BUCKETS;
 use crate::runtime::{self, TcpStream};
 use crate::snapshot::Cluster;
 use crate::stream::Stream;
-use crate::tls::HandshakeError;
 use crate::tls::stream::TlsStream;
+use crate::tls::{ClientTls, HandshakeError};
 
 /// Why no upstream connection could be made.
 #[derive(Debug, Error)]
@@ -68,12 +69,20 @@ pub(crate) async fn connect_upstream(
         return Err(ConnectError::NoEndpoints);
     }
     let stats = cluster.stats.cores.get(core);
-    let first = cluster.balancer.pick(core, key) % endpoints.len();
+    let (first, healthy_only) = pick(cluster, core, key);
     let attempts = (cluster.connect_attempts.max(1) as usize).min(endpoints.len());
+    // The first pick, then the following endpoints in index order, skipping
+    // unavailable ones unless the cluster is in panic mode.
+    let candidates = (0..endpoints.len())
+        .map(|i| (first + i) % endpoints.len())
+        .filter(|&i| i == first || !healthy_only || endpoints[i].health.is_available())
+        .take(attempts);
     let mut last = None;
-    for i in 0..attempts {
-        let index = (first + i) % endpoints.len();
-        let addr = endpoints[index].addr;
+    let mut made = 0;
+    for index in candidates {
+        made += 1;
+        let endpoint = &endpoints[index];
+        let addr = endpoint.addr;
         let started = Instant::now();
         let err = match runtime::timeout(cluster.connect_timeout, runtime::connect(addr)).await {
             Some(Ok(stream)) => {
@@ -107,17 +116,62 @@ pub(crate) async fn connect_upstream(
                 AttemptError::Timeout(cluster.connect_timeout)
             }
         };
+        outlier::record(
+            &cluster.health,
+            &endpoint.health,
+            cluster.outlier.as_ref(),
+            core,
+            Outcome::LocalOriginFailure,
+        );
         tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %err, "upstream connect failed");
         last = Some((addr, err));
     }
     stats.unavailable.inc();
     match last {
         Some((addr, last)) => Err(ConnectError::Exhausted {
-            attempts: attempts as u32,
+            attempts: made as u32,
             addr,
             last,
         }),
         None => Err(ConnectError::NoEndpoints),
+    }
+}
+
+/// Re-draws tried when the policy's pick is unavailable, before scanning.
+const REPICKS: u64 = 4;
+
+/// The endpoint to try first, and whether failover should skip unavailable
+/// endpoints (false in panic mode). An unavailable pick is re-drawn from
+/// the policy (a new key for the hashing policies, so one client keeps its
+/// fallback), so the available endpoints keep their relative shares.
+#[inline]
+fn pick(cluster: &Cluster, core: usize, key: u64) -> (usize, bool) {
+    let endpoints = &cluster.endpoints;
+    let n = endpoints.len();
+    let first = cluster.balancer.pick(core, key) % n;
+    if endpoints[first].health.is_available() {
+        return (first, true);
+    }
+    if cluster.health.in_panic(cluster.panic_threshold) {
+        cluster.health.panic_picks.get(core).inc();
+        return (first, false);
+    }
+    for attempt in 1..=REPICKS {
+        let i = cluster.balancer.pick(core, outlier::mix(key ^ attempt)) % n;
+        if endpoints[i].health.is_available() {
+            return (i, true);
+        }
+    }
+    match (1..n)
+        .map(|d| (first + d) % n)
+        .find(|&i| endpoints[i].health.is_available())
+    {
+        Some(i) => (i, true),
+        None => {
+            // Nothing available (e.g. panic mode turned off): try anyway.
+            cluster.health.panic_picks.get(core).inc();
+            (first, false)
+        }
     }
 }
 
@@ -127,9 +181,18 @@ async fn secure(
     addr: SocketAddr,
     cluster: &Cluster,
 ) -> Result<Stream, HandshakeError> {
-    let Some(tls) = &cluster.tls else {
-        return Ok(Stream::Plain(stream));
-    };
+    match &cluster.tls {
+        None => Ok(Stream::Plain(stream)),
+        Some(tls) => secure_with(stream, addr, tls).await,
+    }
+}
+
+/// Runs a client TLS handshake with `tls` on a fresh connection to `addr`.
+pub(crate) async fn secure_with(
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: &ClientTls,
+) -> Result<Stream, HandshakeError> {
     // Without a configured SNI the endpoint's IP names the session, and
     // rustls sends no SNI for IP addresses.
     let name = tls

@@ -15,6 +15,8 @@ use futures_channel::{mpsc, oneshot};
 use thiserror::Error;
 
 use crate::bind::{BindError, ListenKey, bind_group};
+use crate::health::HealthRegistry;
+use crate::health::service::HealthService;
 use crate::metrics::StatsRegistry;
 use crate::runtime::{IoEngine, IoEngineChoice};
 use crate::snapshot::Snapshot;
@@ -83,6 +85,8 @@ pub struct Engine {
     io_engine: IoEngine,
     fallback_reason: Option<String>,
     stats: Arc<StatsRegistry>,
+    health: Arc<HealthRegistry>,
+    health_service: HealthService,
     bound: HashMap<ListenKey, BoundListener>,
     draining: bool,
 }
@@ -128,8 +132,15 @@ impl Engine {
                 _thread: thread,
             });
         }
+        let health_service =
+            HealthService::start(options.io_engine).map_err(|e| EngineError::Worker {
+                core: count,
+                message: format!("health thread: {e}"),
+            })?;
         let first = &engines[0];
         Ok(Engine {
+            health: Arc::new(HealthRegistry::new(count)),
+            health_service,
             io_engine: first.engine,
             fallback_reason: first.fallback_reason.clone(),
             stats: Arc::new(StatsRegistry::new(count)),
@@ -158,6 +169,13 @@ impl Engine {
     /// stats objects from here so counters survive reloads.
     pub fn stats(&self) -> &Arc<StatsRegistry> {
         &self.stats
+    }
+
+    /// Endpoint health of every cluster; snapshots must take their
+    /// [`ClusterHealth`](crate::health::ClusterHealth) from here so
+    /// ejections and check verdicts survive reloads.
+    pub fn health(&self) -> &Arc<HealthRegistry> {
+        &self.health
     }
 
     /// Listeners currently open, with their bound addresses.
@@ -232,6 +250,7 @@ impl Engine {
             }
         }
         self.bound = next_bound;
+        self.health_service.apply(snapshot);
         match failure {
             Some(e) => Err(e),
             None => Ok(()),

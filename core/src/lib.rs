@@ -20,6 +20,7 @@ mod conn;
 mod connect;
 mod engine;
 mod forward;
+pub mod health;
 mod listener;
 pub mod metrics;
 pub mod per_core;

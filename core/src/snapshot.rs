@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balance::Balancer;
+use crate::health::{ClusterHealth, EndpointHealth, HealthCheck, OutlierDetection};
 use crate::metrics::{ClusterStats, ListenerStats};
 
 /// One applied configuration.
@@ -68,6 +69,16 @@ pub struct Cluster {
     pub max_connections: u64,
     /// Counters, shared with earlier snapshots of the same cluster name.
     pub stats: Arc<ClusterStats>,
+    /// Endpoint health, shared with earlier snapshots of the same cluster.
+    pub health: Arc<ClusterHealth>,
+    /// Passive health: eject endpoints whose connections fail.
+    pub outlier: Option<OutlierDetection>,
+    /// Active health checks.
+    pub health_check: Option<HealthCheck>,
+    /// Below this percentage of available endpoints the balancer ignores
+    /// health and spreads over all of them (Envoy's panic mode); 0 turns
+    /// panic mode off.
+    pub panic_threshold: u32,
 }
 
 /// One upstream address.
@@ -79,6 +90,10 @@ pub struct Endpoint {
     pub hostname: Option<Arc<str>>,
     /// Share of connections relative to the other endpoints (>= 1).
     pub weight: u32,
+    /// Labels for routing and display (e.g. `version: v2`).
+    pub metadata: Arc<[(String, String)]>,
+    /// Shared health state (see [`ClusterHealth::set_members`]).
+    pub health: Arc<EndpointHealth>,
 }
 
 impl fmt::Display for Endpoint {

@@ -25,6 +25,9 @@ pub struct EndpointDoc {
     pub port: u16,
     /// Relative share of connections, 1-1000 (default 1).
     pub weight: u32,
+    /// Labels (e.g. `version: v2`), shown in GET /clusters and usable by
+    /// routing.
+    pub metadata: Vec<(String, String)>,
     pub(crate) origin: Origin,
 }
 
@@ -35,13 +38,21 @@ impl Serialize for EndpointDoc {
         } else {
             format!("{}:{}", self.host, self.port)
         };
-        if self.weight == 1 {
+        if self.weight == 1 && self.metadata.is_empty() {
             s.serialize_str(&address)
         } else {
             use serde::ser::SerializeMap;
-            let mut m = s.serialize_map(Some(2))?;
+            let mut m = s.serialize_map(None)?;
             m.serialize_entry("address", &address)?;
             m.serialize_entry("weight", &self.weight)?;
+            if !self.metadata.is_empty() {
+                let labels: std::collections::BTreeMap<&str, &str> = self
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                m.serialize_entry("metadata", &labels)?;
+            }
             m.end()
         }
     }
@@ -66,12 +77,17 @@ fn endpoint(d: &mut Decoder, item: &Node, path: &str) -> Option<EndpointDoc> {
             None => Some(1),
             Some((n, p)) => integer(d, n, &p, 1, 1000).map(|w| w as u32),
         };
-        f.finish(d, &["address", "weight"]);
+        let metadata = match f.take("metadata") {
+            None => Some(Vec::new()),
+            Some((n, p)) => metadata(d, n, &p),
+        };
+        f.finish(d, &["address", "weight", "metadata"]);
         let (host, port) = address?;
         return Some(EndpointDoc {
             host,
             port,
             weight: weight?,
+            metadata: metadata?,
             origin,
         });
     }
@@ -79,8 +95,50 @@ fn endpoint(d: &mut Decoder, item: &Node, path: &str) -> Option<EndpointDoc> {
         host,
         port,
         weight: 1,
+        metadata: Vec::new(),
         origin,
     })
+}
+
+/// `metadata: { key: value, ... }`: string labels.
+pub(crate) fn metadata(d: &mut Decoder, node: &Node, path: &str) -> Option<Vec<(String, String)>> {
+    let crate::yaml::Value::Map(entries) = &node.value else {
+        d.error(
+            node.mark,
+            path,
+            format!("expected a mapping of labels, found {}", node.kind()),
+        );
+        return None;
+    };
+    let mut out: Vec<(String, String)> = Vec::with_capacity(entries.len());
+    let mut ok = true;
+    for (k_node, v_node) in entries {
+        let key = scalar(d, k_node, path, "a label name");
+        let p = key
+            .map(|k| child(path, k))
+            .unwrap_or_else(|| path.to_owned());
+        let value = scalar(d, v_node, &p, "a label value");
+        match (key, value) {
+            (Some(k), Some(v)) if !k.is_empty() && k.len() <= 63 && v.len() <= 255 => {
+                if out.iter().any(|(seen, _)| seen == k) {
+                    d.error(k_node.mark, &p, "duplicate label");
+                    ok = false;
+                } else {
+                    out.push((k.to_owned(), v.to_owned()));
+                }
+            }
+            (Some(_), Some(_)) => {
+                d.error(
+                    v_node.mark,
+                    &p,
+                    "label names are 1-63 characters and values at most 255",
+                );
+                ok = false;
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 /// One cluster.
@@ -103,6 +161,16 @@ pub struct ClusterDoc {
     pub tls: Option<super::ClusterTlsDoc>,
     /// Circuit breakers.
     pub circuit_breakers: CircuitBreakersDoc,
+    /// Passive health: eject endpoints whose connections fail. Off unless
+    /// present; Envoy's defaults for every field left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<super::health::OutlierDetectionDoc>,
+    /// Active health checks. Off unless present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<super::health::HealthCheckDoc>,
+    /// Percent of endpoints that must be available for health to be
+    /// honoured; below it every endpoint gets traffic. Default 50 (Envoy's).
+    pub panic_threshold: u32,
     #[serde(skip)]
     pub(crate) name_origin: Origin,
 }
@@ -119,7 +187,13 @@ const KEYS: &[&str] = &[
     "connect_attempts",
     "tls",
     "circuit_breakers",
+    "outlier_detection",
+    "health_check",
+    "panic_threshold",
 ];
+
+/// Envoy's `healthy_panic_threshold`.
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
 
 impl ClusterDoc {
     pub(crate) fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
@@ -181,6 +255,16 @@ impl ClusterDoc {
             None => CircuitBreakersDoc::default(),
             Some((n, p)) => CircuitBreakersDoc::decode(d, n, &p).unwrap_or_default(),
         };
+        let outlier_detection = f
+            .take("outlier_detection")
+            .and_then(|(n, p)| super::health::OutlierDetectionDoc::decode(d, n, &p));
+        let health_check = f
+            .take("health_check")
+            .and_then(|(n, p)| super::health::HealthCheckDoc::decode(d, n, &p));
+        let panic_threshold = match f.take("panic_threshold") {
+            None => Some(DEFAULT_PANIC_THRESHOLD),
+            Some((n, p)) => integer(d, n, &p, 0, 100).map(|v| v as u32),
+        };
         f.finish(d, KEYS);
         // Placeholders for failed fields, as in listener.rs: the document is
         // rejected anyway, but its other checks still run.
@@ -194,6 +278,9 @@ impl ClusterDoc {
             connect_attempts: connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
             tls,
             circuit_breakers,
+            outlier_detection,
+            health_check,
+            panic_threshold: panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
             name_origin: Origin {
                 mark: name_mark,
                 path: name_path,

@@ -4,6 +4,7 @@
 
 mod admin;
 mod cluster;
+mod health;
 mod listener;
 mod tls;
 
@@ -11,6 +12,7 @@ use serde::Serialize;
 
 pub use admin::AdminDoc;
 pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy};
+pub use health::{HealthCheckDoc, OutlierDetectionDoc};
 pub use listener::{ListenerDoc, Protocol};
 pub use tls::{AuthzDoc, ClusterTlsDoc, ListenerTlsDoc};
 
