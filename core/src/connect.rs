@@ -22,6 +22,10 @@ pub enum ConnectError {
     /// The cluster has no endpoints.
     #[error("cluster has no endpoints")]
     NoEndpoints,
+    /// Every endpoint is ejected or failing its health check, and panic
+    /// mode is off (`panic_threshold: 0`).
+    #[error("no healthy endpoint (all ejected or failing health checks; panic mode is off)")]
+    NoHealthyEndpoints,
     /// Every attempt failed; the last failure is kept.
     #[error("{attempts} connect attempt(s) failed, last to {addr}: {last}")]
     Exhausted {
@@ -69,7 +73,10 @@ pub(crate) async fn connect_upstream(
         return Err(ConnectError::NoEndpoints);
     }
     let stats = cluster.stats.cores.get(core);
-    let (first, healthy_only) = pick(cluster, core, key);
+    let Some((first, healthy_only)) = pick(cluster, core, key) else {
+        stats.unavailable.inc();
+        return Err(ConnectError::NoHealthyEndpoints);
+    };
     let attempts = (cluster.connect_attempts.max(1) as usize).min(endpoints.len());
     // The first pick, then the following endpoints in index order, skipping
     // unavailable ones unless the cluster is in panic mode.
@@ -141,38 +148,34 @@ pub(crate) async fn connect_upstream(
 const REPICKS: u64 = 4;
 
 /// The endpoint to try first, and whether failover should skip unavailable
-/// endpoints (false in panic mode). An unavailable pick is re-drawn from
+/// endpoints (false in panic mode); `None` when no endpoint is available
+/// and panic mode is off. An unavailable pick is re-drawn from
 /// the policy (a new key for the hashing policies, so one client keeps its
 /// fallback), so the available endpoints keep their relative shares.
 #[inline]
-fn pick(cluster: &Cluster, core: usize, key: u64) -> (usize, bool) {
+fn pick(cluster: &Cluster, core: usize, key: u64) -> Option<(usize, bool)> {
     let endpoints = &cluster.endpoints;
     let n = endpoints.len();
     let first = cluster.balancer.pick(core, key) % n;
     if endpoints[first].health.is_available() {
-        return (first, true);
+        return Some((first, true));
     }
     if cluster.health.in_panic(cluster.panic_threshold) {
         cluster.health.panic_picks.get(core).inc();
-        return (first, false);
+        return Some((first, false));
     }
     for attempt in 1..=REPICKS {
         let i = cluster.balancer.pick(core, outlier::mix(key ^ attempt)) % n;
         if endpoints[i].health.is_available() {
-            return (i, true);
+            return Some((i, true));
         }
     }
-    match (1..n)
+    // Scan for any available endpoint; none means panic mode is off
+    // (threshold 0) and nothing may be picked.
+    (1..n)
         .map(|d| (first + d) % n)
         .find(|&i| endpoints[i].health.is_available())
-    {
-        Some(i) => (i, true),
-        None => {
-            // Nothing available (e.g. panic mode turned off): try anyway.
-            cluster.health.panic_picks.get(core).inc();
-            (first, false)
-        }
-    }
+        .map(|i| (i, true))
 }
 
 /// Runs the cluster's TLS handshake on a fresh connection, if it has TLS.

@@ -76,7 +76,10 @@ const DURATION_FIELDS: &[DurationField] = &[
     }),
 ];
 
-const BOOL_FIELDS: &[(&str, fn(&mut OutlierDetection) -> &mut bool)] = &[
+/// A boolean field: key, accessor.
+type BoolField = (&'static str, fn(&mut OutlierDetection) -> &mut bool);
+
+const BOOL_FIELDS: &[BoolField] = &[
     ("split_external_local_origin_errors", |o| {
         &mut o.split_external_local_origin_errors
     }),

@@ -146,6 +146,9 @@ clusters:
     endpoints: [127.0.0.1:5432, \"[::1]:5432\"]
     connect_timeout: 250ms
     connect_attempts: 2
+    outlier_detection: { consecutive_5xx: 3, interval: 1s, max_ejection_percent: 50 }
+    health_check: { type: http, path: /healthz, expected_statuses: [200, 300-302] }
+    panic_threshold: 30
 ";
 
     #[test]
@@ -159,6 +162,65 @@ clusters:
         assert_eq!(c.endpoints.len(), 2);
         assert_eq!(c.endpoints[1].host, "::1");
         assert_eq!(c.connect_attempts, 2);
+        let o = &c.outlier_detection.as_ref().expect("outlier").0;
+        assert_eq!((o.consecutive_5xx, o.max_ejection_percent), (3, 50));
+        // Fields left out keep Envoy's defaults.
+        assert_eq!(o.base_ejection_time, std::time::Duration::from_secs(30));
+        assert_eq!(o.enforcing_consecutive_gateway_failure, 0);
+        let h = &c.health_check.as_ref().expect("health check").0;
+        assert_eq!(
+            h.kind,
+            ringmesh_core::health::HealthCheckKind::Http {
+                path: "/healthz".into(),
+                host: None,
+                expected_statuses: vec![(200, 200), (300, 302)],
+            }
+        );
+        assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (2, 3));
+        assert_eq!(c.panic_threshold, 30);
+    }
+
+    #[test]
+    fn health_settings_are_checked_field_by_field() {
+        let text = "clusters:\n  - name: c\n    endpoints: [{ address: 127.0.0.1:1, metadata: { version: v2, zone: [a] } }]\n    outlier_detection: { consecutive_5xx: -1, max_ejection_percent: 101, interval: soon, typo: 1 }\n    health_check: { type: grpc, path: nope, expected_statuses: [99, 300-200] }\n    panic_threshold: 101\n";
+        let errs = load("t.yaml", text).expect_err("invalid");
+        let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "clusters[0].endpoints[0].metadata.zone",
+            "clusters[0].outlier_detection.consecutive_5xx",
+            "clusters[0].outlier_detection.max_ejection_percent",
+            "clusters[0].outlier_detection.interval",
+            "clusters[0].outlier_detection.typo",
+            "clusters[0].health_check.type",
+            "clusters[0].health_check.path",
+            "clusters[0].health_check.expected_statuses[0]",
+            "clusters[0].health_check.expected_statuses[1]",
+            "clusters[0].panic_threshold",
+        ] {
+            assert!(paths.contains(&expected), "{expected} missing from {errs}");
+        }
+    }
+
+    #[test]
+    fn the_served_config_loads_back_to_the_same_document() {
+        // GET /config serves JSON, which is YAML: PUT-ing it back must work.
+        let doc = load("t.yaml", VALID).expect("valid");
+        let json = serde_json::to_string(&doc).expect("serialise");
+        let again = load("get.json", &json).unwrap_or_else(|e| panic!("{e}\n{json}"));
+        assert_eq!(serde_json::to_string(&again).expect("serialise"), json);
+    }
+
+    #[test]
+    fn http_only_check_fields_need_type_http() {
+        let text = "clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n    health_check: { path: /x }\n";
+        let errs = load("t.yaml", text).expect_err("invalid");
+        assert!(
+            errs.0
+                .iter()
+                .any(|e| e.path == "clusters[0].health_check.path"
+                    && e.message.contains("type: http")),
+            "{errs}"
+        );
     }
 
     #[test]
