@@ -171,15 +171,8 @@ fn validate(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = ringmesh_control::load(&source, &text).and_then(|doc| {
-        let stats = ringmesh_core::StatsRegistry::new(1);
-        let health = ringmesh_core::health::HealthRegistry::new(1);
-        let registries = ringmesh_control::compile::Registries {
-            stats: &stats,
-            health: &health,
-        };
-        ringmesh_control::compile::compile(&source, &doc, 1, registries, 1).map(|_| doc)
-    });
+    let result = ringmesh_control::load(&source, &text)
+        .and_then(|doc| ringmesh_control::proxy::check(&source, &doc).map(|_| doc));
     match result {
         Ok(doc) => {
             println!(

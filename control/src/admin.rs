@@ -7,7 +7,8 @@
 //! | `GET /config`    | the running config (defaults filled in) and its version |
 //! | `PUT /config`    | validate a YAML body and apply it; 400 with every error otherwise |
 //! | `GET /listeners` | listeners, their bound addresses and counters |
-//! | `GET /clusters`  | clusters, resolved endpoints and counters |
+//! | `GET /clusters`  | clusters, endpoints with their health, counters |
+//! | `PUT /clusters/{name}/endpoints` | replace an `api`-discovery cluster's endpoints |
 //! | `GET /metrics`   | Prometheus text format |
 //! | `POST /drain`    | stop accepting, let connections finish, exit |
 
@@ -22,7 +23,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::prometheus::{ProxyInfo, render};
-use crate::proxy::{Proxy, ReloadError};
+use crate::proxy::{EndpointsError, Proxy, ReloadError};
 
 /// Serves the admin API on `listener` until the process exits.
 pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
@@ -38,6 +39,10 @@ fn router(proxy: Arc<Proxy>) -> Router {
         .route("/config", get(get_config).put(put_config))
         .route("/listeners", get(listeners))
         .route("/clusters", get(clusters))
+        .route(
+            "/clusters/{name}/endpoints",
+            axum::routing::put(put_endpoints),
+        )
         .route("/metrics", get(metrics))
         .route("/drain", post(drain))
         .fallback(not_found)
@@ -51,7 +56,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
 async fn not_found() -> Response {
     json_response(
         StatusCode::NOT_FOUND,
-        json!({"error": "no such endpoint; see GET /live /ready /config /listeners /clusters /metrics, PUT /config, POST /drain"}),
+        json!({"error": "no such endpoint; see GET /live /ready /config /listeners /clusters /metrics, PUT /config, PUT /clusters/{name}/endpoints, POST /drain"}),
     )
 }
 
@@ -96,6 +101,52 @@ async fn put_config(State(proxy): State<Arc<Proxy>>, body: axum::body::Bytes) ->
             json!({"error": e.to_string()}),
         ),
         Err(e @ ReloadError::Internal(_)) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+async fn put_endpoints(
+    State(proxy): State<Arc<Proxy>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "the body must be UTF-8 YAML or JSON"}),
+        );
+    };
+    match proxy.set_endpoints(&name, text).await {
+        Ok(version) => {
+            let count = proxy
+                .applied()
+                .snapshot
+                .clusters
+                .iter()
+                .find(|c| *c.name == *name)
+                .map(|c| c.endpoints.len());
+            json_response(
+                StatusCode::OK,
+                json!({"version": version, "cluster": name, "endpoints": count}),
+            )
+        }
+        Err(e @ EndpointsError::UnknownCluster(_)) => {
+            json_response(StatusCode::NOT_FOUND, json!({"error": e.to_string()}))
+        }
+        Err(e @ EndpointsError::NotApi { .. }) => {
+            json_response(StatusCode::CONFLICT, json!({"error": e.to_string()}))
+        }
+        Err(EndpointsError::Reload(ReloadError::Invalid(errors))) => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": errors.to_string(), "errors": errors.0}),
+        ),
+        Err(EndpointsError::Reload(e @ ReloadError::Draining)) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}),
+        ),
+        Err(EndpointsError::Reload(e @ ReloadError::Internal(_))) => json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({"error": e.to_string()}),
         ),
@@ -160,6 +211,7 @@ async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
                 "connect_timeout": crate::decode::format_duration(c.connect_timeout),
                 "connect_attempts": c.connect_attempts,
                 "circuit_breakers": {"max_connections": c.max_connections},
+                "discovery": discovery_json(&proxy, &applied.document, &c.name),
                 "panic_threshold": c.panic_threshold,
                 "membership": {"available": available, "total": total, "panic": c.health.in_panic(c.panic_threshold)},
                 "outlier_detection": c.outlier.is_some(),
@@ -189,6 +241,29 @@ async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
         StatusCode::OK,
         json!({"version": applied.version, "clusters": list}),
     )
+}
+
+/// Where a cluster's endpoints come from, and how that is going.
+fn discovery_json(proxy: &Proxy, doc: &crate::Document, name: &str) -> serde_json::Value {
+    let kind = doc
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.discovery.kind())
+        .unwrap_or("static");
+    let state = proxy.discovered.state(name);
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .ok()
+    };
+    json!({
+        "type": kind,
+        "updated_unix": state.as_ref().and_then(|s| s.updated).and_then(unix),
+        "last_error": state.as_ref().and_then(|s| s.last_error.clone()),
+        "updates": state.as_ref().map(|s| s.updates).unwrap_or(0),
+        "errors": state.as_ref().map(|s| s.errors).unwrap_or(0),
+    })
 }
 
 /// One endpoint in GET /clusters: identity, weight, labels, health.
@@ -256,6 +331,12 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
             .iter()
             .filter(|l| l.tls.is_some())
             .map(|l| (l.name.to_string(), "userspace"))
+            .collect(),
+        discovery: proxy
+            .discovered
+            .states()
+            .into_iter()
+            .map(|(name, s)| (name, s.updates, s.errors))
             .collect(),
     };
     let body = render(&info, &proxy.stats, &proxy.health, &crate::process::read());

@@ -3,7 +3,7 @@
 //! per-core balancers. Resolution failures are config errors with positions.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ringmesh_core::Balancer;
@@ -12,6 +12,8 @@ use ringmesh_core::snapshot::SniRoute;
 use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 
 use crate::decode::{ConfigErrors, Decoder};
+use crate::discovery::{Found, resolve_blocking};
+use crate::model::DiscoveryDoc;
 use ringmesh_core::tls::{
     AuthzPolicy, ClientTls, ClientTlsMaterial, ExpectedPeer, IdentityPattern, ServerTls,
     ServerTlsMaterial,
@@ -20,8 +22,8 @@ use ringmesh_core::tls::{
 use crate::model::{AuthzDoc, ClusterTlsDoc, Document, ListenerTlsDoc};
 
 /// Builds snapshot `version` of `doc` for an engine with `workers` cores.
-/// Host names are resolved now (blocking `getaddrinfo`): call this off the
-/// data plane.
+/// Host names of static clusters are resolved now (blocking
+/// `getaddrinfo`): call this off the data plane.
 pub fn compile(
     file: &str,
     doc: &Document,
@@ -34,45 +36,23 @@ pub fn compile(
     let mut clusters: HashMap<&str, Arc<Cluster>> = HashMap::new();
     let mut ordered = Vec::with_capacity(doc.clusters.len());
     for c in &doc.clusters {
-        let mut endpoints = Vec::with_capacity(c.endpoints.len());
-        for e in &c.endpoints {
-            if let Ok(ip) = e.host.parse::<IpAddr>() {
-                endpoints.push(Resolved {
-                    addr: SocketAddr::new(ip, e.port),
-                    hostname: None,
-                    doc: e,
-                });
-                continue;
-            }
-            let hostname: Arc<str> = Arc::from(e.host.as_str());
-            match (e.host.as_str(), e.port).to_socket_addrs() {
-                Ok(addrs) => {
-                    let mut seen = Vec::new();
-                    for addr in addrs {
-                        if !seen.contains(&addr) {
-                            seen.push(addr);
-                            endpoints.push(Resolved {
-                                addr,
-                                hostname: Some(hostname.clone()),
-                                doc: e,
-                            });
-                        }
-                    }
-                    if seen.is_empty() {
-                        d.error(
-                            e.origin.mark,
-                            &e.origin.path,
-                            format!("host `{}` resolved to no address", e.host),
-                        );
+        let endpoints: Vec<Found> = match (&c.discovery, registries.discovered.get(&c.name)) {
+            (DiscoveryDoc::Static, _) | (DiscoveryDoc::Api, None) => {
+                // One endpoint at a time, so an error points at its line.
+                let mut out = Vec::with_capacity(c.endpoints.len());
+                for e in &c.endpoints {
+                    match resolve_blocking(std::slice::from_ref(e)) {
+                        Ok(found) => out.extend(found),
+                        Err(msg) => d.error(e.origin.mark, &e.origin.path, msg),
                     }
                 }
-                Err(err) => d.error(
-                    e.origin.mark,
-                    &e.origin.path,
-                    format!("cannot resolve host `{}`: {err}", e.host),
-                ),
+                out
             }
-        }
+            (_, Some(list)) => list.clone(),
+            // Nothing discovered yet (or the source failed from the start):
+            // no endpoints until it answers.
+            (_, None) => Vec::new(),
+        };
         let tls = c
             .tls
             .as_ref()
@@ -85,11 +65,11 @@ pub fn compile(
         let endpoints: Vec<Endpoint> = endpoints
             .into_iter()
             .zip(endpoint_health)
-            .map(|(r, health)| Endpoint {
-                addr: r.addr,
-                hostname: r.hostname,
-                weight: r.doc.weight,
-                metadata: r.doc.metadata.clone().into(),
+            .map(|(f, health)| Endpoint {
+                addr: f.addr,
+                hostname: f.hostname,
+                weight: f.weight,
+                metadata: f.metadata.into(),
                 health,
             })
             .collect();
@@ -172,13 +152,9 @@ pub struct Registries<'a> {
     pub stats: &'a StatsRegistry,
     /// Endpoint health by cluster name.
     pub health: &'a HealthRegistry,
-}
-
-/// One endpoint address, before its health state is attached.
-struct Resolved<'d> {
-    addr: SocketAddr,
-    hostname: Option<Arc<str>>,
-    doc: &'d crate::model::EndpointDoc,
+    /// Endpoint lists found by discovery, by cluster name (clusters with
+    /// `discovery` other than `static`).
+    pub discovered: &'a HashMap<String, Vec<Found>>,
 }
 
 /// Reads a listener's TLS material and builds its server config; problems

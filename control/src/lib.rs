@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod compile;
 pub mod decode;
+pub mod discovery;
 pub mod model;
 pub mod process;
 pub mod prometheus;

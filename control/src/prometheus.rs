@@ -35,6 +35,8 @@ pub struct ProxyInfo<'a> {
     pub ktls_available: bool,
     /// `(listener, data path)` of every TLS listener: `userspace` or `ktls`.
     pub tls_paths: Vec<(String, &'static str)>,
+    /// Discovery per cluster: `(cluster, lists applied, failures)`.
+    pub discovery: Vec<(String, u64, u64)>,
 }
 
 struct Out(String);
@@ -515,6 +517,26 @@ pub fn render(
     );
     o.sample("process_cpu_seconds_total", &[], process.cpu_seconds);
     render_health(&mut o, health);
+    o.header(
+        "ringmesh_discovery_updates_total",
+        "counter",
+        "Endpoint lists found by discovery (DNS, file, admin API) that changed a cluster, by cluster.",
+    );
+    for (c, updates, _) in &info.discovery {
+        o.sample(
+            "ringmesh_discovery_updates_total",
+            &[("cluster", c)],
+            updates,
+        );
+    }
+    o.header(
+        "ringmesh_discovery_errors_total",
+        "counter",
+        "Discovery attempts that failed (DNS errors, unreadable or invalid endpoints files); the last good endpoints stay, by cluster.",
+    );
+    for (c, _, errors) in &info.discovery {
+        o.sample("ringmesh_discovery_errors_total", &[("cluster", c)], errors);
+    }
     o.header("process_open_fds", "gauge", "Open file descriptors.");
     o.sample("process_open_fds", &[], process.open_fds);
     o.header(
@@ -559,6 +581,7 @@ mod tests {
             certificates: vec![("listener/db".into(), 86400)],
             ktls_available: false,
             tls_paths: vec![("db".into(), "userspace")],
+            discovery: vec![("pg".into(), 2, 1)],
         };
         let health = HealthRegistry::new(2);
         health.cluster("pg");

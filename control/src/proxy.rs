@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::compile::{Registries, compile};
 use crate::decode::{ConfigError, ConfigErrors};
+use crate::discovery::{Discovered, prime_discovery};
 use crate::model::{Document, load};
 use ringmesh_core::health::HealthRegistry;
 
@@ -83,6 +84,27 @@ pub enum ReloadError {
     Internal(String),
 }
 
+/// Why `PUT /clusters/{name}/endpoints` was refused.
+#[derive(Debug, Error)]
+pub enum EndpointsError {
+    /// No such cluster in the running config.
+    #[error("no cluster named `{0}`")]
+    UnknownCluster(String),
+    /// The cluster's endpoints come from elsewhere.
+    #[error(
+        "cluster `{cluster}` gets its endpoints from `{discovery}` discovery; set `discovery: api` to manage them through this API"
+    )]
+    NotApi {
+        /// Cluster.
+        cluster: String,
+        /// Its discovery type.
+        discovery: &'static str,
+    },
+    /// The list is invalid, or applying it failed.
+    #[error(transparent)]
+    Reload(ReloadError),
+}
+
 /// The config that is running.
 pub struct Applied {
     /// Its version (1 at startup, +1 per applied reload).
@@ -102,6 +124,8 @@ pub struct Proxy {
     pub stats: Arc<StatsRegistry>,
     /// Endpoint health of every cluster.
     pub health: Arc<HealthRegistry>,
+    /// Endpoint lists from discovery (DNS, files, the admin API).
+    pub discovered: Arc<Discovered>,
     /// Worker count.
     pub workers: usize,
     /// I/O driver in use.
@@ -141,8 +165,12 @@ impl Proxy {
         )
     }
 
-    fn registries(&self) -> (Arc<StatsRegistry>, Arc<HealthRegistry>) {
-        (self.stats.clone(), self.health.clone())
+    fn registries(&self) -> (Arc<StatsRegistry>, Arc<HealthRegistry>, Arc<Discovered>) {
+        (
+            self.stats.clone(),
+            self.health.clone(),
+            self.discovered.clone(),
+        )
     }
 
     /// Listeners and the addresses they are bound to.
@@ -193,10 +221,12 @@ impl Proxy {
     async fn apply_document(&self, source: &str, document: Document) -> Result<u64, ReloadError> {
         let mut engine = self.engine.lock().await;
         let version = self.applied.load().version + 1;
+        prime_discovery(&self.discovered, source, &document).await?;
         let snapshot =
             compile_off_thread(source, &document, version, &self.registries(), self.workers)
                 .await?;
         apply(&mut engine, &document, source, snapshot.clone()).await?;
+        self.discovered.retain(&document);
         self.applied.store(Arc::new(Applied {
             version,
             document,
@@ -211,19 +241,77 @@ impl Proxy {
     /// connections keep their sessions. A broken file is rejected and the
     /// running material stays.
     pub async fn rotate_certificates(&self) -> Result<u64, ReloadError> {
+        let result = self.reapply("certificate rotation").await;
+        if let Ok(version) = result {
+            tracing::info!(version, "certificates reloaded");
+        }
+        result
+    }
+
+    /// Re-applies the running document with what discovery found now.
+    pub async fn refresh_endpoints(&self, cluster: &str) -> Result<u64, ReloadError> {
+        let result = self.reapply("endpoint discovery").await;
+        if let Ok(version) = result {
+            tracing::info!(cluster, version, "cluster endpoints updated");
+        }
+        result
+    }
+
+    /// Replaces the endpoints of cluster `name` (which must have
+    /// `discovery: api`) with the list in `text` (`PUT
+    /// /clusters/{name}/endpoints`). Returns the config version running
+    /// afterwards.
+    pub async fn set_endpoints(&self, name: &str, text: &str) -> Result<u64, EndpointsError> {
+        let applied = self.applied();
+        let Some(cluster) = applied.document.clusters.iter().find(|c| c.name == name) else {
+            return Err(EndpointsError::UnknownCluster(name.to_owned()));
+        };
+        if cluster.discovery != crate::model::DiscoveryDoc::Api {
+            return Err(EndpointsError::NotApi {
+                cluster: name.to_owned(),
+                discovery: cluster.discovery.kind(),
+            });
+        }
+        let source = format!("<PUT /clusters/{name}/endpoints>");
+        let docs = crate::model::parse_endpoint_list(&source, text)
+            .map_err(|e| EndpointsError::Reload(ReloadError::Invalid(e)))?;
+        let list = tokio::task::spawn_blocking(move || crate::discovery::resolve_blocking(&docs))
+            .await
+            .map_err(|e| EndpointsError::Reload(ReloadError::Internal(e.to_string())))?
+            .map_err(|message| {
+                EndpointsError::Reload(ReloadError::Invalid(ConfigErrors(vec![ConfigError {
+                    file: source.clone(),
+                    line: 1,
+                    column: 1,
+                    path: "endpoints".into(),
+                    message,
+                }])))
+            })?;
+        let key = crate::discovery::source_key(cluster);
+        if !self.discovered.record(name, &key, list) {
+            return Ok(applied.version);
+        }
+        self.refresh_endpoints(name)
+            .await
+            .map_err(EndpointsError::Reload)
+    }
+
+    /// Compiles and applies the running document again (files re-read,
+    /// discovered endpoints taken as they are now).
+    async fn reapply(&self, why: &str) -> Result<u64, ReloadError> {
         if self.is_draining() {
             return Err(ReloadError::Draining);
         }
         let document = self.applied.load().document.clone();
-        let result = self.apply_document("certificate rotation", document).await;
+        let result = self.apply_document(why, document).await;
         match &result {
             Ok(version) => {
                 self.reloads_applied.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(version, "certificates reloaded");
+                tracing::info!(version, why, "configuration re-applied");
             }
             Err(e) => {
                 self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(errors = %e, "certificate files changed but cannot be used; the running ones are kept");
+                tracing::error!(why, errors = %e, "re-applying the configuration failed; the running one is kept");
             }
         }
         result
@@ -273,15 +361,17 @@ async fn compile_off_thread(
     source: &str,
     document: &Document,
     version: u64,
-    registries: &(Arc<StatsRegistry>, Arc<HealthRegistry>),
+    registries: &(Arc<StatsRegistry>, Arc<HealthRegistry>, Arc<Discovered>),
     workers: usize,
 ) -> Result<Arc<Snapshot>, ReloadError> {
-    let (source, document, (stats, health)) =
+    let (source, document, (stats, health, discovered)) =
         (source.to_owned(), document.clone(), registries.clone());
     tokio::task::spawn_blocking(move || {
+        let discovered = discovered.lists();
         let registries = Registries {
             stats: &stats,
             health: &health,
+            discovered: &discovered,
         };
         compile(&source, &document, version, registries, workers)
     })
@@ -329,6 +419,49 @@ async fn apply(
     }
 }
 
+/// Checks that `document` compiles as `ringmesh run` would compile it:
+/// host names resolve, certificate files load, endpoints files parse, DNS
+/// clusters' names resolve (`ringmesh validate`).
+pub fn check(source: &str, document: &Document) -> Result<(), ConfigErrors> {
+    let internal = |message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: source.to_owned(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message,
+        }])
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| internal(format!("cannot start a runtime: {e}")))?;
+    runtime.block_on(async {
+        let discovered = Arc::new(Discovered::default());
+        let registries = (
+            Arc::new(StatsRegistry::new(1)),
+            Arc::new(HealthRegistry::new(1)),
+            discovered.clone(),
+        );
+        let to_errors = |e: ReloadError| match e {
+            ReloadError::Invalid(errs) => errs,
+            other => internal(other.to_string()),
+        };
+        prime_discovery(&discovered, source, document)
+            .await
+            .map_err(to_errors)?;
+        for (name, state) in discovered.states() {
+            if let Some(e) = state.last_error {
+                tracing::warn!(cluster = %name, error = %e, "DNS discovery cannot resolve yet");
+            }
+        }
+        compile_off_thread(source, document, 1, &registries, 1)
+            .await
+            .map(drop)
+            .map_err(to_errors)
+    })
+}
+
 /// Runs the proxy until it has drained. Returns when it is time to exit 0.
 pub fn run(options: RunOptions) -> Result<(), RunError> {
     let source = options.config_path.display().to_string();
@@ -371,7 +504,17 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         let health = engine.health().clone();
         let workers = engine.workers();
         let mut engine = engine;
-        let registries = (stats.clone(), health.clone());
+        let discovered = Arc::new(Discovered::default());
+        prime_discovery(&discovered, &source, &document)
+            .await
+            .map_err(|e| match e {
+                ReloadError::Invalid(errs) => RunError::Config(errs),
+                other => RunError::Engine(EngineError::Worker {
+                    core: 0,
+                    message: other.to_string(),
+                }),
+            })?;
+        let registries = (stats.clone(), health.clone(), discovered.clone());
         let snapshot = compile_off_thread(&source, &document, 1, &registries, workers)
             .await
             .map_err(|e| match e {
@@ -399,6 +542,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             workers,
             stats,
             health,
+            discovered,
             engine: Mutex::new(engine),
             applied: ArcSwap::from_pointee(Applied {
                 version: 1,
@@ -424,6 +568,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             proxy.clone(),
             options.cert_watch_interval,
         ));
+        tokio::spawn(crate::discovery::supervise(proxy.clone()));
         wait_for_drain_request(&proxy, signals.term, signals.int).await;
         proxy.drain(options.drain_timeout).await;
         Ok(())

@@ -59,7 +59,7 @@ impl Serialize for EndpointDoc {
 }
 
 /// An endpoint: `host:port`, or `{ address: host:port, weight: N }`.
-fn endpoint(d: &mut Decoder, item: &Node, path: &str) -> Option<EndpointDoc> {
+pub(crate) fn endpoint(d: &mut Decoder, item: &Node, path: &str) -> Option<EndpointDoc> {
     let origin = Origin {
         mark: item.mark,
         path: path.to_owned(),
@@ -146,8 +146,11 @@ pub(crate) fn metadata(d: &mut Decoder, node: &Node, path: &str) -> Option<Vec<(
 pub struct ClusterDoc {
     /// Unique name (metric label `cluster`).
     pub name: String,
-    /// Endpoints, tried in round-robin order.
+    /// Endpoints as written (for `file` discovery: none; for `api`: the
+    /// initial list).
     pub endpoints: Vec<EndpointDoc>,
+    /// Where the endpoints come from. Default `static`.
+    pub discovery: super::DiscoveryDoc,
     /// Load-balancing policy. Default `round_robin`.
     #[serde(serialize_with = "lb_name")]
     pub lb: LbPolicy,
@@ -182,6 +185,7 @@ pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 const KEYS: &[&str] = &[
     "name",
     "endpoints",
+    "discovery",
     "lb",
     "connect_timeout",
     "connect_attempts",
@@ -203,11 +207,24 @@ impl ClusterDoc {
             d.error(node.mark, path, "missing required key `name`");
         }
         let name = name_field.and_then(|(n, p)| name(d, n, &p).map(|v| (v, n.mark, p)));
-        let endpoints = match f.take("endpoints") {
-            None => {
-                d.error(node.mark, path, "missing required key `endpoints`");
-                None
+        let discovery = match f.take("discovery") {
+            None => Some(super::DiscoveryDoc::Static),
+            Some((n, p)) => super::DiscoveryDoc::decode(d, n, &p),
+        };
+        let endpoints_field = f.take("endpoints");
+        match (&discovery, &endpoints_field) {
+            (Some(super::DiscoveryDoc::File { .. }), Some((n, p))) => d.error(
+                n.mark,
+                p,
+                "`file` discovery reads the endpoints from its file; remove `endpoints`",
+            ),
+            (Some(super::DiscoveryDoc::Static | super::DiscoveryDoc::Dns { .. }), None) => {
+                d.error(node.mark, path, "missing required key `endpoints`")
             }
+            _ => {}
+        }
+        let endpoints = match endpoints_field {
+            None => Some(Vec::new()),
             Some((n, p)) => list(d, n, &p).map(|items| {
                 items
                     .iter()
@@ -273,6 +290,7 @@ impl ClusterDoc {
         Some(ClusterDoc {
             name,
             endpoints: endpoints.unwrap_or_default(),
+            discovery: discovery.unwrap_or_default(),
             lb: lb.unwrap_or(LbPolicy::RoundRobin),
             connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             connect_attempts: connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),

@@ -4,6 +4,7 @@
 
 mod admin;
 mod cluster;
+mod discovery;
 mod health;
 mod listener;
 mod tls;
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 pub use admin::AdminDoc;
 pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy};
+pub use discovery::{DiscoveryDoc, parse_endpoint_list};
 pub use health::{HealthCheckDoc, OutlierDetectionDoc};
 pub use listener::{ListenerDoc, Protocol};
 pub use tls::{AuthzDoc, ClusterTlsDoc, ListenerTlsDoc};
