@@ -280,7 +280,7 @@ impl Dns {
             }
         }
         // A stable order: a reordered answer is not a change.
-        out.sort_by(|a, b| a.addr.cmp(&b.addr));
+        out.sort_by_key(|f| f.addr);
         Ok((out, ttl))
     }
 }
@@ -424,7 +424,10 @@ async fn watch_dns(
             return;
         }
     };
-    let mut wait = refresh;
+    // Ask at once: the answer's TTL sets the schedule (the priming lookup
+    // before the config was applied does not hand its TTL over); an
+    // unchanged answer changes nothing.
+    let mut wait = Duration::ZERO;
     loop {
         tokio::time::sleep(wait).await;
         match dns.resolve(&cluster.endpoints).await {

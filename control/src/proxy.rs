@@ -242,8 +242,11 @@ impl Proxy {
     /// running material stays.
     pub async fn rotate_certificates(&self) -> Result<u64, ReloadError> {
         let result = self.reapply("certificate rotation").await;
-        if let Ok(version) = result {
-            tracing::info!(version, "certificates reloaded");
+        match &result {
+            Ok(version) => tracing::info!(version, "certificates reloaded"),
+            Err(e) => {
+                tracing::error!(errors = %e, "certificate files changed but cannot be used; the running ones are kept")
+            }
         }
         result
     }
@@ -251,8 +254,11 @@ impl Proxy {
     /// Re-applies the running document with what discovery found now.
     pub async fn refresh_endpoints(&self, cluster: &str) -> Result<u64, ReloadError> {
         let result = self.reapply("endpoint discovery").await;
-        if let Ok(version) = result {
-            tracing::info!(cluster, version, "cluster endpoints updated");
+        match &result {
+            Ok(version) => tracing::info!(cluster, version, "cluster endpoints updated"),
+            Err(e) => {
+                tracing::error!(cluster, errors = %e, "new endpoints cannot be applied; the running ones are kept")
+            }
         }
         result
     }
@@ -304,16 +310,11 @@ impl Proxy {
         }
         let document = self.applied.load().document.clone();
         let result = self.apply_document(why, document).await;
-        match &result {
-            Ok(version) => {
-                self.reloads_applied.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(version, why, "configuration re-applied");
-            }
-            Err(e) => {
-                self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(why, errors = %e, "re-applying the configuration failed; the running one is kept");
-            }
-        }
+        let counter = match &result {
+            Ok(_) => &self.reloads_applied,
+            Err(_) => &self.reloads_rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         result
     }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod dns;
 pub mod proxy;
 pub mod tcp;
 pub mod tls;

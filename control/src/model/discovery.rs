@@ -95,87 +95,87 @@ impl DiscoveryDoc {
             }
         };
         let (kind, kind_node, kind_path) = kind?;
-        let out =
-            match kind {
-                "static" => {
-                    f.finish(d, &["type"]);
-                    Some(DiscoveryDoc::Static)
-                }
-                "api" => {
-                    f.finish(d, &["type"]);
-                    Some(DiscoveryDoc::Api)
-                }
-                "dns" => {
-                    let refresh = match f.take("refresh") {
-                        None => Some(DEFAULT_DNS_REFRESH),
-                        Some((n, p)) => duration(
-                            d,
-                            n,
-                            &p,
-                            Duration::from_millis(100),
-                            Duration::from_secs(24 * 3600),
-                        ),
-                    };
-                    let respect_ttl = match f.take("respect_ttl") {
-                        None => Some(true),
-                        Some((n, p)) => boolean(d, n, &p),
-                    };
-                    let resolver =
-                        match f.take("resolver") {
-                            None => Some(None),
-                            Some((n, p)) => scalar(d, n, &p, "an address like 127.0.0.1:53")
-                                .and_then(|v| match v.parse::<std::net::SocketAddr>() {
-                                    Ok(a) => Some(Some(a)),
-                                    Err(_) => match v.parse::<std::net::IpAddr>() {
-                                        Ok(ip) => Some(Some(std::net::SocketAddr::new(ip, 53))),
-                                        Err(_) => {
-                                            d.error(
-                                                n.mark,
-                                                &p,
-                                                format!("`{v}` is not an IP address or IP:port"),
-                                            );
-                                            None
-                                        }
-                                    },
-                                }),
-                        };
-                    f.finish(d, &["type", "refresh", "respect_ttl", "resolver"]);
-                    Some(DiscoveryDoc::Dns {
-                        refresh: refresh?,
-                        respect_ttl: respect_ttl?,
-                        resolver: resolver?,
-                    })
-                }
-                "file" => {
-                    let file = match f.take("path") {
-                        Some((n, p)) => scalar(d, n, &p, "a file path").map(PathBuf::from),
-                        None => {
-                            d.error(node.mark, path, "missing required key `path`");
-                            None
-                        }
-                    };
-                    let interval = match f.take("interval") {
-                        None => Some(DEFAULT_FILE_INTERVAL),
-                        Some((n, p)) => duration(
-                            d,
-                            n,
-                            &p,
-                            Duration::from_millis(50),
-                            Duration::from_secs(3600),
-                        ),
-                    };
-                    f.finish(d, &["type", "path", "interval"]);
-                    Some(DiscoveryDoc::File {
-                        path: file?,
-                        interval: interval?,
-                    })
-                }
-                other => {
-                    unknown_type(d, kind_node, &kind_path, other);
-                    None
-                }
-            };
-        out
+        match kind {
+            "static" => {
+                f.finish(d, &["type"]);
+                Some(DiscoveryDoc::Static)
+            }
+            "api" => {
+                f.finish(d, &["type"]);
+                Some(DiscoveryDoc::Api)
+            }
+            "dns" => {
+                let refresh = match f.take("refresh") {
+                    None => Some(DEFAULT_DNS_REFRESH),
+                    Some((n, p)) => duration(
+                        d,
+                        n,
+                        &p,
+                        Duration::from_millis(100),
+                        Duration::from_secs(24 * 3600),
+                    ),
+                };
+                let respect_ttl = match f.take("respect_ttl") {
+                    None => Some(true),
+                    Some((n, p)) => boolean(d, n, &p),
+                };
+                let resolver = match f.take("resolver") {
+                    None => Some(None),
+                    Some((n, p)) => {
+                        scalar(d, n, &p, "an address like 127.0.0.1:53").and_then(|v| {
+                            match v.parse::<std::net::SocketAddr>() {
+                                Ok(a) => Some(Some(a)),
+                                Err(_) => match v.parse::<std::net::IpAddr>() {
+                                    Ok(ip) => Some(Some(std::net::SocketAddr::new(ip, 53))),
+                                    Err(_) => {
+                                        d.error(
+                                            n.mark,
+                                            &p,
+                                            format!("`{v}` is not an IP address or IP:port"),
+                                        );
+                                        None
+                                    }
+                                },
+                            }
+                        })
+                    }
+                };
+                f.finish(d, &["type", "refresh", "respect_ttl", "resolver"]);
+                Some(DiscoveryDoc::Dns {
+                    refresh: refresh?,
+                    respect_ttl: respect_ttl?,
+                    resolver: resolver?,
+                })
+            }
+            "file" => {
+                let file = match f.take("path") {
+                    Some((n, p)) => scalar(d, n, &p, "a file path").map(PathBuf::from),
+                    None => {
+                        d.error(node.mark, path, "missing required key `path`");
+                        None
+                    }
+                };
+                let interval = match f.take("interval") {
+                    None => Some(DEFAULT_FILE_INTERVAL),
+                    Some((n, p)) => duration(
+                        d,
+                        n,
+                        &p,
+                        Duration::from_millis(50),
+                        Duration::from_secs(3600),
+                    ),
+                };
+                f.finish(d, &["type", "path", "interval"]);
+                Some(DiscoveryDoc::File {
+                    path: file?,
+                    interval: interval?,
+                })
+            }
+            other => {
+                unknown_type(d, kind_node, &kind_path, other);
+                None
+            }
+        }
     }
 }
 
