@@ -172,3 +172,56 @@ fn consistent_hashing_keeps_each_client_ip_on_one_endpoint() {
         );
     }
 }
+
+/// An echo server that waits `delay` before each reply.
+fn slow_echo(
+    delay: std::time::Duration,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let addr = tcp::serve_each(move |mut s| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf) {
+            std::thread::sleep(delay);
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+/// Sends 30 one-at-a-time requests over new connections; returns how many
+/// reached the slow endpoint, and the policy GET /clusters reports.
+fn requests_on_slow(lb: &str) -> (usize, String) {
+    let fast = EchoServer::start();
+    let (slow, slow_accepted) = slow_echo(std::time::Duration::from_millis(80));
+    let proxy = one_worker(&config(lb, fast.addr, 1, slow, 1));
+    for i in 0..30 {
+        let mut c = tcp::connect(proxy.listener("l"));
+        let msg = format!("r{i}");
+        assert_eq!(
+            tcp::echo_roundtrip(&mut c, msg.as_bytes()).unwrap(),
+            msg.as_bytes()
+        );
+    }
+    let reported = proxy.get("/clusters").json()["clusters"][0]["lb"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (slow_accepted.load(Ordering::SeqCst), reported)
+}
+
+#[test]
+fn peak_ewma_learns_which_endpoint_is_slow_and_round_robin_does_not() {
+    assert_eq!(requests_on_slow("round_robin").0, 15);
+    // One or two samples of 80 ms against a 30 ms prior are enough.
+    let (ewma, reported) = requests_on_slow("peak_ewma");
+    assert_eq!(reported, "peak_ewma");
+    assert!(
+        ewma <= 3,
+        "peak_ewma kept sending to the slow endpoint: {ewma}"
+    );
+}

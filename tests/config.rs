@@ -184,8 +184,17 @@ fn yaml_syntax_errors_have_a_position() {
 fn features_not_built_yet_are_refused_not_ignored() {
     let yaml = GOOD.replace("    cluster: pg\n", "    cluster: pg\n    protocol: http\n");
     assert_error(&yaml, 7, 15, "listeners[0].protocol", "not available yet");
-    let yaml = GOOD.replace("250ms\n", "250ms\n    lb: peak_ewma\n");
-    assert_error(&yaml, 11, 9, "clusters[0].lb", "not available yet");
+    let yaml = GOOD.replace(
+        "250ms\n",
+        "250ms\n    circuit_breakers: { max_requests: 10 }\n",
+    );
+    assert_error(
+        &yaml,
+        11,
+        39,
+        "clusters[0].circuit_breakers.max_requests",
+        "not available yet",
+    );
 }
 
 #[test]

@@ -180,6 +180,14 @@ async fn proxy_to_admitted(
             cluster.balancer.opened(ctx.core, upstream.index);
             let endpoint = &cluster.endpoints[upstream.index].health;
             endpoint.cores.get(ctx.core).active.add(1);
+            // Peak EWMA's sample: connect start to the endpoint's first byte.
+            let first_data = || {
+                cluster
+                    .balancer
+                    .observe(ctx.core, upstream.index, upstream.started.elapsed())
+            };
+            let on_first_data: Option<&dyn Fn()> =
+                cluster.balancer.wants_latency().then_some(&first_data);
             let ForwardOutcome { reason, error } = proxy_both_ways(
                 downstream,
                 &upstream.stream,
@@ -188,11 +196,13 @@ async fn proxy_to_admitted(
                     connection: &record.bytes_received,
                     listener: &lc.bytes_received,
                     cluster: &cc.bytes_sent,
+                    on_first_data: None,
                 },
                 DirectionCounters {
                     connection: &record.bytes_sent,
                     listener: &lc.bytes_sent,
                     cluster: &cc.bytes_received,
+                    on_first_data,
                 },
             )
             .await;

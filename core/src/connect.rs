@@ -59,6 +59,8 @@ pub(crate) struct Upstream {
     pub addr: SocketAddr,
     /// Index of the endpoint in the cluster.
     pub index: usize,
+    /// When the successful attempt started (latency samples start here).
+    pub started: Instant,
 }
 
 /// Connects to one of `cluster`'s endpoints from worker `core`, for a
@@ -106,6 +108,7 @@ pub(crate) async fn connect_upstream(
                             stream,
                             addr,
                             index,
+                            started,
                         });
                     }
                     Err(e) => {

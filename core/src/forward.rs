@@ -54,6 +54,8 @@ pub(crate) struct DirectionCounters<'a> {
     pub connection: &'a Cell<u64>,
     pub listener: &'a Counter,
     pub cluster: &'a Counter,
+    /// Called once, when the first bytes arrive in this direction.
+    pub on_first_data: Option<&'a dyn Fn()>,
 }
 
 /// The outcome of [`proxy_both_ways`].
@@ -142,6 +144,11 @@ async fn copy_one_way(
             }
         };
         last_activity.set(Instant::now());
+        if moved == 0
+            && let Some(f) = counters.on_first_data
+        {
+            f();
+        }
         counters
             .connection
             .set(counters.connection.get() + n as u64);

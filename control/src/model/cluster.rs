@@ -241,12 +241,9 @@ impl ClusterDoc {
                 "least_request" => Some(LbPolicy::LeastRequest),
                 "ring_hash" => Some(LbPolicy::RingHash),
                 "maglev" => Some(LbPolicy::Maglev),
-                other @ "peak_ewma" => {
-                    d.error(n.mark, &p, format!("load-balancing policy `{other}` is not available yet; use round_robin, random, least_request, ring_hash or maglev"));
-                    None
-                }
+                "peak_ewma" => Some(LbPolicy::PeakEwma),
                 other => {
-                    d.error(n.mark, &p, format!("unknown load-balancing policy `{other}` (expected round_robin, random, least_request, ring_hash or maglev)"));
+                    d.error(n.mark, &p, format!("unknown load-balancing policy `{other}` (expected round_robin, random, least_request, peak_ewma, ring_hash or maglev)"));
                     None
                 }
             },

@@ -7,12 +7,15 @@
 
 mod hash;
 mod least_request;
+mod peak_ewma;
 mod random;
 mod round_robin;
 
 pub use hash::client_key;
 use hash::{Maglev, RingHash};
 use least_request::LeastRequest;
+use peak_ewma::PeakEwma;
+pub use peak_ewma::{DECAY as PEAK_EWMA_DECAY, DEFAULT_RTT as PEAK_EWMA_DEFAULT_RTT};
 use random::WeightedRandom;
 use round_robin::RoundRobin;
 
@@ -25,6 +28,8 @@ pub enum LbPolicy {
     Random,
     /// Power of two choices by active connections per weight.
     LeastRequest,
+    /// Power of two choices by EWMA(time to first byte) x (open + 1) / weight.
+    PeakEwma,
     /// Consistent hashing of the client's IP on a ring.
     RingHash,
     /// Consistent hashing of the client's IP in a Maglev table.
@@ -38,6 +43,7 @@ impl LbPolicy {
             LbPolicy::RoundRobin => "round_robin",
             LbPolicy::Random => "random",
             LbPolicy::LeastRequest => "least_request",
+            LbPolicy::PeakEwma => "peak_ewma",
             LbPolicy::RingHash => "ring_hash",
             LbPolicy::Maglev => "maglev",
         }
@@ -55,6 +61,7 @@ enum Policy {
     RoundRobin(RoundRobin),
     Random(WeightedRandom),
     LeastRequest(LeastRequest),
+    PeakEwma(PeakEwma),
     RingHash(RingHash),
     Maglev(Maglev),
 }
@@ -78,6 +85,7 @@ impl Balancer {
             LbPolicy::LeastRequest => {
                 Policy::LeastRequest(LeastRequest::new(weights, workers, seed))
             }
+            LbPolicy::PeakEwma => Policy::PeakEwma(PeakEwma::new(weights, workers, seed)),
         };
         Balancer { policy }
     }
@@ -88,6 +96,7 @@ impl Balancer {
             Policy::RoundRobin(_) => LbPolicy::RoundRobin,
             Policy::Random(_) => LbPolicy::Random,
             Policy::LeastRequest(_) => LbPolicy::LeastRequest,
+            Policy::PeakEwma(_) => LbPolicy::PeakEwma,
             Policy::RingHash(_) => LbPolicy::RingHash,
             Policy::Maglev(_) => LbPolicy::Maglev,
         }
@@ -102,6 +111,7 @@ impl Balancer {
             Policy::RoundRobin(p) => p.pick(core),
             Policy::Random(p) => p.pick(core),
             Policy::LeastRequest(p) => p.pick(core),
+            Policy::PeakEwma(p) => p.pick(core),
             Policy::RingHash(p) => p.pick(key),
             Policy::Maglev(p) => p.pick(key),
         }
@@ -110,16 +120,35 @@ impl Balancer {
     /// A connection to endpoint `index` opened on `core`.
     #[inline]
     pub fn opened(&self, core: usize, index: usize) {
-        if let Policy::LeastRequest(p) = &self.policy {
-            p.opened(core, index)
+        match &self.policy {
+            Policy::LeastRequest(p) => p.opened(core, index),
+            Policy::PeakEwma(p) => p.opened(core, index),
+            _ => {}
         }
     }
 
     /// A connection to endpoint `index` on `core` closed.
     #[inline]
     pub fn closed(&self, core: usize, index: usize) {
-        if let Policy::LeastRequest(p) = &self.policy {
-            p.closed(core, index)
+        match &self.policy {
+            Policy::LeastRequest(p) => p.closed(core, index),
+            Policy::PeakEwma(p) => p.closed(core, index),
+            _ => {}
+        }
+    }
+
+    /// Whether the policy uses latency samples ([`Balancer::observe`]).
+    #[inline]
+    pub fn wants_latency(&self) -> bool {
+        matches!(self.policy, Policy::PeakEwma(_))
+    }
+
+    /// A latency sample for endpoint `index` seen on `core`: for TCP, the
+    /// time from the start of the connect to the endpoint's first byte.
+    #[inline]
+    pub fn observe(&self, core: usize, index: usize, rtt: std::time::Duration) {
+        if let Policy::PeakEwma(p) = &self.policy {
+            p.observe(core, index, rtt)
         }
     }
 }
