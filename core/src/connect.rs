@@ -215,3 +215,91 @@ pub(crate) async fn secure_with(
     .await?;
     Ok(Stream::Tls(Box::new(tls_stream)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::{Balancer, LbPolicy};
+    use crate::health::HealthRegistry;
+    use crate::metrics::StatsRegistry;
+    use crate::snapshot::Endpoint;
+    use std::sync::Arc;
+
+    fn cluster(policy: LbPolicy, weights: &[u32], panic_threshold: u32) -> Cluster {
+        let addrs: Vec<SocketAddr> = (0..weights.len())
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
+            .collect();
+        let health = HealthRegistry::new(1).cluster("c");
+        let members = health.set_members(&addrs);
+        let ids: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        Cluster {
+            name: Arc::from("c"),
+            endpoints: addrs
+                .iter()
+                .zip(members)
+                .zip(weights)
+                .map(|((addr, health), weight)| Endpoint {
+                    addr: *addr,
+                    hostname: None,
+                    weight: *weight,
+                    metadata: Arc::from(Vec::new()),
+                    health,
+                })
+                .collect(),
+            connect_timeout: Duration::from_secs(1),
+            connect_attempts: 3,
+            balancer: Balancer::new(policy, &ids, weights, 1, 9),
+            tls: None,
+            max_connections: 1024,
+            stats: StatsRegistry::new(1).cluster("c"),
+            health,
+            outlier: None,
+            health_check: None,
+            panic_threshold,
+        }
+    }
+
+    fn shares(c: &Cluster, picks: usize) -> Vec<usize> {
+        let mut counts = vec![0; c.endpoints.len()];
+        for key in 0..picks as u64 {
+            let (i, _) = pick(c, 0, outlier::mix(key)).expect("a pick");
+            counts[i] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn unavailable_endpoints_are_skipped_and_the_others_keep_their_shares() {
+        for policy in [
+            LbPolicy::RoundRobin,
+            LbPolicy::Random,
+            LbPolicy::RingHash,
+            LbPolicy::Maglev,
+        ] {
+            let c = cluster(policy, &[2, 1, 2, 1], 50);
+            c.health.set_check_failed(&c.endpoints[0].health, true);
+            let counts = shares(&c, 30_000);
+            assert_eq!(counts[0], 0, "{policy:?}: {counts:?}");
+            // Endpoints 1, 2, 3 keep their 1:2:1 weights.
+            let share2 = counts[2] as f64 / 30_000.0;
+            assert!((0.45..=0.55).contains(&share2), "{policy:?}: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn panic_mode_ignores_health_and_panic_off_refuses() {
+        let c = cluster(LbPolicy::RoundRobin, &[1, 1, 1, 1], 50);
+        for e in &c.endpoints[..3] {
+            c.health.set_check_failed(&e.health, true);
+        }
+        // 1 of 4 available (25% < 50%): every endpoint gets picks.
+        let counts = shares(&c, 400);
+        assert!(counts.iter().all(|n| *n > 0), "{counts:?}");
+        assert!(c.health.panic_picks() > 0);
+        let off = cluster(LbPolicy::RoundRobin, &[1, 1], 0);
+        for e in &off.endpoints {
+            off.health.set_check_failed(&e.health, true);
+        }
+        assert!(pick(&off, 0, 1).is_none());
+    }
+}
