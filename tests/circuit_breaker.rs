@@ -1,12 +1,13 @@
-//! Cluster circuit breakers: connections beyond `max_connections` are
-//! refused at once and counted, and capacity returns as connections close.
+//! Cluster circuit breakers: connections beyond `max_connections`, and
+//! connects beyond `max_pending_requests`, are refused at once and counted;
+//! capacity returns as connections close.
 
 mod helpers;
 
 use std::time::Duration;
 
 use helpers::proxy::{Proxy, one_listener};
-use helpers::tcp::{self, EchoServer};
+use helpers::tcp::{self, Blackhole, EchoServer};
 
 on_both_engines! {
     fn max_connections_sheds_the_excess_at_once(engine) {
@@ -39,6 +40,10 @@ fn the_default_limit_is_envoys_and_http_breakers_are_refused() {
         proxy.get("/clusters").json()["clusters"][0]["circuit_breakers"]["max_connections"],
         1024
     );
+    assert_eq!(
+        proxy.get("/clusters").json()["clusters"][0]["circuit_breakers"]["max_pending_requests"],
+        1024
+    );
     let bad = one_listener(
         "l",
         &[echo.addr],
@@ -54,5 +59,41 @@ fn the_default_limit_is_envoys_and_http_breakers_are_refused() {
             "clusters[0].circuit_breakers.max_connections",
             "clusters[0].circuit_breakers.max_requests"
         ]
+    );
+}
+
+#[test]
+fn max_pending_requests_limits_connects_in_progress() {
+    // Connects to a blackhole hang until connect_timeout: two are allowed
+    // to wait, the third client is refused at once.
+    let hole = Blackhole::start();
+    let proxy = Proxy::start_with(
+        &one_listener(
+            "l",
+            &[hole.addr],
+            "",
+            "connect_timeout: 3s\ncircuit_breakers: { max_pending_requests: 2 }",
+        ),
+        &["--workers", "2"],
+    )
+    .unwrap();
+    let addr = proxy.listener("l");
+    let _a = tcp::connect(addr);
+    let _b = tcp::connect(addr);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = tcp::connect(addr);
+    let took =
+        tcp::wait_closed(&mut c, Duration::from_secs(2)).expect("the third client must be refused");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(
+        proxy.metric(
+            "ringmesh_upstream_pending_overflow_total",
+            &[("cluster", "l")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric("ringmesh_upstream_overflow_total", &[("cluster", "l")]),
+        0.0
     );
 }

@@ -90,6 +90,7 @@ pub fn compile(
             connect_attempts: c.connect_attempts,
             balancer,
             max_connections: c.circuit_breakers.max_connections,
+            max_pending: c.circuit_breakers.max_pending_requests,
             tls,
             stats: stats.cluster(&c.name),
             health,

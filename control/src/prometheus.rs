@@ -457,6 +457,18 @@ pub fn render(
         );
     }
     o.header(
+        "ringmesh_upstream_pending_overflow_total",
+        "counter",
+        "Connections refused at once because max_pending_requests upstream connects were already in progress, by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_pending_overflow_total",
+            &[("cluster", n)],
+            t.pending_overflow,
+        );
+    }
+    o.header(
         "ringmesh_upstream_tls_failures_total",
         "counter",
         "TLS handshakes with upstream endpoints that failed (unknown CA, wrong identity, protocol error, timeout), by cluster.",

@@ -171,7 +171,19 @@ async fn proxy_to_admitted(
     record: &mut ConnectionRecord,
 ) {
     let config = &ctx.config;
-    match connect_upstream(cluster, ctx.core, crate::balance::client_key(record.peer)).await {
+    // Pending breaker: connects in progress, so a slow-to-accept cluster
+    // cannot pile up unbounded attempts.
+    let pending = &cluster.stats.pending;
+    if pending.fetch_add(1, Ordering::Relaxed) >= cluster.max_pending {
+        pending.fetch_sub(1, Ordering::Relaxed);
+        cluster.stats.cores.get(ctx.core).pending_overflow.inc();
+        record.reason = CloseReason::UpstreamOverflow;
+        return;
+    }
+    let connected =
+        connect_upstream(cluster, ctx.core, crate::balance::client_key(record.peer)).await;
+    pending.fetch_sub(1, Ordering::Relaxed);
+    match connected {
         Ok(upstream) => {
             record.endpoint = Some(upstream.addr);
             let lc = config.stats.cores.get(ctx.core);

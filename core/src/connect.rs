@@ -251,6 +251,7 @@ mod tests {
             balancer: Balancer::new(policy, &ids, weights, 1, 9),
             tls: None,
             max_connections: 1024,
+            max_pending: 1024,
             stats: StatsRegistry::new(1).cluster("c"),
             health,
             outlier: None,

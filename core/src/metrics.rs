@@ -229,6 +229,7 @@ pub struct ClusterCoreStats {
     pub(crate) unavailable: Counter,
     pub(crate) tls_failures: Counter,
     pub(crate) overflow: Counter,
+    pub(crate) pending_overflow: Counter,
     pub(crate) bytes_sent: Counter,
     pub(crate) bytes_received: Counter,
     pub(crate) connect_latency: Histogram,
@@ -241,6 +242,8 @@ pub struct ClusterStats {
     /// circuit breaker is a per-cluster limit; touched once per connection
     /// open and close, never per read.
     pub(crate) open: AtomicU64,
+    /// Upstream connects in progress over every core (`max_pending_requests`).
+    pub(crate) pending: AtomicU64,
     pub(crate) cores: PerCore<ClusterCoreStats>,
 }
 
@@ -261,6 +264,9 @@ pub struct ClusterTotals {
     pub tls_failures: u64,
     /// Connections refused by the circuit breaker.
     pub overflow: u64,
+    /// Connections refused because `max_pending_requests` connects were
+    /// already in progress.
+    pub pending_overflow: u64,
     /// Bytes written to upstream endpoints.
     pub bytes_sent: u64,
     /// Bytes read from upstream endpoints.
@@ -273,6 +279,7 @@ impl ClusterStats {
     fn new(workers: usize) -> Self {
         Self {
             open: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
             cores: PerCore::new(workers),
         }
     }
@@ -287,6 +294,7 @@ impl ClusterStats {
             unavailable: sum(&self.cores, |c| c.unavailable.get()),
             tls_failures: sum(&self.cores, |c| c.tls_failures.get()),
             overflow: sum(&self.cores, |c| c.overflow.get()),
+            pending_overflow: sum(&self.cores, |c| c.pending_overflow.get()),
             bytes_sent: sum(&self.cores, |c| c.bytes_sent.get()),
             bytes_received: sum(&self.cores, |c| c.bytes_received.get()),
             connect_latency: merge_histograms(

@@ -67,6 +67,10 @@ pub struct Cluster {
     /// Circuit breaker: upstream connections allowed at once over all
     /// workers; a connection beyond it is refused at once and counted.
     pub max_connections: u64,
+    /// Circuit breaker: upstream connects in progress at once over all
+    /// workers (Envoy's `max_pending_requests`, which for TCP limits
+    /// connection attempts); beyond it a connection is refused at once.
+    pub max_pending: u64,
     /// Counters, shared with earlier snapshots of the same cluster name.
     pub stats: Arc<ClusterStats>,
     /// Endpoint health, shared with earlier snapshots of the same cluster.

@@ -313,12 +313,17 @@ pub struct CircuitBreakersDoc {
     /// Upstream connections open at once over all workers; more are
     /// refused at once and counted. Default 1024 (Envoy's).
     pub max_connections: u64,
+    /// Upstream connects in progress at once over all workers; more are
+    /// refused at once and counted. Default 1024 (Envoy's; for TCP it
+    /// limits connection attempts, as in Envoy).
+    pub max_pending_requests: u64,
 }
 
 impl Default for CircuitBreakersDoc {
     fn default() -> Self {
         CircuitBreakersDoc {
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_requests: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -330,20 +335,25 @@ impl CircuitBreakersDoc {
             None => Some(DEFAULT_MAX_CONNECTIONS),
             Some((n, p)) => integer(d, n, &p, 1, 10_000_000),
         };
-        for key in ["max_pending_requests", "max_requests", "max_retries"] {
+        let max_pending_requests = match f.take("max_pending_requests") {
+            None => Some(DEFAULT_MAX_CONNECTIONS),
+            Some((n, p)) => integer(d, n, &p, 1, 10_000_000),
+        };
+        for key in ["max_requests", "max_retries"] {
             if let Some((n, p)) = f.take(key) {
                 d.error(
                     n.mark,
                     &p,
                     format!(
-                        "`{key}` is not available yet (it limits HTTP requests, which come with L7)"
+                        "`{key}` is not available yet (it limits HTTP requests and retries, which come with L7)"
                     ),
                 );
             }
         }
-        f.finish(d, &["max_connections"]);
+        f.finish(d, &["max_connections", "max_pending_requests"]);
         Some(CircuitBreakersDoc {
             max_connections: max_connections?,
+            max_pending_requests: max_pending_requests?,
         })
     }
 }
