@@ -506,25 +506,20 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         let workers = engine.workers();
         let mut engine = engine;
         let discovered = Arc::new(Discovered::default());
+        let startup_error = |e: ReloadError| match e {
+            ReloadError::Invalid(errs) => RunError::Config(errs),
+            other => RunError::Engine(EngineError::Worker {
+                core: 0,
+                message: other.to_string(),
+            }),
+        };
         prime_discovery(&discovered, &source, &document)
             .await
-            .map_err(|e| match e {
-                ReloadError::Invalid(errs) => RunError::Config(errs),
-                other => RunError::Engine(EngineError::Worker {
-                    core: 0,
-                    message: other.to_string(),
-                }),
-            })?;
+            .map_err(startup_error)?;
         let registries = (stats.clone(), health.clone(), discovered.clone());
         let snapshot = compile_off_thread(&source, &document, 1, &registries, workers)
             .await
-            .map_err(|e| match e {
-                ReloadError::Invalid(errs) => RunError::Config(errs),
-                other => RunError::Engine(EngineError::Worker {
-                    core: 0,
-                    message: other.to_string(),
-                }),
-            })?;
+            .map_err(startup_error)?;
         engine.apply(snapshot.clone()).await?;
         for l in engine.listeners() {
             tracing::info!(listener = %l.name, addr = %l.bound, "listening");

@@ -36,12 +36,7 @@ impl LeastRequest {
         if n <= 1 {
             return 0;
         }
-        let a = self.sampler.pick(core);
-        let mut b = self.sampler.pick(core);
-        if b == a {
-            // Two distinct candidates: the neighbour when the draw repeats.
-            b = (a + 1) % n;
-        }
+        let (a, b) = self.sampler.two_choices(core, n);
         let active = self.active.get(core);
         // Compare (active+1)/weight without division.
         let load = |i: usize| {

@@ -90,11 +90,7 @@ impl PeakEwma {
         if n <= 1 {
             return 0;
         }
-        let a = self.sampler.pick(core);
-        let mut b = self.sampler.pick(core);
-        if b == a {
-            b = (a + 1) % n;
-        }
+        let (a, b) = self.sampler.two_choices(core, n);
         let slots = self.slots.get(core);
         let now = now_ns();
         if self.cost(slots, a, now) <= self.cost(slots, b, now) {

@@ -37,6 +37,21 @@ impl WeightedRandom {
     }
 }
 
+impl WeightedRandom {
+    /// Two distinct candidates drawn by weight (power of two choices);
+    /// when the second draw repeats the first, its neighbour. Needs at
+    /// least two endpoints.
+    #[inline]
+    pub(crate) fn two_choices(&self, core: usize, n: usize) -> (usize, usize) {
+        let a = self.pick(core);
+        let mut b = self.pick(core);
+        if b == a {
+            b = (a + 1) % n;
+        }
+        (a, b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
