@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::connect::{ConnectError, connect_upstream};
@@ -152,15 +152,34 @@ async fn proxy_to(
     record: &mut ConnectionRecord,
 ) {
     // Circuit breaker: refuse at once when the cluster is at its limit.
-    let open = &cluster.stats.open;
-    if open.fetch_add(1, Ordering::Relaxed) >= cluster.max_connections {
-        open.fetch_sub(1, Ordering::Relaxed);
+    let Some(_open) = BreakerSlot::acquire(&cluster.stats.open, cluster.max_connections) else {
         cluster.stats.cores.get(ctx.core).overflow.inc();
         record.reason = CloseReason::UpstreamOverflow;
         return;
-    }
+    };
     proxy_to_admitted(downstream, cluster, ctx, record).await;
-    open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// One unit of a cluster-wide breaker count, released on drop (however the
+/// connection task ends). The count is one shared atomic per cluster,
+/// touched once per connection, never per read.
+struct BreakerSlot<'a>(&'a AtomicU64);
+
+impl<'a> BreakerSlot<'a> {
+    /// Takes a slot unless `count` has reached `limit`.
+    fn acquire(count: &'a AtomicU64, limit: u64) -> Option<Self> {
+        if count.fetch_add(1, Ordering::Relaxed) >= limit {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(BreakerSlot(count))
+    }
+}
+
+impl Drop for BreakerSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Connects to `cluster` (the breaker has admitted us) and copies both ways.
@@ -173,16 +192,14 @@ async fn proxy_to_admitted(
     let config = &ctx.config;
     // Pending breaker: connects in progress, so a slow-to-accept cluster
     // cannot pile up unbounded attempts.
-    let pending = &cluster.stats.pending;
-    if pending.fetch_add(1, Ordering::Relaxed) >= cluster.max_pending {
-        pending.fetch_sub(1, Ordering::Relaxed);
+    let Some(pending) = BreakerSlot::acquire(&cluster.stats.pending, cluster.max_pending) else {
         cluster.stats.cores.get(ctx.core).pending_overflow.inc();
         record.reason = CloseReason::UpstreamOverflow;
         return;
-    }
+    };
     let connected =
         connect_upstream(cluster, ctx.core, crate::balance::client_key(record.peer)).await;
-    pending.fetch_sub(1, Ordering::Relaxed);
+    drop(pending);
     match connected {
         Ok(upstream) => {
             record.endpoint = Some(upstream.addr);
