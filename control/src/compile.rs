@@ -61,7 +61,7 @@ pub fn compile(
         // Health state is per address and survives snapshots.
         let health = registries.health.cluster(&c.name);
         let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
-        let endpoint_health = health.set_members(&addrs);
+        let endpoint_health = health.endpoints_for(&addrs);
         let endpoints: Vec<Endpoint> = endpoints
             .into_iter()
             .zip(endpoint_health)

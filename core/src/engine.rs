@@ -250,6 +250,11 @@ impl Engine {
             }
         }
         self.bound = next_bound;
+        // The snapshot runs now: its endpoints are the clusters' members.
+        for cluster in &snapshot.clusters {
+            let members: Vec<_> = cluster.endpoints.iter().map(|e| e.health.clone()).collect();
+            cluster.health.commit(&members);
+        }
         self.health_service.apply(snapshot);
         match failure {
             Some(e) => Err(e),

@@ -96,7 +96,7 @@ pub struct Endpoint {
     pub weight: u32,
     /// Labels for routing and display (e.g. `version: v2`).
     pub metadata: Arc<[(String, String)]>,
-    /// Shared health state (see [`ClusterHealth::set_members`]).
+    /// Shared health state (see [`ClusterHealth::endpoints_for`]).
     pub health: Arc<EndpointHealth>,
 }
 

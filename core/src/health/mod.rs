@@ -248,24 +248,34 @@ impl ClusterHealth {
         }
     }
 
-    /// Makes `addrs` the current members and returns their health objects,
-    /// in the same order. Known addresses keep their state.
-    pub fn set_members(&self, addrs: &[SocketAddr]) -> Vec<Arc<EndpointHealth>> {
+    /// The health objects of `addrs`, in order, created for addresses not
+    /// seen before; known addresses keep their state. Membership does not
+    /// change until the snapshot using them is applied ([`Self::commit`]).
+    pub fn endpoints_for(&self, addrs: &[SocketAddr]) -> Vec<Arc<EndpointHealth>> {
         let mut all = lock(&self.endpoints);
-        let members: Vec<Arc<EndpointHealth>> = addrs
+        addrs
             .iter()
             .map(|a| {
                 all.entry(*a)
                     .or_insert_with(|| Arc::new(EndpointHealth::new(*a, self.workers)))
                     .clone()
             })
-            .collect();
-        // Forget endpoints that left: a returning address starts fresh, as
-        // a new host does in Envoy.
-        all.retain(|a, _| addrs.contains(a));
-        drop(all);
-        *lock(&self.members) = members.clone();
+            .collect()
+    }
+
+    /// Makes `members` (from an applied snapshot) the current members and
+    /// forgets every other endpoint: a returning address starts fresh, as a
+    /// new host does in Envoy.
+    pub fn commit(&self, members: &[Arc<EndpointHealth>]) {
+        lock(&self.endpoints).retain(|a, _| members.iter().any(|m| m.addr == *a));
+        *lock(&self.members) = members.to_vec();
         self.recount();
+    }
+
+    /// [`Self::endpoints_for`] then [`Self::commit`], for tests and tools.
+    pub fn set_members(&self, addrs: &[SocketAddr]) -> Vec<Arc<EndpointHealth>> {
+        let members = self.endpoints_for(addrs);
+        self.commit(&members);
         members
     }
 
@@ -386,6 +396,17 @@ mod tests {
         assert!(Arc::ptr_eq(&first[1], &second[0]));
         assert!(second[0].check_failed());
         assert_eq!(c.membership(), (1, 2));
+    }
+
+    #[test]
+    fn membership_changes_only_when_committed() {
+        let c = ClusterHealth::new("a", 1);
+        let first = c.set_members(&[addr(1), addr(2)]);
+        c.set_check_failed(&first[0], true);
+        // A compiled but rejected config: nothing changes.
+        let _rejected = c.endpoints_for(&[addr(3)]);
+        assert_eq!(c.membership(), (1, 2));
+        assert!(Arc::ptr_eq(&c.endpoints_for(&[addr(1)])[0], &first[0]));
     }
 
     #[test]
