@@ -516,7 +516,7 @@ fn certificates_rotate_without_restart_and_broken_files_are_refused() {
 }
 
 #[test]
-fn the_ktls_probe_is_reported_and_sessions_stay_in_userspace() {
+fn the_ktls_probe_is_reported_and_listeners_report_their_data_path() {
     let pki = Pki::new();
     let echo = EchoServer::start();
     let proxy = tls_proxy("uring", &pki, echo.addr, false, "");
@@ -546,10 +546,11 @@ fn the_ktls_probe_is_reported_and_sessions_stay_in_userspace() {
         proxy.metric("ringmesh_ktls_available", &[]),
         if kernel_has_ktls { 1.0 } else { 0.0 }
     );
+    let path = if kernel_has_ktls { "ktls" } else { "userspace" };
     assert_eq!(
         proxy.metric(
             "ringmesh_tls_data_path",
-            &[("listener", "tls"), ("path", "userspace")]
+            &[("listener", "tls"), ("path", path)]
         ),
         1.0
     );
@@ -557,12 +558,21 @@ fn the_ktls_probe_is_reported_and_sessions_stay_in_userspace() {
         v["message"].as_str().is_some_and(|m| m.starts_with("kTLS"))
     });
     assert!(logged.is_some(), "the probe's outcome must be logged");
-    // And the userspace path carries data.
+    // And that path carries data.
     let mut c = tls::connect(
         proxy.listener("tls"),
         tls::client_config(&pki.path("ca.pem"), None, Versions::Both),
     );
     assert_eq!(tls::roundtrip(&mut c, b"userspace").unwrap(), b"userspace");
+    assert_eq!(
+        proxy.wait_metric(
+            "ringmesh_tls_sessions_total",
+            &[("listener", "tls"), ("path", path)],
+            Duration::from_secs(5),
+            |v| v >= 1.0
+        ),
+        1.0
+    );
 }
 
 /// A backend that reads `n` bytes, reports them, and answers `tag`.

@@ -325,13 +325,17 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
         draining: proxy.is_draining(),
         certificates,
         ktls_available: proxy.ktls_available,
-        // The kTLS offload is not implemented: every session is userspace.
         tls_paths: applied
             .snapshot
             .listeners
             .iter()
-            .filter(|l| l.tls.is_some())
-            .map(|l| (l.name.to_string(), "userspace"))
+            .filter_map(|l| {
+                let tls = l.tls.as_ref()?;
+                Some((
+                    l.name.to_string(),
+                    if tls.ktls { "ktls" } else { "userspace" },
+                ))
+            })
             .collect(),
         discovery: proxy
             .discovered

@@ -186,6 +186,7 @@ fn server_tls(
         key_pem: key?,
         client_ca_pem: client_ca,
         sni_certificates,
+        ktls: t.ktls,
     };
     let policy = authz.map(|a| AuthzPolicy {
         allow: a

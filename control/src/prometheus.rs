@@ -272,7 +272,7 @@ pub fn render(
     o.header(
         "ringmesh_tls_data_path",
         "gauge",
-        "1 for the path a TLS listener's records take: path=userspace (rustls) or ktls.",
+        "1 for the path a TLS listener's sessions take after the handshake: path=ktls (handed to kernel TLS when the session allows it) or userspace (rustls).",
     );
     for (listener, path) in &info.tls_paths {
         o.sample(
@@ -336,6 +336,23 @@ pub fn render(
                 count,
             );
         }
+    }
+    o.header(
+        "ringmesh_tls_sessions_total",
+        "counter",
+        "Terminated TLS sessions by listener and by where their records were processed: path=ktls (kernel TLS) or userspace (rustls).",
+    );
+    for (n, t) in &listeners {
+        o.sample(
+            "ringmesh_tls_sessions_total",
+            &[("listener", n), ("path", "userspace")],
+            t.tls_sessions_userspace,
+        );
+        o.sample(
+            "ringmesh_tls_sessions_total",
+            &[("listener", n), ("path", "ktls")],
+            t.tls_sessions_ktls,
+        );
     }
     o.header(
         "ringmesh_authz_denied_total",

@@ -486,10 +486,10 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         io_engine = %engine.io_engine(),
         "ringmesh starting"
     );
-    let ktls = ringmesh_core::tls::ktls::probe();
+    let ktls = ringmesh_core::tls::ktls::support().clone();
     match &ktls {
         ringmesh_core::tls::ktls::KtlsSupport::Available => tracing::info!(
-            "kTLS is available in this kernel, but ringmesh does not offload to it yet: TLS runs in userspace (rustls)"
+            "kTLS is available: terminated TLS sessions are handed to the kernel after the handshake (listener tls.ktls: false keeps them in userspace)"
         ),
         ringmesh_core::tls::ktls::KtlsSupport::Unavailable(reason) => {
             tracing::info!(reason = %reason, "kTLS unavailable: TLS runs in userspace (rustls)")

@@ -21,7 +21,9 @@ use crate::runtime::TcpStream;
 use crate::runtime::{self, BufResult};
 use crate::snapshot::Cluster;
 use crate::snapshot::ListenerConfig;
+use crate::stream::Stream;
 use crate::tls::client_hello::{self, ClientHello, MAX_CLIENT_HELLO};
+use crate::tls::ktls::{self, OffloadError};
 use crate::tls::stream::TlsStream;
 use crate::tls::{HandshakeError, ServerTls};
 
@@ -86,7 +88,16 @@ pub(crate) async fn serve(
             Ok(stream) => {
                 record.identity = stream.peer_identity();
                 record.tls = Some((stream.version(), stream.sni()));
-                proxy(&stream, &ctx, &mut record).await;
+                let stream = data_path(stream, tls, &mut record);
+                let path = usize::from(record.tls_path == TlsPath::Kernel);
+                ctx.config.stats.cores.get(ctx.core).tls_sessions[path].inc();
+                match stream {
+                    Ok(stream) => proxy(&stream, &ctx, &mut record).await,
+                    Err(e) => {
+                        record.reason = CloseReason::TlsError;
+                        record.error = Some(ErrorText::Io(e));
+                    }
+                }
             }
             Err(e) => {
                 record.reason = CloseReason::TlsError;
@@ -105,8 +116,40 @@ async fn handshake(downstream: TcpStream, tls: &ServerTls) -> Result<TlsStream, 
         downstream,
         rustls::Connection::Server(session),
         tls.handshake_timeout,
+        tls.ktls,
     )
     .await
+}
+
+/// Where a terminated session's records are processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsPath {
+    Userspace,
+    Kernel,
+}
+
+/// Hands the session to kernel TLS when the listener may and the session
+/// allows it; otherwise keeps it in userspace. `Err` when the offload
+/// failed after the session was consumed: the connection cannot go on.
+fn data_path(
+    stream: TlsStream,
+    tls: &ServerTls,
+    record: &mut ConnectionRecord,
+) -> io::Result<Stream> {
+    if !tls.ktls {
+        return Ok(Stream::Tls(Box::new(stream)));
+    }
+    match ktls::offload(stream) {
+        Ok(k) => {
+            record.tls_path = TlsPath::Kernel;
+            Ok(Stream::Ktls(k))
+        }
+        Err(OffloadError::Declined(stream, reason)) => {
+            tracing::debug!(peer = %record.peer, reason, "kTLS: session stays in userspace");
+            Ok(Stream::Tls(stream))
+        }
+        Err(OffloadError::Fatal(e)) => Err(e),
+    }
 }
 
 /// Time a passthrough client has to send its ClientHello.
@@ -284,6 +327,8 @@ struct ConnectionRecord {
     identity: Option<String>,
     /// TLS version and SNI, when the listener terminates TLS.
     tls: Option<(&'static str, Option<String>)>,
+    /// Where the session's records were processed.
+    tls_path: TlsPath,
     reason: CloseReason,
     error: Option<ErrorText>,
     /// Bytes read from the client.
@@ -300,6 +345,7 @@ impl ConnectionRecord {
             endpoint: None,
             identity: None,
             tls: None,
+            tls_path: TlsPath::Userspace,
             reason: CloseReason::Completed,
             error: None,
             bytes_received: Cell::new(0),
@@ -332,6 +378,11 @@ impl ConnectionRecord {
             endpoint = endpoint.as_deref().unwrap_or("-"),
             identity = self.identity.as_deref().unwrap_or("-"),
             tls = self.tls.as_ref().map(|t| t.0).unwrap_or("-"),
+            tls_path = match (&self.tls, self.tls_path) {
+                (Some(("passthrough", _)) | None, _) => "-",
+                (_, TlsPath::Kernel) => "ktls",
+                (_, TlsPath::Userspace) => "userspace",
+            },
             sni = self.tls.as_ref().and_then(|t| t.1.as_deref()).unwrap_or("-"),
             bytes_received = self.bytes_received.get(),
             bytes_sent = self.bytes_sent.get(),

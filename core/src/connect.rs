@@ -211,6 +211,7 @@ pub(crate) async fn secure_with(
         stream,
         rustls::Connection::Client(session),
         tls.handshake_timeout,
+        false,
     )
     .await?;
     Ok(Stream::Tls(Box::new(tls_stream)))

@@ -149,6 +149,8 @@ pub struct ListenerCoreStats {
     pub(crate) bytes_sent: Counter,
     pub(crate) closed: [Counter; 7],
     pub(crate) duration: Histogram,
+    /// Terminated TLS sessions by data path: [userspace, kernel].
+    pub(crate) tls_sessions: [Counter; 2],
 }
 
 /// Statistics of one listener, by name.
@@ -184,6 +186,10 @@ pub struct ListenerTotals {
     pub duration: HistogramSnapshot,
     /// Peers refused by authorization.
     pub authz_denied: u64,
+    /// Terminated TLS sessions whose records rustls processed.
+    pub tls_sessions_userspace: u64,
+    /// Terminated TLS sessions handed to kernel TLS.
+    pub tls_sessions_ktls: u64,
 }
 
 impl ListenerStats {
@@ -209,6 +215,8 @@ impl ListenerStats {
                 .collect(),
             duration: merge_histograms(DURATION_BUCKETS, self.cores.iter().map(|c| &c.duration)),
             authz_denied: self.authz_denied.load(Ordering::Relaxed),
+            tls_sessions_userspace: sum(&self.cores, |c| c.tls_sessions[0].get()),
+            tls_sessions_ktls: sum(&self.cores, |c| c.tls_sessions[1].get()),
         }
     }
 

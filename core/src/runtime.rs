@@ -213,3 +213,12 @@ pub(crate) async fn connect(addr: std::net::SocketAddr) -> io::Result<TcpStream>
 pub(crate) async fn peek(stream: &TcpStream, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
     stream.peek(buf).await
 }
+
+/// Reads exactly `len` bytes (`UnexpectedEof` if the peer closes first).
+pub(crate) async fn read_exact(stream: &TcpStream, len: usize) -> io::Result<Vec<u8>> {
+    use compio::buf::{IntoInner, IoBuf};
+    use compio::io::AsyncReadExt;
+    let mut s = stream;
+    let BufResult(res, slice) = s.read_exact(Vec::with_capacity(len).slice(0..len)).await;
+    res.map(|()| slice.into_inner())
+}

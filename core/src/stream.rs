@@ -5,12 +5,15 @@ use std::io;
 
 use crate::forward::Duplex;
 use crate::runtime::{BufResult, TcpStream};
+use crate::tls::ktls::KtlsStream;
 use crate::tls::stream::TlsStream;
 
 /// A connected socket, with or without TLS.
 pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
+    /// TLS whose record layer the kernel runs (kTLS).
+    Ktls(KtlsStream),
 }
 
 impl Duplex for Stream {
@@ -18,6 +21,7 @@ impl Duplex for Stream {
         match self {
             Stream::Plain(s) => s.read_into(buf).await,
             Stream::Tls(s) => s.read_into(buf).await,
+            Stream::Ktls(s) => s.read_into(buf).await,
         }
     }
 
@@ -25,6 +29,7 @@ impl Duplex for Stream {
         match self {
             Stream::Plain(s) => s.write_all_from(buf).await,
             Stream::Tls(s) => s.write_all_from(buf).await,
+            Stream::Ktls(s) => s.write_all_from(buf).await,
         }
     }
 
@@ -32,6 +37,7 @@ impl Duplex for Stream {
         match self {
             Stream::Plain(s) => s.shutdown_write().await,
             Stream::Tls(s) => s.shutdown_write().await,
+            Stream::Ktls(s) => s.shutdown_write().await,
         }
     }
 
@@ -39,6 +45,7 @@ impl Duplex for Stream {
         match self {
             Stream::Plain(s) => s.reset_on_close(),
             Stream::Tls(s) => s.reset_on_close(),
+            Stream::Ktls(s) => s.reset_on_close(),
         }
     }
 }

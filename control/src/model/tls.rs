@@ -34,6 +34,9 @@ pub struct ListenerTlsDoc {
     /// More certificates, each served to clients whose SNI its DNS SANs cover.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateDoc>,
+    /// Hand sessions to kernel TLS after the handshake where the kernel
+    /// offers it. Default true.
+    pub ktls: bool,
     #[serde(skip)]
     pub(crate) origin: Origin,
 }
@@ -96,6 +99,10 @@ impl ListenerTlsDoc {
             Some((n, p)) => duration(d, n, &p, Duration::from_millis(1), Duration::from_secs(300)),
         };
         let alpn = Some(protocols(d, &mut f));
+        let ktls = match f.take("ktls") {
+            None => Some(true),
+            Some((n, p)) => crate::decode::boolean(d, n, &p),
+        };
         let certificates = match f.take("certificates") {
             None => Vec::new(),
             Some((n, p)) => list(d, n, &p)
@@ -127,10 +134,12 @@ impl ListenerTlsDoc {
                 "handshake_timeout",
                 "alpn",
                 "certificates",
+                "ktls",
             ],
         );
         Some(ListenerTlsDoc {
             certificates,
+            ktls: ktls?,
             cert: cert?,
             key: key?,
             client_ca,

@@ -51,6 +51,8 @@ pub struct ServerTlsMaterial {
     /// More `(chain, key)` pairs, each served to clients whose SNI its DNS
     /// SANs cover; the main chain serves everyone else.
     pub sni_certificates: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Hand sessions to kernel TLS where the kernel offers it.
+    pub ktls: bool,
 }
 
 /// A listener's TLS settings, ready for handshakes.
@@ -63,6 +65,9 @@ pub struct ServerTls {
     pub mutual: bool,
     /// When the listener's certificate expires (seconds since the epoch).
     pub not_after: Option<i64>,
+    /// Whether sessions are handed to kernel TLS after the handshake
+    /// (asked for, and the kernel offers it).
+    pub ktls: bool,
 }
 
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -153,11 +158,15 @@ impl ServerTls {
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         // Our suite order (strongest first) wins over the client's.
         config.ignore_client_order = true;
+        let ktls = material.ktls && super::ktls::available();
+        // Needed to hand the keys to the kernel; off otherwise.
+        config.enable_secret_extraction = ktls;
         Ok(ServerTls {
             config: Arc::new(config),
             handshake_timeout,
             mutual,
             not_after,
+            ktls,
         })
     }
 }

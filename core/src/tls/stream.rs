@@ -34,6 +34,9 @@ pub(crate) struct TlsStream {
     cipher_pos: Cell<usize>,
     /// Serialises socket writes; holds the reused ciphertext write buffer.
     out: Mutex<Vec<u8>>,
+    /// Read the handshake one record at a time, so nothing after it leaves
+    /// the socket (the session may be handed to kernel TLS).
+    exact_records: bool,
 }
 
 /// Why a handshake failed.
@@ -51,11 +54,14 @@ pub enum HandshakeError {
 }
 
 impl TlsStream {
-    /// Runs the handshake on `sock` within `timeout`.
+    /// Runs the handshake on `sock` within `timeout`. With `exact_records`
+    /// the socket is read one record at a time, so the session can be
+    /// handed to kernel TLS afterwards (see [`super::ktls`]).
     pub(crate) async fn handshake(
         sock: TcpStream,
         conn: rustls::Connection,
         timeout: Duration,
+        exact_records: bool,
     ) -> Result<TlsStream, HandshakeError> {
         let stream = TlsStream {
             sock,
@@ -63,6 +69,7 @@ impl TlsStream {
             cipher_in: Cell::new(Some(Vec::with_capacity(CIPHER_BUFFER))),
             cipher_pos: Cell::new(0),
             out: Mutex::new(Vec::with_capacity(CIPHER_BUFFER)),
+            exact_records,
         };
         match runtime::timeout(timeout, stream.drive_handshake()).await {
             Some(Ok(())) => Ok(stream),
@@ -83,7 +90,12 @@ impl TlsStream {
             if !handshaking {
                 return Ok(());
             }
-            match self.read_ciphertext().await {
+            let read = if self.exact_records {
+                self.read_record().await
+            } else {
+                self.read_ciphertext().await
+            };
+            match read {
                 Ok(0) => return Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into())),
                 Ok(_) => {}
                 Err(Ciphertext::Tls(e)) => {
@@ -128,6 +140,78 @@ impl TlsStream {
         let result = self.feed(&buf);
         self.cipher_in.set(Some(buf));
         result
+    }
+
+    /// Reads exactly one TLS record from the socket and hands it to rustls.
+    /// `Ok(0)` at EOF.
+    async fn read_record(&self) -> Result<usize, Ciphertext> {
+        let header = match runtime::read_exact(&self.sock, 5).await {
+            Ok(h) => h,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(Ciphertext::Io(e)),
+        };
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        // RFC 8446 5.2: at most 2^14 + 256 bytes of ciphertext; bound it
+        // before allocating (rustls rejects the record anyway).
+        if len > 16 * 1024 + 2048 {
+            return Err(Ciphertext::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS record too long",
+            )));
+        }
+        let body = runtime::read_exact(&self.sock, len)
+            .await
+            .map_err(Ciphertext::Io)?;
+        let mut c = self.conn.borrow_mut();
+        for part in [&header[..], &body[..]] {
+            let mut slice = part;
+            while !slice.is_empty() {
+                c.read_tls(&mut slice).map_err(Ciphertext::Io)?;
+            }
+        }
+        c.process_new_packets().map_err(Ciphertext::Tls)?;
+        Ok(5 + len)
+    }
+
+    /// Whether the session can be handed to kernel TLS now: a suite the
+    /// kernel runs, nothing waiting to be sent, no plaintext or ciphertext
+    /// buffered. `Err` says why not.
+    pub(crate) fn offload_ready(&self) -> Result<(), String> {
+        let pending_cipher = self
+            .cipher_in
+            .take()
+            .map(|b| {
+                let pending = self.cipher_pos.get() < b.len();
+                self.cipher_in.set(Some(b));
+                pending
+            })
+            .unwrap_or(true);
+        let mut c = self.conn.borrow_mut();
+        let suite = c.negotiated_cipher_suite().map(|s| s.suite());
+        if !super::ktls::supports(c.protocol_version(), suite) {
+            return Err(format!("the kernel does not run {suite:?}"));
+        }
+        if !self.exact_records || pending_cipher {
+            return Err("ciphertext after the handshake was already read".into());
+        }
+        if c.wants_write() {
+            return Err("records wait to be sent".into());
+        }
+        match c.reader().fill_buf() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            _ => Err("plaintext is buffered".into()),
+        }
+    }
+
+    /// The socket's descriptor.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.sock.as_raw_fd()
+    }
+
+    /// The socket and the session, taken apart (for kernel TLS).
+    pub(crate) fn into_parts(self) -> (TcpStream, rustls::Connection) {
+        (self.sock, self.conn.into_inner())
     }
 
     /// Hands `buf[cipher_pos..]` to rustls until it is all accepted or
