@@ -183,11 +183,12 @@ fn tls12_and_every_kernel_cipher_are_offloaded() {
             client_with(&pki, versions, &[*suite]),
         );
         let msg = vec![i as u8; 100_000];
-        let back = tls::roundtrip(&mut c, &msg)
-            .unwrap_or_else(|e| {
-                let _ = proxy.wait_log(Duration::from_secs(3), |v| v["message"] == "connection closed");
-                panic!("{suite:?}: {e}\n{}", proxy.log_text())
+        let back = tls::roundtrip(&mut c, &msg).unwrap_or_else(|e| {
+            let _ = proxy.wait_log(Duration::from_secs(3), |v| {
+                v["message"] == "connection closed"
             });
+            panic!("{suite:?}: {e}\n{}", proxy.log_text())
+        });
         assert_eq!(back, msg, "{suite:?}");
         assert_eq!(
             c.conn.negotiated_cipher_suite().map(|s| s.suite()),
