@@ -265,27 +265,43 @@ enum ControlRecord {
     Skip,
 }
 
+/// Room for one control message carrying a record type (one byte), aligned
+/// as the kernel expects cmsg headers to be.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct RecordTypeControl([u8; 32]);
+
+impl RecordTypeControl {
+    /// A msghdr over `iov` with this buffer as its control area.
+    fn msghdr(&mut self, iov: &mut libc::iovec) -> libc::msghdr {
+        // SAFETY: CMSG_SPACE is a pure computation; 24 bytes on 64-bit
+        // Linux, which the 32-byte buffer holds.
+        let space = (unsafe { libc::CMSG_SPACE(1) } as usize).min(self.0.len());
+        // SAFETY: msghdr is plain data, valid when zeroed.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = self.0.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        msg
+    }
+}
+
 impl KtlsStream {
     /// Takes the pending non-data record with its type (after a read
     /// failed with EIO) and decides what it means.
     fn control_record(&self) -> io::Result<ControlRecord> {
         let fd = self.sock.as_raw_fd();
         let mut data = [0u8; 16 * 1024 + 256];
-        // SAFETY: CMSG_SPACE is a pure computation.
-        let space = unsafe { libc::CMSG_SPACE(1) } as usize;
-        let mut control = vec![0u8; space];
+        let mut control = RecordTypeControl::default();
         let mut iov = libc::iovec {
             iov_base: data.as_mut_ptr().cast(),
             iov_len: data.len(),
         };
-        // SAFETY: msghdr is plain data; every pointer set below is valid for
-        // the length given and outlives the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: as above; MSG_DONTWAIT because the record is already queued.
+        let mut msg = control.msghdr(&mut iov);
+        // SAFETY: `msg` points at `iov` and `control`, valid for the lengths
+        // given and alive across the call; MSG_DONTWAIT because the record
+        // is already queued.
         let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -339,20 +355,14 @@ impl KtlsStream {
     fn send_close_notify(&self) -> io::Result<()> {
         let fd = self.sock.as_raw_fd();
         let mut alert = [1u8, 0u8]; // warning, close_notify
-        // SAFETY: CMSG_SPACE/CMSG_LEN are pure computations.
-        let space = unsafe { libc::CMSG_SPACE(1) } as usize;
-        let mut control = vec![0u8; space];
+        let mut control = RecordTypeControl::default();
         let mut iov = libc::iovec {
             iov_base: alert.as_mut_ptr().cast(),
             iov_len: alert.len(),
         };
-        // SAFETY: msghdr is plain data; pointers are valid for their lengths.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: the control buffer holds one cmsg with one byte of data.
+        let msg = control.msghdr(&mut iov);
+        // SAFETY: the control buffer has room for one cmsg with one byte of
+        // data (CMSG_SPACE(1)), which is what is written.
         unsafe {
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = SOL_TLS;
