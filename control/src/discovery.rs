@@ -195,9 +195,24 @@ fn found(e: &EndpointDoc, addr: SocketAddr, hostname: Option<Arc<str>>) -> Found
     }
 }
 
+/// Largest endpoints file read: far above any real list (about 100,000
+/// endpoints), small enough that a runaway writer cannot exhaust memory.
+pub const MAX_ENDPOINTS_FILE: u64 = 16 * 1024 * 1024;
+
 /// Reads and parses an endpoints file, resolving any host names in it.
 pub fn read_endpoints_file(path: &Path) -> Result<Vec<Found>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_ENDPOINTS_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_ENDPOINTS_FILE {
+        return Err(format!(
+            "larger than {} MiB; refusing to load it",
+            MAX_ENDPOINTS_FILE >> 20
+        ));
+    }
     let docs =
         parse_endpoint_list(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
     resolve_blocking(&docs)
@@ -536,6 +551,30 @@ mod tests {
         // A different source starts over.
         d.record_error("c", "file", "missing".into());
         assert_eq!(d.state("c").unwrap().endpoints, None);
+    }
+
+    #[test]
+    fn endpoints_files_are_bounded_and_errors_say_what_is_wrong() {
+        let dir = std::env::temp_dir().join(format!("ringmesh-discovery-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.yaml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_ENDPOINTS_FILE + 10).unwrap();
+        assert!(
+            read_endpoints_file(&big)
+                .unwrap_err()
+                .contains("larger than 16 MiB")
+        );
+        let missing = read_endpoints_file(&dir.join("missing.yaml")).unwrap_err();
+        assert!(missing.starts_with("cannot read"), "{missing}");
+        let bad = dir.join("bad.yaml");
+        std::fs::write(&bad, "- 127.0.0.1:1\n- nope\n").unwrap();
+        assert!(
+            read_endpoints_file(&bad)
+                .unwrap_err()
+                .contains("endpoints[1]")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
