@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 SECS=${1:-10}; RATE=${2:-1000}; ROUNDS=${ROUNDS:-3}; WARMUP=${WARMUP:-30s}
 PROXY_CPU=${PROXY_CPU:-1}; LOAD_CPU=${LOAD_CPU:-0}
 POLICIES=${POLICIES:-"round_robin least_request peak_ewma"}
+EWMA=${EWMA:-}   # e.g. "{ decay: 1s }": peak_ewma's constants (default Linkerd's)
 WORK=$(mktemp -d); PIDS=()
 cleanup() {
   for p in "${PIDS[@]}" $(cat "$WORK/pid" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
@@ -39,6 +40,7 @@ listeners:
 clusters:
   - name: c
     lb: $1
+$( [ "$1" = peak_ewma ] && [ -n "$EWMA" ] && echo "    peak_ewma: $EWMA" )
     endpoints: [127.0.0.1:18620, 127.0.0.1:18621, 127.0.0.1:18622, 127.0.0.1:18623]
     circuit_breakers: { max_connections: 100000 }
 YAML

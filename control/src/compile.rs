@@ -76,12 +76,13 @@ pub fn compile(
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let ids: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
         // Seeded per version so runs differ; any seed is correct.
-        let balancer = Balancer::new(
+        let balancer = Balancer::with_peak_ewma(
             c.lb,
             &ids,
             &weights,
             workers,
             version ^ 0x9e37_79b9_7f4a_7c15,
+            c.peak_ewma.unwrap_or_default(),
         );
         let cluster = Arc::new(Cluster {
             name: Arc::from(c.name.as_str()),

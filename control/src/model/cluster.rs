@@ -16,6 +16,23 @@ fn lb_name<S: Serializer>(p: &LbPolicy, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(p.as_str())
 }
 
+fn ewma_doc<S: Serializer>(
+    c: &Option<ringmesh_core::balance::PeakEwmaConfig>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let Some(c) = c else {
+        return s.serialize_none();
+    };
+    let mut m = s.serialize_map(Some(2))?;
+    m.serialize_entry(
+        "default_rtt",
+        &crate::decode::format_duration(c.default_rtt),
+    )?;
+    m.serialize_entry("decay", &crate::decode::format_duration(c.decay))?;
+    m.end()
+}
+
 /// One upstream endpoint as written: a host (IP literal or DNS name) and a port.
 #[derive(Debug, Clone)]
 pub struct EndpointDoc {
@@ -154,6 +171,10 @@ pub struct ClusterDoc {
     /// Load-balancing policy. Default `round_robin`.
     #[serde(serialize_with = "lb_name")]
     pub lb: LbPolicy,
+    /// peak_ewma's constants (only with `lb: peak_ewma`). Default
+    /// Linkerd's: `{default_rtt: 30ms, decay: 10s}`.
+    #[serde(serialize_with = "ewma_doc", skip_serializing_if = "Option::is_none")]
+    pub peak_ewma: Option<ringmesh_core::balance::PeakEwmaConfig>,
     /// Time allowed for one TCP connect. Default 5s (Envoy's).
     #[serde(serialize_with = "human")]
     pub connect_timeout: Duration,
@@ -187,6 +208,7 @@ const KEYS: &[&str] = &[
     "endpoints",
     "discovery",
     "lb",
+    "peak_ewma",
     "connect_timeout",
     "connect_attempts",
     "tls",
@@ -248,6 +270,15 @@ impl ClusterDoc {
                 }
             },
         };
+        let peak_ewma = match f.take("peak_ewma") {
+            None => None,
+            Some((n, p)) => {
+                if lb.is_some_and(|l| l != LbPolicy::PeakEwma) {
+                    d.error(n.mark, &p, "`peak_ewma` settings need `lb: peak_ewma`");
+                }
+                decode_peak_ewma(d, n, &p)
+            }
+        };
         let connect_timeout = match f.take("connect_timeout") {
             None => Some(DEFAULT_CONNECT_TIMEOUT),
             Some((n, p)) => duration(
@@ -289,6 +320,7 @@ impl ClusterDoc {
             endpoints: endpoints.unwrap_or_default(),
             discovery: discovery.unwrap_or_default(),
             lb: lb.unwrap_or(LbPolicy::RoundRobin),
+            peak_ewma,
             connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             connect_attempts: connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
             tls,
@@ -302,6 +334,35 @@ impl ClusterDoc {
             },
         })
     }
+}
+
+/// `peak_ewma: { default_rtt, decay }`.
+fn decode_peak_ewma(
+    d: &mut Decoder,
+    node: &Node,
+    path: &str,
+) -> Option<ringmesh_core::balance::PeakEwmaConfig> {
+    let mut f = Fields::of(d, node, path)?;
+    let defaults = ringmesh_core::balance::PeakEwmaConfig::default();
+    let default_rtt = match f.take("default_rtt") {
+        None => Some(defaults.default_rtt),
+        Some((n, p)) => duration(d, n, &p, Duration::from_micros(1), Duration::from_secs(60)),
+    };
+    let decay = match f.take("decay") {
+        None => Some(defaults.decay),
+        Some((n, p)) => duration(
+            d,
+            n,
+            &p,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        ),
+    };
+    f.finish(d, &["default_rtt", "decay"]);
+    Some(ringmesh_core::balance::PeakEwmaConfig {
+        default_rtt: default_rtt?,
+        decay: decay?,
+    })
 }
 
 /// Envoy's default connection limit per cluster.

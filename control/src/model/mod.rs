@@ -213,6 +213,21 @@ clusters:
     }
 
     #[test]
+    fn peak_ewma_constants_need_the_peak_ewma_policy() {
+        let ok = "clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n    lb: peak_ewma\n    peak_ewma: { decay: 2s }\n";
+        let doc = load("t.yaml", ok).expect("valid");
+        let c = doc.clusters[0].peak_ewma.expect("set");
+        assert_eq!(c.decay, std::time::Duration::from_secs(2));
+        assert_eq!(c.default_rtt, std::time::Duration::from_millis(30));
+        let bad =
+            "clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n    peak_ewma: { decay: 0s }\n";
+        let errs = load("t.yaml", bad).expect_err("invalid");
+        let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"clusters[0].peak_ewma"), "{errs}");
+        assert!(paths.contains(&"clusters[0].peak_ewma.decay"), "{errs}");
+    }
+
+    #[test]
     fn http_only_check_fields_need_type_http() {
         let text = "clusters:\n  - name: c\n    endpoints: [127.0.0.1:1]\n    health_check: { path: /x }\n";
         let errs = load("t.yaml", text).expect_err("invalid");

@@ -15,7 +15,7 @@ pub use hash::client_key;
 use hash::{Maglev, RingHash};
 use least_request::LeastRequest;
 use peak_ewma::PeakEwma;
-pub use peak_ewma::{DECAY as PEAK_EWMA_DECAY, DEFAULT_RTT as PEAK_EWMA_DEFAULT_RTT};
+pub use peak_ewma::PeakEwmaConfig;
 use random::WeightedRandom;
 use round_robin::RoundRobin;
 
@@ -77,6 +77,26 @@ impl Balancer {
         workers: usize,
         seed: u64,
     ) -> Self {
+        Self::with_peak_ewma(
+            policy,
+            ids,
+            weights,
+            workers,
+            seed,
+            PeakEwmaConfig::default(),
+        )
+    }
+
+    /// Like [`Balancer::new`], with peak_ewma's constants (used only by
+    /// that policy).
+    pub fn with_peak_ewma(
+        policy: LbPolicy,
+        ids: &[String],
+        weights: &[u32],
+        workers: usize,
+        seed: u64,
+        ewma: PeakEwmaConfig,
+    ) -> Self {
         let policy = match policy {
             LbPolicy::RingHash => Policy::RingHash(RingHash::new(ids, weights)),
             LbPolicy::Maglev => Policy::Maglev(Maglev::new(ids, weights)),
@@ -85,7 +105,7 @@ impl Balancer {
             LbPolicy::LeastRequest => {
                 Policy::LeastRequest(LeastRequest::new(weights, workers, seed))
             }
-            LbPolicy::PeakEwma => Policy::PeakEwma(PeakEwma::new(weights, workers, seed)),
+            LbPolicy::PeakEwma => Policy::PeakEwma(PeakEwma::new(weights, workers, seed, ewma)),
         };
         Balancer { policy }
     }

@@ -25,6 +25,25 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Decay time constant of the moving average (Linkerd's `decay`).
 pub const DECAY: Duration = Duration::from_secs(10);
 
+/// Peak EWMA's two constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeakEwmaConfig {
+    /// RTT assumed for an endpoint without samples.
+    pub default_rtt: Duration,
+    /// Time constant of the decay: how fast estimates forget.
+    pub decay: Duration,
+}
+
+impl Default for PeakEwmaConfig {
+    /// Linkerd's: 30 ms and 10 s.
+    fn default() -> Self {
+        PeakEwmaConfig {
+            default_rtt: DEFAULT_RTT,
+            decay: DECAY,
+        }
+    }
+}
+
 /// Nanoseconds since the first call: a clock that fits in an atomic.
 fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -42,23 +61,26 @@ struct Slot {
 
 #[derive(Debug)]
 pub(crate) struct PeakEwma {
+    /// The decay time constant, in nanoseconds.
+    decay_ns: f64,
     weights: Vec<u32>,
     sampler: WeightedRandom,
     slots: PerCore<Box<[Slot]>>,
 }
 
-/// `estimate` decayed over `elapsed_ns`.
+/// `estimate` decayed over `elapsed_ns` with time constant `decay_ns`.
 #[inline]
-fn decayed(estimate: f64, elapsed_ns: u64) -> f64 {
-    estimate * (-(elapsed_ns as f64) / DECAY.as_nanos() as f64).exp()
+fn decayed(estimate: f64, elapsed_ns: u64, decay_ns: f64) -> f64 {
+    estimate * (-(elapsed_ns as f64) / decay_ns).exp()
 }
 
 impl PeakEwma {
-    pub(crate) fn new(weights: &[u32], workers: usize, seed: u64) -> Self {
+    pub(crate) fn new(weights: &[u32], workers: usize, seed: u64, config: PeakEwmaConfig) -> Self {
         let n = weights.len();
         let start = now_ns();
-        let initial = (DEFAULT_RTT.as_nanos() as f64).to_bits();
+        let initial = (config.default_rtt.as_nanos() as f64).to_bits();
         Self {
+            decay_ns: (config.decay.as_nanos() as f64).max(1.0),
             weights: weights.iter().map(|w| (*w).max(1)).collect(),
             sampler: WeightedRandom::new(weights, workers, seed),
             slots: PerCore::from_fn(workers, || {
@@ -80,6 +102,7 @@ impl PeakEwma {
         let rtt = decayed(
             f64::from_bits(s.rtt.load(Relaxed)),
             now.saturating_sub(s.at.load(Relaxed)),
+            self.decay_ns,
         );
         rtt * (s.active.get().max(0) as f64 + 1.0) / f64::from(self.weights[i])
     }
@@ -124,7 +147,7 @@ impl PeakEwma {
         let next = if sample > current {
             sample
         } else {
-            let w = (-(elapsed as f64) / DECAY.as_nanos() as f64).exp();
+            let w = (-(elapsed as f64) / self.decay_ns).exp();
             current * w + sample * (1.0 - w)
         };
         s.rtt.store(next.to_bits(), Relaxed);
@@ -138,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_slow_endpoint_loses_the_comparison_at_once() {
-        let p = PeakEwma::new(&[1, 1], 1, 7);
+        let p = PeakEwma::new(&[1, 1], 1, 7, PeakEwmaConfig::default());
         p.observe(0, 0, Duration::from_millis(300));
         p.observe(0, 1, Duration::from_millis(3));
         assert!((0..100).all(|_| p.pick(0) == 1));
@@ -146,7 +169,7 @@ mod tests {
 
     #[test]
     fn open_connections_multiply_the_cost() {
-        let p = PeakEwma::new(&[1, 1], 1, 7);
+        let p = PeakEwma::new(&[1, 1], 1, 7, PeakEwmaConfig::default());
         p.observe(0, 0, Duration::from_millis(10));
         p.observe(0, 1, Duration::from_millis(10));
         for _ in 0..3 {
@@ -157,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_peak_takes_effect_at_once_and_fast_samples_pull_it_down_slowly() {
-        let p = PeakEwma::new(&[1, 1], 1, 7);
+        let p = PeakEwma::new(&[1, 1], 1, 7, PeakEwmaConfig::default());
         p.observe(0, 0, Duration::from_millis(100));
         let est = |p: &PeakEwma| f64::from_bits(p.slots.get(0)[0].rtt.load(Relaxed)) / 1e6;
         assert!((est(&p) - 100.0).abs() < 0.01);
@@ -169,14 +192,31 @@ mod tests {
     #[test]
     fn estimates_decay_toward_zero_without_samples() {
         assert!(
-            (decayed(100.0, DECAY.as_nanos() as u64) - 100.0 / std::f64::consts::E).abs() < 1e-9
+            (decayed(100.0, DECAY.as_nanos() as u64, DECAY.as_nanos() as f64)
+                - 100.0 / std::f64::consts::E)
+                .abs()
+                < 1e-9
         );
-        assert_eq!(decayed(100.0, 0), 100.0);
+        assert_eq!(decayed(100.0, 0, 1e9), 100.0);
+    }
+
+    #[test]
+    fn a_shorter_decay_forgets_sooner() {
+        let fast = PeakEwmaConfig {
+            default_rtt: Duration::from_millis(30),
+            decay: Duration::from_millis(100),
+        };
+        let p = PeakEwma::new(&[1, 1], 1, 7, fast);
+        let est = |p: &PeakEwma| f64::from_bits(p.slots.get(0)[0].rtt.load(Relaxed)) / 1e6;
+        std::thread::sleep(Duration::from_millis(300));
+        p.observe(0, 0, Duration::from_millis(1));
+        // Three time constants after the 30 ms prior: mostly the sample.
+        assert!(est(&p) < 3.0, "{}", est(&p));
     }
 
     #[test]
     fn weights_divide_the_cost() {
-        let p = PeakEwma::new(&[1, 4], 1, 7);
+        let p = PeakEwma::new(&[1, 4], 1, 7, PeakEwmaConfig::default());
         for i in 0..2 {
             p.observe(0, i, Duration::from_millis(10));
         }
