@@ -32,18 +32,12 @@ impl LeastRequest {
 
     #[inline]
     pub(crate) fn pick(&self, core: usize) -> usize {
-        let n = self.weights.len();
-        if n <= 1 {
-            return 0;
-        }
-        let (a, b) = self.sampler.two_choices(core, n);
         let active = self.active.get(core);
-        // Compare (active+1)/weight without division.
-        let load = |i: usize| {
-            (active[i].get().max(0) as u128 + 1)
-                * u128::from(self.weights[if i == a { b } else { a }])
-        };
-        if load(a) <= load(b) { a } else { b }
+        // (active(a)+1)/weight(a) <= (active(b)+1)/weight(b), without division.
+        self.sampler.pick_of_two(core, |a, b| {
+            let load = |i: usize| active[i].get().max(0) as u128 + 1;
+            load(a) * u128::from(self.weights[b]) <= load(b) * u128::from(self.weights[a])
+        })
     }
 
     /// A connection to endpoint `index` opened on `core`.

@@ -109,18 +109,11 @@ impl PeakEwma {
 
     #[inline]
     pub(crate) fn pick(&self, core: usize) -> usize {
-        let n = self.weights.len();
-        if n <= 1 {
-            return 0;
-        }
-        let (a, b) = self.sampler.two_choices(core, n);
         let slots = self.slots.get(core);
         let now = now_ns();
-        if self.cost(slots, a, now) <= self.cost(slots, b, now) {
-            a
-        } else {
-            b
-        }
+        self.sampler.pick_of_two(core, |a, b| {
+            self.cost(slots, a, now) <= self.cost(slots, b, now)
+        })
     }
 
     pub(crate) fn opened(&self, core: usize, index: usize) {

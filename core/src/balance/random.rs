@@ -38,17 +38,25 @@ impl WeightedRandom {
 }
 
 impl WeightedRandom {
-    /// Two distinct candidates drawn by weight (power of two choices);
-    /// when the second draw repeats the first, its neighbour. Needs at
-    /// least two endpoints.
+    /// Power of two choices: draws two distinct candidates by weight (the
+    /// neighbour when the second draw repeats the first) and returns the
+    /// first unless `no_worse(a, b)` says otherwise.
     #[inline]
-    pub(crate) fn two_choices(&self, core: usize, n: usize) -> (usize, usize) {
+    pub(crate) fn pick_of_two(
+        &self,
+        core: usize,
+        no_worse: impl Fn(usize, usize) -> bool,
+    ) -> usize {
+        let n = self.cumulative.len();
+        if n <= 1 {
+            return 0;
+        }
         let a = self.pick(core);
         let mut b = self.pick(core);
         if b == a {
             b = (a + 1) % n;
         }
-        (a, b)
+        if no_worse(a, b) { a } else { b }
     }
 }
 
