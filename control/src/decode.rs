@@ -216,6 +216,37 @@ pub(crate) fn list<'n>(d: &mut Decoder, node: &'n Node, path: &str) -> Option<&'
     }
 }
 
+/// The items of a list node, each decoded by `decode` at its own path
+/// (`path[i]`); items that fail are left out (their errors are recorded).
+/// `None` when the node is not a list.
+pub(crate) fn list_of<T>(
+    d: &mut Decoder,
+    node: &Node,
+    path: &str,
+    mut decode: impl FnMut(&mut Decoder, &Node, &str) -> Option<T>,
+) -> Option<Vec<T>> {
+    let items = list(d, node, path)?;
+    Some(
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| decode(d, item, &format!("{path}[{i}]")))
+            .collect(),
+    )
+}
+
+/// [`list_of`] for an optional field (as taken from [`Fields`]); an absent
+/// field or a non-list is an empty list (the latter with its error).
+pub(crate) fn list_field<T>(
+    d: &mut Decoder,
+    field: Option<(&Node, String)>,
+    decode: impl FnMut(&mut Decoder, &Node, &str) -> Option<T>,
+) -> Vec<T> {
+    field
+        .and_then(|(node, path)| list_of(d, node, &path, decode))
+        .unwrap_or_default()
+}
+
 /// A name usable as a metric label: 1-64 of `[A-Za-z0-9_.-]`.
 pub(crate) fn name(d: &mut Decoder, node: &Node, path: &str) -> Option<String> {
     let text = scalar(d, node, path, "a name")?;

@@ -6,7 +6,7 @@ use serde::{Serialize, Serializer};
 
 use super::Origin;
 use super::listener::human;
-use crate::decode::{Decoder, Fields, child, duration, host_port, integer, list, name, scalar};
+use crate::decode::{Decoder, Fields, child, duration, host_port, integer, name, scalar};
 use crate::yaml::Node;
 
 /// How a cluster picks an endpoint: the data plane's own policy type.
@@ -247,13 +247,7 @@ impl ClusterDoc {
         }
         let endpoints = match endpoints_field {
             None => Some(Vec::new()),
-            Some((n, p)) => list(d, n, &p).map(|items| {
-                items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, item)| endpoint(d, item, &format!("{p}[{i}]")))
-                    .collect::<Vec<_>>()
-            }),
+            Some((n, p)) => crate::decode::list_of(d, n, &p, endpoint),
         };
         let lb = match f.take("lb") {
             None => Some(LbPolicy::RoundRobin),

@@ -10,7 +10,7 @@ use serde::{Serialize, Serializer};
 use super::cluster::endpoint;
 use super::{EndpointDoc, Mark};
 use crate::decode::{
-    ConfigErrors, Decoder, Fields, boolean, duration, format_duration, list, scalar,
+    ConfigErrors, Decoder, Fields, boolean, duration, format_duration, list_of, scalar,
 };
 use crate::yaml::{self, Node};
 
@@ -250,14 +250,6 @@ pub fn parse_endpoint_list(file: &str, text: &str) -> Result<Vec<EndpointDoc>, C
         }
         _ => (&root, "endpoints".to_owned()),
     };
-    let endpoints = list(&mut d, node, &path)
-        .map(|items| {
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, item)| endpoint(&mut d, item, &format!("{path}[{i}]")))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    let endpoints = list_of(&mut d, node, &path, endpoint).unwrap_or_default();
     d.finish(endpoints)
 }

@@ -7,8 +7,7 @@ use serde::{Serialize, Serializer};
 
 use super::Origin;
 use crate::decode::{
-    Decoder, Fields, boolean, child, duration, format_duration, integer, list, listen_addr, name,
-    scalar,
+    Decoder, Fields, boolean, child, duration, format_duration, integer, listen_addr, name, scalar,
 };
 use crate::yaml::Node;
 
@@ -149,18 +148,7 @@ impl ListenerDoc {
                 );
             }
         }
-        let sni_routes = match f.take("sni_routes") {
-            None => Vec::new(),
-            Some((n, p)) => list(d, n, &p)
-                .map(|items| {
-                    items
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, item)| SniRouteDoc::decode(d, item, &format!("{p}[{i}]")))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
+        let sni_routes = crate::decode::list_field(d, f.take("sni_routes"), SniRouteDoc::decode);
         if let (Some(t), false) = (&tls, sni_routes.is_empty()) {
             d.error(
                 t.origin.mark,
@@ -226,31 +214,23 @@ impl SniRouteDoc {
                 d.error(node.mark, path, "missing required key `server_names`");
                 None
             }
-            Some((n, p)) => list(d, n, &p).map(|items| {
-                items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, item)| {
-                        let ip = format!("{p}[{i}]");
-                        let v = scalar(d, item, &ip, "a server name")?;
-                        let bare = v.strip_prefix("*.").unwrap_or(v);
-                        let ok = !bare.is_empty()
-                            && bare.split('.').all(|l| {
-                                !l.is_empty()
-                                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                            });
-                        if ok {
-                            Some(v.to_ascii_lowercase())
-                        } else {
-                            d.error(
-                                item.mark,
-                                &ip,
-                                format!("invalid server name `{v}` (a DNS name, or *.suffix)"),
-                            );
-                            None
-                        }
-                    })
-                    .collect::<Vec<_>>()
+            Some((n, p)) => crate::decode::list_of(d, n, &p, |d, item, ip| {
+                let v = scalar(d, item, ip, "a server name")?;
+                let bare = v.strip_prefix("*.").unwrap_or(v);
+                let ok = !bare.is_empty()
+                    && bare.split('.').all(|l| {
+                        !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if ok {
+                    Some(v.to_ascii_lowercase())
+                } else {
+                    d.error(
+                        item.mark,
+                        ip,
+                        format!("invalid server name `{v}` (a DNS name, or *.suffix)"),
+                    );
+                    None
+                }
             }),
         };
         let cluster = match f.take("cluster") {

@@ -18,7 +18,7 @@ pub use health::{HealthCheckDoc, OutlierDetectionDoc};
 pub use listener::{ListenerDoc, Protocol};
 pub use tls::{AuthzDoc, ClusterTlsDoc, ListenerTlsDoc};
 
-use crate::decode::{ConfigErrors, Decoder, Fields, list};
+use crate::decode::{ConfigErrors, Decoder, Fields};
 use crate::validate;
 use crate::yaml::{self, Mark};
 
@@ -92,8 +92,9 @@ pub fn load(file: &str, text: &str) -> Result<Document, ConfigErrors> {
         Some((node, path)) => AdminDoc::decode(&mut d, node, &path),
         None => Some(AdminDoc::default()),
     };
-    let listeners = decode_list(&mut d, fields.take("listeners"), ListenerDoc::decode);
-    let clusters = decode_list(&mut d, fields.take("clusters"), ClusterDoc::decode);
+    let listeners =
+        crate::decode::list_field(&mut d, fields.take("listeners"), ListenerDoc::decode);
+    let clusters = crate::decode::list_field(&mut d, fields.take("clusters"), ClusterDoc::decode);
     fields.finish(&mut d, TOP_KEYS);
     let doc = Document {
         admin: admin.unwrap_or_default(),
@@ -110,24 +111,6 @@ fn empty() -> Document {
         listeners: Vec::new(),
         clusters: Vec::new(),
     }
-}
-
-fn decode_list<T>(
-    d: &mut Decoder,
-    field: Option<(&yaml::Node, String)>,
-    decode: impl Fn(&mut Decoder, &yaml::Node, &str) -> Option<T>,
-) -> Vec<T> {
-    let Some((node, path)) = field else {
-        return Vec::new();
-    };
-    let Some(items) = list(d, node, &path) else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .enumerate()
-        .filter_map(|(i, item)| decode(d, item, &format!("{path}[{i}]")))
-        .collect()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::Origin;
 use super::listener::human;
-use crate::decode::{Decoder, Fields, duration, list, scalar};
+use crate::decode::{Decoder, Fields, duration, list_field, scalar};
 use crate::yaml::Node;
 
 /// Default TLS handshake timeout (Envoy's transport socket default is 10s).
@@ -103,28 +103,16 @@ impl ListenerTlsDoc {
             None => Some(true),
             Some((n, p)) => crate::decode::boolean(d, n, &p),
         };
-        let certificates = match f.take("certificates") {
-            None => Vec::new(),
-            Some((n, p)) => list(d, n, &p)
-                .map(|items| {
-                    items
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, item)| {
-                            let ip = format!("{p}[{i}]");
-                            let mut cf = Fields::of(d, item, &ip)?;
-                            let cert = path_string(d, &mut cf, item, &ip, "cert", true);
-                            let key = path_string(d, &mut cf, item, &ip, "key", true);
-                            cf.finish(d, &["cert", "key"]);
-                            Some(CertificateDoc {
-                                cert: cert?,
-                                key: key?,
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
+        let certificates = list_field(d, f.take("certificates"), |d, item, ip| {
+            let mut cf = Fields::of(d, item, ip)?;
+            let cert = path_string(d, &mut cf, item, ip, "cert", true);
+            let key = path_string(d, &mut cf, item, ip, "key", true);
+            cf.finish(d, &["cert", "key"]);
+            Some(CertificateDoc {
+                cert: cert?,
+                key: key?,
+            })
+        });
         f.finish(
             d,
             &[
@@ -155,49 +143,27 @@ impl ListenerTlsDoc {
 
 /// `alpn: [...]`: protocol names of 1-255 bytes.
 fn protocols(d: &mut Decoder, f: &mut Fields<'_>) -> Vec<String> {
-    let Some((n, p)) = f.take("alpn") else {
-        return Vec::new();
-    };
-    let Some(items) = list(d, n, &p) else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .enumerate()
-        .filter_map(|(i, item)| {
-            let ip = format!("{p}[{i}]");
-            let v = scalar(d, item, &ip, "a protocol name")?;
-            if v.is_empty() || v.len() > 255 {
-                d.error(item.mark, &ip, "ALPN protocol names are 1-255 bytes");
-                return None;
-            }
-            Some(v.to_owned())
-        })
-        .collect()
+    list_field(d, f.take("alpn"), |d, item, ip| {
+        let v = scalar(d, item, ip, "a protocol name")?;
+        if v.is_empty() || v.len() > 255 {
+            d.error(item.mark, ip, "ALPN protocol names are 1-255 bytes");
+            return None;
+        }
+        Some(v.to_owned())
+    })
 }
 
 fn patterns(d: &mut Decoder, f: &mut Fields<'_>, key: &str) -> Vec<String> {
-    let Some((n, p)) = f.take(key) else {
-        return Vec::new();
-    };
-    let Some(items) = list(d, n, &p) else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .enumerate()
-        .filter_map(|(i, item)| {
-            let ip = format!("{p}[{i}]");
-            let v = scalar(d, item, &ip, "a SPIFFE ID pattern")?;
-            match IdentityPattern::parse(v) {
-                Ok(_) => Some(v.to_owned()),
-                Err(e) => {
-                    d.error(item.mark, &ip, e);
-                    None
-                }
+    list_field(d, f.take(key), |d, item, ip| {
+        let v = scalar(d, item, ip, "a SPIFFE ID pattern")?;
+        match IdentityPattern::parse(v) {
+            Ok(_) => Some(v.to_owned()),
+            Err(e) => {
+                d.error(item.mark, ip, e);
+                None
             }
-        })
-        .collect()
+        }
+    })
 }
 
 impl AuthzDoc {
