@@ -118,9 +118,7 @@ on_both_engines! {
         assert_eq!((got, got_hash), (len, server_sent_hash));
         assert_eq!(proxy.wait_metric("ringmesh_tls_sessions_total", &[("listener", "tls"), ("path", "ktls")], Duration::from_secs(5), |v| v >= 1.0), 1.0);
         assert_eq!(sessions(&proxy, "userspace"), 0.0);
-        let line = proxy
-            .wait_log(Duration::from_secs(5), |v| v["message"] == "connection closed")
-            .expect("access log");
+        let line = proxy.access_log_line();
         assert_eq!(line["tls_path"], "ktls");
         assert_eq!(line["reason"], "completed", "{line}");
         assert_eq!(proxy.metric("ringmesh_tls_data_path", &[("listener", "tls"), ("path", "ktls")]), 1.0);
@@ -183,12 +181,8 @@ fn tls12_and_every_kernel_cipher_are_offloaded() {
             client_with(&pki, versions, &[*suite]),
         );
         let msg = vec![i as u8; 100_000];
-        let back = tls::roundtrip(&mut c, &msg).unwrap_or_else(|e| {
-            let _ = proxy.wait_log(Duration::from_secs(3), |v| {
-                v["message"] == "connection closed"
-            });
-            panic!("{suite:?}: {e}\n{}", proxy.log_text())
-        });
+        let back = tls::roundtrip(&mut c, &msg)
+            .unwrap_or_else(|e| panic!("{suite:?}: {e}\n{}", proxy.access_log_line()));
         assert_eq!(back, msg, "{suite:?}");
         assert_eq!(
             c.conn.negotiated_cipher_suite().map(|s| s.suite()),
@@ -246,11 +240,7 @@ fn a_key_update_from_the_client_closes_the_connection_with_a_clear_error() {
         !matches!(c.read(&mut buf), Ok(n) if n > 0),
         "no data may follow a KeyUpdate the kernel cannot take"
     );
-    let line = proxy
-        .wait_log(Duration::from_secs(10), |v| {
-            v["message"] == "connection closed"
-        })
-        .expect("access log");
+    let line = proxy.access_log_line();
     assert!(
         line["error"]
             .as_str()

@@ -140,6 +140,15 @@ impl Proxy {
         }
     }
 
+    /// The first access-log line ("connection closed"), waiting up to 10 s;
+    /// panics with the proxy's log when there is none.
+    pub fn access_log_line(&self) -> serde_json::Value {
+        self.wait_log(Duration::from_secs(10), |v| {
+            v["message"] == "connection closed"
+        })
+        .unwrap_or_else(|| panic!("no access-log line in:\n{}", self.log_text()))
+    }
+
     /// Every log line so far.
     pub fn logs(&self) -> Vec<serde_json::Value> {
         self.logs
