@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
+
 use crate::per_core::{Counter, Gauge, PerCore, sum};
 
 pub use check::{HealthCheck, HealthCheckKind};
@@ -57,15 +59,24 @@ pub enum Outcome {
     LocalOriginFailure,
 }
 
+/// The part of an endpoint's health read on the hot path.
+#[derive(Debug, Default)]
+struct Hot {
+    flags: AtomicU8,
+    /// Consecutive failures, by consecutive detector (5xx, gateway, local
+    /// origin). Written on failures; on a success only when non-zero.
+    consecutive: [AtomicU32; 3],
+}
+
 /// The shared health of one endpoint of one cluster.
 #[derive(Debug)]
 pub struct EndpointHealth {
     /// The endpoint.
     pub addr: SocketAddr,
-    flags: AtomicU8,
-    /// Consecutive failures, by consecutive detector (5xx, gateway, local
-    /// origin). Written on failures; on a success only when non-zero.
-    pub(crate) consecutive: [AtomicU32; 3],
+    /// What every pick and every outcome reads, on its own cache line: the
+    /// counters below (written by the health thread at each check) must not
+    /// invalidate it on every core.
+    hot: CachePadded<Hot>,
     ejected_until_ms: AtomicU64,
     ejected_by: AtomicU8,
     /// Ejections in a row: the ejection-time multiplier.
@@ -86,8 +97,7 @@ impl EndpointHealth {
     fn new(addr: SocketAddr, workers: usize) -> Self {
         Self {
             addr,
-            flags: AtomicU8::new(0),
-            consecutive: Default::default(),
+            hot: CachePadded::new(Hot::default()),
             ejected_until_ms: AtomicU64::new(0),
             ejected_by: AtomicU8::new(0),
             multiplier: AtomicU32::new(0),
@@ -105,25 +115,25 @@ impl EndpointHealth {
     /// failing its health check).
     #[inline]
     pub fn is_available(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) == 0
+        self.hot.flags.load(Ordering::Relaxed) == 0
     }
 
     /// Whether the outlier detector has ejected it.
     pub fn is_ejected(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) & EJECTED != 0
+        self.hot.flags.load(Ordering::Relaxed) & EJECTED != 0
     }
 
     /// Whether its active health check currently fails.
     pub fn check_failed(&self) -> bool {
-        self.flags.load(Ordering::Relaxed) & CHECK_FAILED != 0
+        self.hot.flags.load(Ordering::Relaxed) & CHECK_FAILED != 0
     }
 
     /// Sets or clears `flag`; true when the flag changed.
     fn set_flag(&self, flag: u8, on: bool) -> bool {
         let before = if on {
-            self.flags.fetch_or(flag, Ordering::Relaxed)
+            self.hot.flags.fetch_or(flag, Ordering::Relaxed)
         } else {
-            self.flags.fetch_and(!flag, Ordering::Relaxed)
+            self.hot.flags.fetch_and(!flag, Ordering::Relaxed)
         };
         (before & flag != 0) != on
     }
@@ -158,6 +168,11 @@ impl EndpointHealth {
             checks_passed: self.checks_passed.load(Ordering::Relaxed),
             checks_failed: self.checks_failed.load(Ordering::Relaxed),
         }
+    }
+
+    /// The consecutive-failure streaks (5xx, gateway, local origin).
+    pub(crate) fn consecutive(&self) -> &[AtomicU32; 3] {
+        &self.hot.consecutive
     }
 
     /// Sums of (successes, failures) over every core.

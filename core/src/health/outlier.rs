@@ -196,7 +196,7 @@ pub(crate) fn record(
     match outcome {
         Outcome::Success => {
             stats.successes.inc();
-            for streak in &endpoint.consecutive {
+            for streak in endpoint.consecutive() {
                 if streak.load(Ordering::Relaxed) != 0 {
                     streak.store(0, Ordering::Relaxed);
                 }
@@ -209,7 +209,7 @@ pub(crate) fn record(
                 if threshold == 0 {
                     continue;
                 }
-                let slot = &endpoint.consecutive[detector.index().min(2)];
+                let slot = &endpoint.consecutive()[detector.index().min(2)];
                 let streak = slot.fetch_add(1, Ordering::Relaxed) + 1;
                 if streak == threshold {
                     eject(cluster, endpoint, config, detector, core as u64);
@@ -278,7 +278,7 @@ pub(crate) fn eject(
 pub(crate) fn uneject(cluster: &ClusterHealth, endpoint: &EndpointHealth, why: &str) {
     let _decision = lock(&cluster.ejection);
     if endpoint.set_flag(EJECTED, false) {
-        for s in &endpoint.consecutive {
+        for s in endpoint.consecutive() {
             s.store(0, Ordering::Relaxed);
         }
         endpoint.ejected_until_ms.store(0, Ordering::Relaxed);
