@@ -164,10 +164,10 @@ fn raise_open_file_limit() -> u64 {
 
 fn validate(path: &std::path::Path) -> ExitCode {
     let source = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
+    let text = match ringmesh_control::limits::read_text_file(path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("{source}: cannot read: {e}");
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::limits::{MAX_ERRORS, cap_message, quote};
 use crate::yaml::{Mark, Node, Value};
 
 /// One configuration problem.
@@ -57,10 +58,13 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Collects errors for one source file.
+/// Collects errors for one source file: the first [`MAX_ERRORS`], and a
+/// count of the rest, so that a document of a million bad keys costs a
+/// short answer, not a 12 MB one.
 pub(crate) struct Decoder {
     file: String,
     errors: Vec<ConfigError>,
+    more: usize,
 }
 
 impl Decoder {
@@ -68,17 +72,22 @@ impl Decoder {
         Self {
             file: file.to_owned(),
             errors: Vec::new(),
+            more: 0,
         }
     }
 
     /// Records an error at `mark` for the key at `path`.
     pub(crate) fn error(&mut self, mark: Mark, path: &str, message: impl Into<String>) {
+        if self.errors.len() >= MAX_ERRORS {
+            self.more += 1;
+            return;
+        }
         self.errors.push(ConfigError {
             file: self.file.clone(),
             line: mark.line,
             column: mark.col,
-            path: path.to_owned(),
-            message: message.into(),
+            path: cap_message(path.to_owned()),
+            message: cap_message(message.into()),
         });
     }
 
@@ -88,6 +97,20 @@ impl Decoder {
             Ok(value)
         } else {
             self.errors.sort_by_key(|e| (e.line, e.column));
+            if self.more > 0 {
+                let last = self.errors.last().map(|e| (e.line, e.column));
+                let (line, column) = last.unwrap_or((1, 1));
+                self.errors.push(ConfigError {
+                    file: self.file.clone(),
+                    line,
+                    column,
+                    path: String::new(),
+                    message: format!(
+                        "... and {} more errors (the first {MAX_ERRORS} are listed)",
+                        self.more
+                    ),
+                });
+            }
             Err(ConfigErrors(self.errors))
         }
     }
@@ -103,7 +126,9 @@ pub(crate) fn child(path: &str, key: &str) -> String {
 }
 
 /// The fields of one mapping, taken one by one; whatever is left over when
-/// [`Fields::finish`] runs is an unknown key.
+/// [`Fields::finish`] runs is an unknown key. Opening a mapping is linear in
+/// its keys (duplicates are found with a hash set), and each `take` scans
+/// them once: decoders take a fixed handful of keys.
 pub(crate) struct Fields<'n> {
     entries: Vec<(&'n str, &'n Node, &'n Node)>,
     used: Vec<bool>,
@@ -133,11 +158,12 @@ impl<'n> Fields<'n> {
             }
         };
         let mut out: Vec<(&'n str, &'n Node, &'n Node)> = Vec::with_capacity(entries.len());
-        for (k, v) in entries {
+        let mut seen = std::collections::HashSet::with_capacity(entries.len());
+        for (k, v) in entries.iter() {
             match &k.value {
                 Value::Scalar { text, .. } => {
-                    if out.iter().any(|(name, _, _)| *name == text.as_str()) {
-                        d.error(k.mark, &child(path, text), "duplicate key");
+                    if !seen.insert(text.as_str()) {
+                        d.error(k.mark, &child(path, &quote(text)), "duplicate key");
                         continue;
                     }
                     out.push((text.as_str(), k, v));
@@ -167,9 +193,10 @@ impl<'n> Fields<'n> {
     pub(crate) fn finish(self, d: &mut Decoder, known: &[&str]) {
         for (i, (key, key_node, _)) in self.entries.iter().enumerate() {
             if !self.used[i] {
+                let key = quote(key);
                 d.error(
                     key_node.mark,
-                    &child(&self.path, key),
+                    &child(&self.path, &key),
                     format!(
                         "unknown key `{key}` (expected one of: {})",
                         known.join(", ")
@@ -203,7 +230,7 @@ pub(crate) fn scalar<'n>(
 /// The items of a list node, or an error.
 pub(crate) fn list<'n>(d: &mut Decoder, node: &'n Node, path: &str) -> Option<&'n [Node]> {
     match &node.value {
-        Value::Seq(items) => Some(items),
+        Value::Seq(items) => Some(&items[..]),
         Value::Null => Some(&[]),
         _ => {
             d.error(
@@ -261,7 +288,10 @@ pub(crate) fn name(d: &mut Decoder, node: &Node, path: &str) -> Option<String> {
         d.error(
             node.mark,
             path,
-            format!("invalid name `{text}`: use 1-64 letters, digits, `_`, `-` or `.`"),
+            format!(
+                "invalid name `{}`: use 1-64 letters, digits, `_`, `-` or `.`",
+                quote(text)
+            ),
         );
         None
     }
@@ -276,7 +306,7 @@ pub(crate) fn boolean(d: &mut Decoder, node: &Node, path: &str) -> Option<bool> 
             d.error(
                 node.mark,
                 path,
-                format!("expected true or false, found `{other}`"),
+                format!("expected true or false, found `{}`", quote(other)),
             );
             None
         }
@@ -300,7 +330,7 @@ pub(crate) fn integer(d: &mut Decoder, node: &Node, path: &str, min: u64, max: u
             d.error(
                 node.mark,
                 path,
-                format!("expected an integer, found `{text}`"),
+                format!("expected an integer, found `{}`", quote(text)),
             );
             None
         }
@@ -334,7 +364,7 @@ pub(crate) fn duration(
             d.error(
                 node.mark,
                 path,
-                format!("invalid duration `{text}`: write a number and a unit (ms, s, m, h), e.g. 250ms, 5s, 1m30s"),
+                format!("invalid duration `{}`: write a number and a unit (ms, s, m, h), e.g. 250ms, 5s, 1m30s", quote(text)),
             );
             None
         }
@@ -400,7 +430,7 @@ pub(crate) fn listen_addr(d: &mut Decoder, node: &Node, path: &str) -> Option<So
             d.error(
                 node.mark,
                 path,
-                format!("invalid listen address `{text}`: expected IP:port, e.g. 127.0.0.1:8080 or [::1]:8080"),
+                format!("invalid listen address `{}`: expected IP:port, e.g. 127.0.0.1:8080 or [::1]:8080", quote(text)),
             );
             None
         }
@@ -415,7 +445,7 @@ pub(crate) fn host_port(d: &mut Decoder, node: &Node, path: &str) -> Option<(Str
             d.error(
                 node.mark,
                 path,
-                format!("invalid endpoint `{text}`: port must be 1-65535"),
+                format!("invalid endpoint `{}`: port must be 1-65535", quote(text)),
             );
             return None;
         }
@@ -425,7 +455,7 @@ pub(crate) fn host_port(d: &mut Decoder, node: &Node, path: &str) -> Option<(Str
         d.error(
             node.mark,
             path,
-            format!("invalid endpoint `{text}`: {why} (expected host:port, e.g. 127.0.0.1:5432, [::1]:5432 or db.local:5432)"),
+            format!("invalid endpoint `{}`: {why} (expected host:port, e.g. 127.0.0.1:5432, [::1]:5432 or db.local:5432)", quote(text)),
         );
     };
     let Some((host, port)) = text.rsplit_once(':') else {

@@ -195,24 +195,10 @@ fn found(e: &EndpointDoc, addr: SocketAddr, hostname: Option<Arc<str>>) -> Found
     }
 }
 
-/// Largest endpoints file read: far above any real list (about 100,000
-/// endpoints), small enough that a runaway writer cannot exhaust memory.
-pub const MAX_ENDPOINTS_FILE: u64 = 16 * 1024 * 1024;
-
-/// Reads and parses an endpoints file, resolving any host names in it.
+/// Reads and parses an endpoints file (at most
+/// [`crate::limits::MAX_FILE_BYTES`]), resolving any host names in it.
 pub fn read_endpoints_file(path: &Path) -> Result<Vec<Found>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let mut text = String::new();
-    file.take(MAX_ENDPOINTS_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if text.len() as u64 > MAX_ENDPOINTS_FILE {
-        return Err(format!(
-            "larger than {} MiB; refusing to load it",
-            MAX_ENDPOINTS_FILE >> 20
-        ));
-    }
+    let text = crate::limits::read_text_file(path).map_err(|e| e.to_string())?;
     let docs =
         parse_endpoint_list(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
     resolve_blocking(&docs)
@@ -559,7 +545,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let big = dir.join("big.yaml");
         let f = std::fs::File::create(&big).unwrap();
-        f.set_len(MAX_ENDPOINTS_FILE + 10).unwrap();
+        f.set_len(crate::limits::MAX_FILE_BYTES as u64 + 10)
+            .unwrap();
         assert!(
             read_endpoints_file(&big)
                 .unwrap_err()

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod compile;
 pub mod decode;
 pub mod discovery;
+pub mod limits;
 pub mod model;
 pub mod process;
 pub mod prometheus;

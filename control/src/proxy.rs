@@ -43,14 +43,10 @@ pub struct RunOptions {
 /// Why the proxy could not start.
 #[derive(Debug, Error)]
 pub enum RunError {
-    /// The config file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// File.
-        path: String,
-        /// Error.
-        source: std::io::Error,
-    },
+    /// The config file could not be read (missing, over the size limit,
+    /// not text).
+    #[error(transparent)]
+    Read(#[from] crate::limits::ReadError),
     /// The config is invalid.
     #[error("{0}")]
     Config(ConfigErrors),
@@ -321,11 +317,11 @@ impl Proxy {
     /// Re-reads the config file (SIGHUP).
     pub async fn reload_file(&self) -> Result<u64, ReloadError> {
         let source = self.config_path.display().to_string();
-        match std::fs::read_to_string(&self.config_path) {
+        match crate::limits::read_text_file(&self.config_path) {
             Ok(text) => self.reload(&source, &text).await,
             Err(e) => {
                 self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
-                let e = ReloadError::Internal(format!("cannot read {source}: {e}"));
+                let e = ReloadError::Internal(e.to_string());
                 tracing::warn!(error = %e, "configuration rejected; the running one is kept");
                 Err(e)
             }
@@ -466,11 +462,7 @@ pub fn check(source: &str, document: &Document) -> Result<(), ConfigErrors> {
 /// Runs the proxy until it has drained. Returns when it is time to exit 0.
 pub fn run(options: RunOptions) -> Result<(), RunError> {
     let source = options.config_path.display().to_string();
-    let text =
-        std::fs::read_to_string(&options.config_path).map_err(|source_err| RunError::Read {
-            path: source.clone(),
-            source: source_err,
-        })?;
+    let text = crate::limits::read_text_file(&options.config_path)?;
     let document = load(&source, &text).map_err(RunError::Config)?;
     let engine = Engine::start(&EngineOptions {
         workers: options.workers,

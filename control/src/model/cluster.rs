@@ -128,16 +128,17 @@ pub(crate) fn metadata(d: &mut Decoder, node: &Node, path: &str) -> Option<Vec<(
         return None;
     };
     let mut out: Vec<(String, String)> = Vec::with_capacity(entries.len());
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
     let mut ok = true;
-    for (k_node, v_node) in entries {
+    for (k_node, v_node) in entries.iter() {
         let key = scalar(d, k_node, path, "a label name");
         let p = key
-            .map(|k| child(path, k))
+            .map(|k| child(path, &crate::limits::quote(k)))
             .unwrap_or_else(|| path.to_owned());
         let value = scalar(d, v_node, &p, "a label value");
         match (key, value) {
             (Some(k), Some(v)) if !k.is_empty() && k.len() <= 63 && v.len() <= 255 => {
-                if out.iter().any(|(seen, _)| seen == k) {
+                if !seen.insert(k) {
                     d.error(k_node.mark, &p, "duplicate label");
                     ok = false;
                 } else {
@@ -259,7 +260,7 @@ impl ClusterDoc {
                 "maglev" => Some(LbPolicy::Maglev),
                 "peak_ewma" => Some(LbPolicy::PeakEwma),
                 other => {
-                    d.error(n.mark, &p, format!("unknown load-balancing policy `{other}` (expected round_robin, random, least_request, peak_ewma, ring_hash or maglev)"));
+                    d.error(n.mark, &p, format!("unknown load-balancing policy `{}` (expected round_robin, random, least_request, peak_ewma, ring_hash or maglev)", crate::limits::quote(other)));
                     None
                 }
             },

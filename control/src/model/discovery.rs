@@ -131,7 +131,10 @@ impl DiscoveryDoc {
                                         d.error(
                                             n.mark,
                                             &p,
-                                            format!("`{v}` is not an IP address or IP:port"),
+                                            format!(
+                                                "`{}` is not an IP address or IP:port",
+                                                crate::limits::quote(v)
+                                            ),
                                         );
                                         None
                                     }
@@ -183,7 +186,10 @@ fn unknown_type(d: &mut Decoder, node: &Node, path: &str, other: &str) {
     d.error(
         node.mark,
         path,
-        format!("unknown discovery type `{other}` (expected static, dns, file or api)"),
+        format!(
+            "unknown discovery type `{}` (expected static, dns, file or api)",
+            crate::limits::quote(other)
+        ),
     );
 }
 

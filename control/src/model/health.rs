@@ -191,7 +191,10 @@ impl HealthCheckDoc {
                     d.error(
                         n.mark,
                         &p,
-                        format!("unknown health check type `{other}` (expected tcp or http)"),
+                        format!(
+                            "unknown health check type `{}` (expected tcp or http)",
+                            crate::limits::quote(other)
+                        ),
                     );
                     None
                 }
@@ -203,7 +206,7 @@ impl HealthCheckDoc {
                 if v.starts_with('/') && !v.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
                     Some(v.to_owned())
                 } else {
-                    d.error(n.mark, &p, format!("`{v}` is not a request path (it must start with / and contain no spaces)"));
+                    d.error(n.mark, &p, format!("`{}` is not a request path (it must start with / and contain no spaces)", crate::limits::quote(v)));
                     None
                 }
             }),
@@ -306,7 +309,10 @@ fn status_range(d: &mut Decoder, node: &Node, path: &str) -> Option<(u16, u16)> 
         d.error(
             node.mark,
             path,
-            format!("`{text}` is not a status (100-599) or a range like 200-299"),
+            format!(
+                "`{}` is not a status (100-599) or a range like 200-299",
+                crate::limits::quote(text)
+            ),
         );
     }
     range

@@ -107,7 +107,10 @@ impl ListenerDoc {
                     d.error(
                         n.mark,
                         &p,
-                        format!("unknown protocol `{other}` (expected tcp)"),
+                        format!(
+                            "unknown protocol `{}` (expected tcp)",
+                            crate::limits::quote(other)
+                        ),
                     );
                     None
                 }
@@ -227,7 +230,10 @@ impl SniRouteDoc {
                     d.error(
                         item.mark,
                         ip,
-                        format!("invalid server name `{v}` (a DNS name, or *.suffix)"),
+                        format!(
+                            "invalid server name `{}` (a DNS name, or *.suffix)",
+                            crate::limits::quote(v)
+                        ),
                     );
                     None
                 }

@@ -282,7 +282,8 @@ impl ClusterHealth {
     /// forgets every other endpoint: a returning address starts fresh, as a
     /// new host does in Envoy.
     pub fn commit(&self, members: &[Arc<EndpointHealth>]) {
-        lock(&self.endpoints).retain(|a, _| members.iter().any(|m| m.addr == *a));
+        let addrs: std::collections::HashSet<SocketAddr> = members.iter().map(|m| m.addr).collect();
+        lock(&self.endpoints).retain(|a, _| addrs.contains(a));
         *lock(&self.members) = members.to_vec();
         self.recount();
     }
