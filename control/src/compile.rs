@@ -133,6 +133,8 @@ pub fn compile(
             listen: l.listen,
             cluster: cluster.clone(),
             max_connections: l.max_connections,
+            max_connections_per_client: l.max_connections_per_client,
+            first_byte_timeout: l.first_byte_timeout,
             idle_timeout: l.idle_timeout,
             access_log: l.access_log,
             tls,

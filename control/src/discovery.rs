@@ -575,7 +575,13 @@ mod tests {
         assert_eq!(a[1].metadata, vec![("version".to_owned(), "v2".to_owned())]);
         let b = parse_endpoint_list("f", "{\"endpoints\": [\"127.0.0.1:1\"]}").unwrap();
         assert_eq!(b.len(), 1);
-        assert!(parse_endpoint_list("f", "").unwrap().is_empty());
+        // Nothing at all is a mistake (a truncated file, a lost body);
+        // `[]` is the way to say "no endpoints".
+        for empty in ["", "\n", "# only a comment\n"] {
+            let err = parse_endpoint_list("f", empty).unwrap_err();
+            assert!(err.to_string().contains("send `[]`"), "{err}");
+        }
+        assert!(parse_endpoint_list("f", "[]").unwrap().is_empty());
         let err = parse_endpoint_list("f", "- 127.0.0.1:99999\n").unwrap_err();
         assert_eq!(err.0[0].path, "endpoints[0]");
     }

@@ -37,6 +37,12 @@ pub struct ProxyInfo<'a> {
     pub tls_paths: Vec<(String, &'static str)>,
     /// Discovery per cluster: `(cluster, lists applied, failures)`.
     pub discovery: Vec<(String, u64, u64)>,
+    /// Admin connections closed at once because the cap was reached.
+    pub admin_connections_rejected: u64,
+    /// Admin requests refused by the admin API's guard, `(reason, count)`.
+    pub admin_refused: Vec<(&'static str, u64)>,
+    /// The process's descriptor limit and the data plane's ceiling.
+    pub fd_share: Option<ringmesh_core::fd_share::FdShare>,
 }
 
 struct Out(String);
@@ -317,10 +323,28 @@ pub fn render(
         "Downstream connections closed at once instead of served, by listener and reason.",
     );
     for (n, t) in &listeners {
+        for (reason, count) in [
+            ("max_connections", t.rejected_max_connections),
+            ("max_connections_per_client", t.rejected_per_client),
+            ("local_resource", t.rejected_local_resource),
+        ] {
+            o.sample(
+                "ringmesh_downstream_connections_rejected_total",
+                &[("listener", n), ("reason", reason)],
+                count,
+            );
+        }
+    }
+    o.header(
+        "ringmesh_local_resource_errors_total",
+        "counter",
+        "Times the proxy ran out of a local resource (emfile: descriptors, or the data plane's share of them; enfile; enobufs; enomem; eaddrnotavail: local ports) while accepting or connecting upstream. Never counted against an endpoint.",
+    );
+    for (kind, count) in stats.local_resources().totals() {
         o.sample(
-            "ringmesh_downstream_connections_rejected_total",
-            &[("listener", n), ("reason", "max_connections")],
-            t.rejected_max_connections,
+            "ringmesh_local_resource_errors_total",
+            &[("kind", kind.as_str())],
+            count,
         );
     }
     o.header(
@@ -566,8 +590,44 @@ pub fn render(
     for (c, _, errors) in &info.discovery {
         o.sample("ringmesh_discovery_errors_total", &[("cluster", c)], errors);
     }
+    o.header(
+        "ringmesh_admin_connections_rejected_total",
+        "counter",
+        "Admin API connections closed at once because the connection cap was reached.",
+    );
+    o.sample(
+        "ringmesh_admin_connections_rejected_total",
+        &[],
+        info.admin_connections_rejected,
+    );
+    o.header(
+        "ringmesh_admin_requests_refused_total",
+        "counter",
+        "Admin API requests refused before they ran, by reason (host, origin, content_type, unauthorized, timeout, too_large).",
+    );
+    for (reason, count) in &info.admin_refused {
+        o.sample(
+            "ringmesh_admin_requests_refused_total",
+            &[("reason", reason)],
+            count,
+        );
+    }
     o.header("process_open_fds", "gauge", "Open file descriptors.");
     o.sample("process_open_fds", &[], process.open_fds);
+    if let Some(share) = info.fd_share {
+        o.header(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors (the soft RLIMIT_NOFILE).",
+        );
+        o.sample("process_max_fds", &[], share.limit);
+        o.header(
+            "ringmesh_data_plane_fd_ceiling",
+            "gauge",
+            "Descriptors numbered at or above this are refused by the data plane; the rest of the limit is kept for the admin API and reloads.",
+        );
+        o.sample("ringmesh_data_plane_fd_ceiling", &[], share.ceiling);
+    }
     o.header(
         "process_start_time_seconds",
         "gauge",
@@ -611,6 +671,12 @@ mod tests {
             ktls_available: false,
             tls_paths: vec![("db".into(), "userspace")],
             discovery: vec![("pg".into(), 2, 1)],
+            admin_connections_rejected: 1,
+            admin_refused: vec![("origin", 2)],
+            fd_share: Some(ringmesh_core::fd_share::FdShare {
+                limit: 1024,
+                ceiling: 896,
+            }),
         };
         let health = HealthRegistry::new(2);
         health.cluster("pg");

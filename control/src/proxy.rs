@@ -72,6 +72,9 @@ pub enum ReloadError {
     /// The config is invalid (or cannot be bound); every error is listed.
     #[error("{0}")]
     Invalid(ConfigErrors),
+    /// The request body could not be read (too large, too slow, not text).
+    #[error(transparent)]
+    Body(#[from] crate::admin::body::BodyError),
     /// The proxy is draining.
     #[error("the proxy is draining; configuration changes are refused")]
     Draining,
@@ -128,9 +131,14 @@ pub struct Proxy {
     pub io_engine: IoEngine,
     /// Whether the kernel offers kTLS (probed once at startup).
     pub ktls_available: bool,
+    /// The descriptor limit and the data plane's share of it.
+    pub fd_share: Option<ringmesh_core::fd_share::FdShare>,
     applied: ArcSwap<Applied>,
+    /// Held through a whole reload, parse included: one large document is
+    /// parsed at a time, however many arrive at once.
+    reload_lock: Mutex<()>,
     config_path: PathBuf,
-    admin_listen: SocketAddr,
+    admin: crate::model::AdminDoc,
     draining: AtomicBool,
     drain_requested: Notify,
     reloads_applied: AtomicU64,
@@ -175,37 +183,54 @@ impl Proxy {
     }
 
     /// Validates `text` and, when valid, makes it the running config.
-    /// Returns the new version.
-    pub async fn reload(&self, source: &str, text: &str) -> Result<u64, ReloadError> {
-        let result = self.try_reload(source, text).await;
-        match &result {
+    /// Returns the new version. Parsing and compiling run off the control
+    /// thread, so the admin API keeps answering meanwhile.
+    pub async fn reload(&self, source: &str, text: String) -> Result<u64, ReloadError> {
+        match self.try_reload(source, text).await {
             Ok(version) => {
                 self.reloads_applied.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(version, source, "configuration applied");
+                Ok(version)
             }
-            Err(e) => {
-                self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(source, errors = %e, "configuration rejected; the running one is kept");
-            }
+            Err(e) => Err(self.reject(source, e)),
         }
-        result
     }
 
-    async fn try_reload(&self, source: &str, text: &str) -> Result<u64, ReloadError> {
+    /// Counts and logs a config from `source` that will not be applied
+    /// (invalid, unreadable, too large, or arriving during a drain), and
+    /// returns its error.
+    pub fn reject(&self, source: &str, error: ReloadError) -> ReloadError {
+        self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(source, errors = %error, "configuration rejected; the running one is kept");
+        error
+    }
+
+    async fn try_reload(&self, source: &str, text: String) -> Result<u64, ReloadError> {
         if self.is_draining() {
             return Err(ReloadError::Draining);
         }
-        let document = load(source, text).map_err(ReloadError::Invalid)?;
-        if document.admin.listen != self.admin_listen {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let owned_source = source.to_owned();
+        let document = tokio::task::spawn_blocking(move || load(&owned_source, &text))
+            .await
+            .map_err(|e| ReloadError::Internal(format!("parse task failed: {e}")))?
+            .map_err(ReloadError::Invalid)?;
+        if document.admin != self.admin {
             let o = &document.admin.listen_origin;
             return Err(ReloadError::Invalid(ConfigErrors(vec![ConfigError {
                 file: source.to_owned(),
-                line: o.mark.line,
-                column: o.mark.col,
-                path: "admin.listen".into(),
+                line: o.mark.line.max(1),
+                column: o.mark.col.max(1),
+                path: "admin".into(),
                 message: format!(
-                    "the admin address cannot change while running (running on {}); restart to move it",
-                    self.admin_listen
+                    "the admin settings cannot change while running (running: listen {}, token_file {}, allow_remote {}); restart to change them",
+                    self.admin.listen,
+                    self.admin
+                        .token_file
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "none".into()),
+                    self.admin.allow_remote
                 ),
             }])));
         }
@@ -263,10 +288,16 @@ impl Proxy {
     /// `discovery: api`) with the list in `text` (`PUT
     /// /clusters/{name}/endpoints`). Returns the config version running
     /// afterwards.
-    pub async fn set_endpoints(&self, name: &str, text: &str) -> Result<u64, EndpointsError> {
+    pub async fn set_endpoints(
+        &self,
+        name: &str,
+        text: Result<String, crate::admin::body::BodyError>,
+    ) -> Result<u64, EndpointsError> {
         let applied = self.applied();
         let Some(cluster) = applied.document.clusters.iter().find(|c| c.name == name) else {
-            return Err(EndpointsError::UnknownCluster(name.to_owned()));
+            return Err(EndpointsError::UnknownCluster(
+                crate::limits::quote(name).into_owned(),
+            ));
         };
         if cluster.discovery != crate::model::DiscoveryDoc::Api {
             return Err(EndpointsError::NotApi {
@@ -274,22 +305,32 @@ impl Proxy {
                 discovery: cluster.discovery.kind(),
             });
         }
+        let key = crate::discovery::source_key(cluster);
+        // Every refused list counts as a discovery error of the cluster.
+        let refuse = |e: ReloadError| {
+            self.discovered.record_error(name, &key, e.to_string());
+            tracing::warn!(cluster = name, errors = %e, "endpoint list rejected; the running endpoints are kept");
+            EndpointsError::Reload(e)
+        };
+        let text = text.map_err(|e| refuse(ReloadError::Body(e)))?;
         let source = format!("<PUT /clusters/{name}/endpoints>");
-        let docs = crate::model::parse_endpoint_list(&source, text)
-            .map_err(|e| EndpointsError::Reload(ReloadError::Invalid(e)))?;
-        let list = tokio::task::spawn_blocking(move || crate::discovery::resolve_blocking(&docs))
-            .await
-            .map_err(|e| EndpointsError::Reload(ReloadError::Internal(e.to_string())))?
-            .map_err(|message| {
-                EndpointsError::Reload(ReloadError::Invalid(ConfigErrors(vec![ConfigError {
-                    file: source.clone(),
+        let parse_source = source.clone();
+        let list = tokio::task::spawn_blocking(move || {
+            let docs = crate::model::parse_endpoint_list(&parse_source, &text)
+                .map_err(ReloadError::Invalid)?;
+            crate::discovery::resolve_blocking(&docs).map_err(|message| {
+                ReloadError::Invalid(ConfigErrors(vec![ConfigError {
+                    file: parse_source.clone(),
                     line: 1,
                     column: 1,
                     path: "endpoints".into(),
                     message,
-                }])))
-            })?;
-        let key = crate::discovery::source_key(cluster);
+                }]))
+            })
+        })
+        .await
+        .map_err(|e| refuse(ReloadError::Internal(e.to_string())))?
+        .map_err(refuse)?;
         if !self.discovered.record(name, &key, list) {
             return Ok(applied.version);
         }
@@ -318,13 +359,8 @@ impl Proxy {
     pub async fn reload_file(&self) -> Result<u64, ReloadError> {
         let source = self.config_path.display().to_string();
         match crate::limits::read_text_file(&self.config_path) {
-            Ok(text) => self.reload(&source, &text).await,
-            Err(e) => {
-                self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
-                let e = ReloadError::Internal(e.to_string());
-                tracing::warn!(error = %e, "configuration rejected; the running one is kept");
-                Err(e)
-            }
+            Ok(text) => self.reload(&source, text).await,
+            Err(e) => Err(self.reject(&source, ReloadError::Internal(e.to_string()))),
         }
     }
 
@@ -429,6 +465,7 @@ pub fn check(source: &str, document: &Document) -> Result<(), ConfigErrors> {
             message,
         }])
     };
+    admin_token(source, &document.admin)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -459,11 +496,39 @@ pub fn check(source: &str, document: &Document) -> Result<(), ConfigErrors> {
     })
 }
 
+/// Reads the admin API's bearer token, if `admin.token_file` names one; a
+/// problem is a config error at that key.
+fn admin_token(
+    source: &str,
+    admin: &crate::model::AdminDoc,
+) -> Result<Option<Vec<u8>>, ConfigErrors> {
+    let Some(path) = &admin.token_file else {
+        return Ok(None);
+    };
+    crate::model::read_token(path).map(Some).map_err(|message| {
+        ConfigErrors(vec![ConfigError {
+            file: source.to_owned(),
+            line: admin.token_origin.mark.line.max(1),
+            column: admin.token_origin.mark.col.max(1),
+            path: admin.token_origin.path.clone(),
+            message: format!("`{}`: {message}", path.display()),
+        }])
+    })
+}
+
 /// Runs the proxy until it has drained. Returns when it is time to exit 0.
 pub fn run(options: RunOptions) -> Result<(), RunError> {
     let source = options.config_path.display().to_string();
     let text = crate::limits::read_text_file(&options.config_path)?;
     let document = load(&source, &text).map_err(RunError::Config)?;
+    drop(text);
+    let token = admin_token(&source, &document.admin).map_err(RunError::Config)?;
+    let fd_share = ringmesh_core::fd_share::reserve(crate::admin::server::RESERVED_DESCRIPTORS);
+    tracing::info!(
+        limit = fd_share.limit,
+        data_plane_ceiling = fd_share.ceiling,
+        "file descriptors: the data plane stops below the ceiling; the rest is kept for the admin API and reloads"
+    );
     let engine = Engine::start(&EngineOptions {
         workers: options.workers,
         io_engine: options.io_engine,
@@ -524,8 +589,19 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
                 source: e,
             })?;
         let admin_addr = admin_socket.local_addr().unwrap_or(admin_listen);
+        let policy = crate::admin::guard::AdminPolicy {
+            bound: admin_addr,
+            allowed_hosts: document.admin.allowed_hosts.clone(),
+            token,
+        };
+        if document.admin.is_open_to_the_network() {
+            tracing::warn!(addr = %admin_addr, "THE ADMIN API IS OPEN TO THE NETWORK WITHOUT A TOKEN (admin.allow_remote: true): anyone who can reach it can replace the config or stop the proxy; set admin.token_file");
+        }
+        let admin = document.admin.clone();
         let proxy = Arc::new(Proxy {
             ktls_available: ktls.is_available(),
+            fd_share: Some(fd_share),
+            reload_lock: Mutex::new(()),
             io_engine: engine.io_engine(),
             workers,
             stats,
@@ -539,7 +615,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
                 source: source.clone(),
             }),
             config_path: options.config_path.clone(),
-            admin_listen,
+            admin,
             draining: AtomicBool::new(false),
             drain_requested: Notify::new(),
             reloads_applied: AtomicU64::new(1),
@@ -549,7 +625,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         // SIGHUP or SIGTERM arriving earlier would take the default action
         // (terminate).
         let signals = Signals::install();
-        tokio::spawn(crate::admin::serve(admin_socket, proxy.clone()));
+        tokio::spawn(crate::admin::serve(admin_socket, proxy.clone(), policy));
         tokio::spawn(reload_on_sighup(proxy.clone(), signals.hup));
         tracing::info!(addr = %admin_addr, "admin API listening");
         tokio::spawn(watch_certificates(

@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,35 +34,49 @@ pub(crate) struct ListenerCtx {
     pub core: usize,
 }
 
-/// Holds one slot of the listener's `active` count; released on drop, so
-/// the count stays right whichever way the connection task ends. Keeps the
+/// Holds one slot of the listener's `active` count (and of its client's
+/// count under `max_connections_per_client`); released on drop, so the
+/// counts stay right whichever way the connection task ends. Keeps the
 /// worker-local `Rc`, not an `Arc`: no shared refcount moves per connection.
 pub(crate) struct Admitted {
     ctx: Rc<ListenerCtx>,
+    client: Option<IpAddr>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.ctx.config.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let stats = &self.ctx.config.stats;
+        stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.client {
+            stats.per_client.release(ip);
+        }
     }
 }
 
-/// Counts an accepted connection and applies `max_connections`. `None`
-/// means the connection must be closed at once (it has been counted).
-pub(crate) fn admit(ctx: &Rc<ListenerCtx>) -> Option<Admitted> {
+/// Counts an accepted connection and applies `max_connections` and
+/// `max_connections_per_client`. `None` means the connection must be
+/// closed at once (it has been counted).
+pub(crate) fn admit(ctx: &Rc<ListenerCtx>, peer: SocketAddr) -> Option<Admitted> {
     let stats = &ctx.config.stats;
     let core = stats.cores.get(ctx.core);
     core.accepted.inc();
     let before = stats.active.fetch_add(1, Ordering::Relaxed);
-    let admitted = Admitted { ctx: ctx.clone() };
-    match ctx.config.max_connections {
-        Some(max) if before >= max => {
-            core.rejected_max_connections.inc();
-            drop(admitted);
-            None
-        }
-        _ => Some(admitted),
+    let mut admitted = Admitted {
+        ctx: ctx.clone(),
+        client: None,
+    };
+    if ctx.config.max_connections.is_some_and(|max| before >= max) {
+        core.rejected_max_connections.inc();
+        return None;
     }
+    if let Some(limit) = ctx.config.max_connections_per_client {
+        if !stats.per_client.try_acquire(peer.ip(), limit) {
+            core.rejected_per_client.inc();
+            return None;
+        }
+        admitted.client = Some(peer.ip());
+    }
+    Some(admitted)
 }
 
 /// Serves one accepted, admitted connection to completion: terminate TLS
@@ -83,7 +97,11 @@ pub(crate) async fn serve(
             proxy_to(&downstream, cluster, &ctx, &mut record).await;
             record.tls = Some(("passthrough", sni));
         }
-        None => proxy(&downstream, &ctx, &mut record).await,
+        None => {
+            if first_byte(&downstream, &ctx, &mut record).await {
+                proxy(&downstream, &ctx, &mut record).await
+            }
+        }
         Some(tls) => match handshake(downstream, tls).await {
             Ok(stream) => {
                 record.identity = stream.peer_identity();
@@ -107,6 +125,33 @@ pub(crate) async fn serve(
     }
     record.finish(&ctx);
     drop(admitted);
+}
+
+/// Waits, when the listener has a `first_byte_timeout`, until the client
+/// has sent something, so that a client that never speaks holds no
+/// upstream connection or breaker slot. The byte is peeked, not read, so
+/// nothing is consumed if the wait times out. `false`: close now (timeout,
+/// or the client left without a byte).
+async fn first_byte(
+    downstream: &TcpStream,
+    ctx: &ListenerCtx,
+    record: &mut ConnectionRecord,
+) -> bool {
+    let Some(limit) = ctx.config.first_byte_timeout else {
+        return true;
+    };
+    match runtime::timeout(limit, runtime::peek(downstream, Vec::with_capacity(1))).await {
+        Some(BufResult(Ok(n), _)) => n > 0,
+        Some(BufResult(Err(e), _)) => {
+            record.reason = CloseReason::DownstreamError;
+            record.error = Some(ErrorText::Io(e));
+            false
+        }
+        None => {
+            record.reason = CloseReason::FirstByteTimeout;
+            false
+        }
+    }
 }
 
 /// Terminates the client's TLS.
@@ -296,7 +341,10 @@ async fn proxy_to_admitted(
             record.error = error.map(ErrorText::Io);
         }
         Err(e) => {
-            record.reason = CloseReason::UpstreamUnavailable;
+            record.reason = match e {
+                ConnectError::LocalResource { .. } => CloseReason::LocalResource,
+                _ => CloseReason::UpstreamUnavailable,
+            };
             record.error = Some(ErrorText::Connect(e));
         }
     }

@@ -4,11 +4,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::fd_share;
 use crate::health::{Outcome, outlier};
+use crate::local_resource::ResourceKind;
 use crate::metrics::CONNECT_BUCKETS;
 use crate::runtime::{self, TcpStream};
 use crate::snapshot::Cluster;
@@ -26,6 +29,18 @@ pub enum ConnectError {
     /// mode is off (`panic_threshold: 0`).
     #[error("no healthy endpoint (all ejected or failing health checks; panic mode is off)")]
     NoHealthyEndpoints,
+    /// This host ran out of descriptors, buffers or local ports while
+    /// connecting: no endpoint is to blame, and other endpoints would fail
+    /// the same way, so no further attempt is made.
+    #[error("out of a local resource ({}) while connecting to {addr}: {error}", kind.as_str())]
+    LocalResource {
+        /// What ran out.
+        kind: ResourceKind,
+        /// The endpoint being connected to.
+        addr: SocketAddr,
+        /// The error.
+        error: io::Error,
+    },
     /// Every attempt failed; the last failure is kept.
     #[error("{attempts} connect attempt(s) failed, last to {addr}: {last}")]
     Exhausted {
@@ -94,6 +109,22 @@ pub(crate) async fn connect_upstream(
         let addr = endpoint.addr;
         let started = Instant::now();
         let err = match runtime::timeout(cluster.connect_timeout, runtime::connect(addr)).await {
+            Some(Ok(stream)) if !fd_share::within(stream.as_raw_fd()) => {
+                // Past the data plane's share of descriptors (the rest is
+                // the admin API's): give this one back, blame nobody.
+                drop(stream);
+                return Err(local_resource(
+                    cluster,
+                    core,
+                    addr,
+                    ResourceKind::Emfile,
+                    ResourceKind::share_exhausted(),
+                ));
+            }
+            Some(Err(e)) if ResourceKind::of(&e).is_some() => {
+                let kind = ResourceKind::of(&e).unwrap_or(ResourceKind::Emfile);
+                return Err(local_resource(cluster, core, addr, kind, e));
+            }
             Some(Ok(stream)) => {
                 // Interactive protocols (TLS handshakes, RPC) stall on Nagle
                 // plus delayed ACK; a proxy must not add that.
@@ -145,6 +176,22 @@ pub(crate) async fn connect_upstream(
         }),
         None => Err(ConnectError::NoEndpoints),
     }
+}
+
+/// Counts a local resource error of a connect attempt (never against the
+/// endpoint) and makes it the connection's error.
+fn local_resource(
+    cluster: &Cluster,
+    core: usize,
+    addr: SocketAddr,
+    kind: ResourceKind,
+    error: io::Error,
+) -> ConnectError {
+    cluster
+        .stats
+        .local
+        .record(core, kind, "upstream connect", &error);
+    ConnectError::LocalResource { kind, addr, error }
 }
 
 /// Re-draws tried when the policy's pick is unavailable, before scanning.

@@ -16,12 +16,15 @@
 
 pub mod balance;
 mod bind;
+pub mod client_limit;
 mod conn;
 mod connect;
 mod engine;
+pub mod fd_share;
 mod forward;
 pub mod health;
 mod listener;
+pub mod local_resource;
 pub mod metrics;
 pub mod per_core;
 mod runtime;

@@ -4,10 +4,13 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::conn::{self, ListenerCtx};
+use crate::fd_share;
+use crate::local_resource::ResourceKind;
 use crate::runtime::{self, TcpListener};
 
 /// The listener config new connections pick up; replaced in place on reload.
@@ -15,12 +18,27 @@ pub(crate) type CurrentCtx = Rc<RefCell<Rc<ListenerCtx>>>;
 
 /// Accepts until the task is dropped (listener removed, or drain).
 pub(crate) async fn accept_loop(listener: TcpListener, current: CurrentCtx) {
-    let mut last_warning: Option<Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let ctx = current.borrow().clone();
-                match conn::admit(&ctx) {
+                if !fd_share::within(stream.as_raw_fd()) {
+                    // Past the data plane's share of descriptors: the rest
+                    // is kept for the admin API. Close this one and leave
+                    // the others queued in the kernel for a moment.
+                    ctx.config.stats.cores.get(ctx.core).accepted.inc();
+                    ctx.config
+                        .stats
+                        .cores
+                        .get(ctx.core)
+                        .rejected_local_resource
+                        .inc();
+                    drop(stream);
+                    out_of_resources(&ctx, ResourceKind::Emfile, &ResourceKind::share_exhausted())
+                        .await;
+                    continue;
+                }
+                match conn::admit(&ctx, peer) {
                     Some(admitted) => {
                         runtime::spawn(conn::serve(stream, peer, ctx, admitted)).detach()
                     }
@@ -29,25 +47,23 @@ pub(crate) async fn accept_loop(listener: TcpListener, current: CurrentCtx) {
             }
             Err(e) => {
                 let ctx = current.borrow().clone();
-                if is_resource_exhaustion(&e) {
-                    // Out of file descriptors: back off instead of spinning,
-                    // and say so at most once a second.
-                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(listener = %ctx.config.name, error = %e, "accept failed: out of resources; backing off");
-                        last_warning = Some(Instant::now());
+                match ResourceKind::of(&e) {
+                    Some(kind) => out_of_resources(&ctx, kind, &e).await,
+                    None => {
+                        tracing::debug!(listener = %ctx.config.name, error = %e, "accept failed")
                     }
-                    runtime::sleep(Duration::from_millis(50)).await;
-                } else {
-                    tracing::debug!(listener = %ctx.config.name, error = %e, "accept failed");
                 }
             }
         }
     }
 }
 
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-    )
+/// Counts a local resource error met while accepting, and backs off
+/// instead of spinning: connections wait in the kernel's queue meanwhile.
+async fn out_of_resources(ctx: &ListenerCtx, kind: ResourceKind, e: &io::Error) {
+    ctx.config.stats.local.record(ctx.core, kind, "accept", e);
+    runtime::sleep(ACCEPT_BACKOFF).await;
 }
+
+/// Pause after an accept that found the process out of resources.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::client_limit::ClientCounts;
+use crate::local_resource::LocalResourceStats;
 use crate::per_core::{Counter, Gauge, PerCore, sum};
 
 /// Why a proxied connection ended; one label value each.
@@ -35,11 +37,16 @@ pub enum CloseReason {
     TlsError,
     /// The cluster's circuit breaker (max_connections) was open.
     UpstreamOverflow,
+    /// The proxy ran out of a local resource (descriptors, buffers, local
+    /// ports) while connecting upstream; no endpoint was blamed.
+    LocalResource,
+    /// The client sent nothing within the listener's `first_byte_timeout`.
+    FirstByteTimeout,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Completed,
         CloseReason::IdleTimeout,
         CloseReason::UpstreamUnavailable,
@@ -47,6 +54,8 @@ impl CloseReason {
         CloseReason::UpstreamError,
         CloseReason::TlsError,
         CloseReason::UpstreamOverflow,
+        CloseReason::LocalResource,
+        CloseReason::FirstByteTimeout,
     ];
 
     /// The metric label and log value.
@@ -59,6 +68,8 @@ impl CloseReason {
             CloseReason::UpstreamError => "upstream_error",
             CloseReason::TlsError => "tls_error",
             CloseReason::UpstreamOverflow => "upstream_overflow",
+            CloseReason::LocalResource => "local_resource",
+            CloseReason::FirstByteTimeout => "first_byte_timeout",
         }
     }
 
@@ -145,9 +156,11 @@ fn merge_histograms<'a>(
 pub struct ListenerCoreStats {
     pub(crate) accepted: Counter,
     pub(crate) rejected_max_connections: Counter,
+    pub(crate) rejected_per_client: Counter,
+    pub(crate) rejected_local_resource: Counter,
     pub(crate) bytes_received: Counter,
     pub(crate) bytes_sent: Counter,
-    pub(crate) closed: [Counter; 7],
+    pub(crate) closed: [Counter; CloseReason::ALL.len()],
     pub(crate) duration: Histogram,
     /// Terminated TLS sessions by data path: [userspace, kernel].
     pub(crate) tls_sessions: [Counter; 2],
@@ -165,6 +178,11 @@ pub struct ListenerStats {
     /// denial.
     pub authz_denied: Arc<AtomicU64>,
     pub(crate) cores: PerCore<ListenerCoreStats>,
+    /// Open connections per client address (`max_connections_per_client`).
+    pub per_client: ClientCounts,
+    /// The process's local resource errors (one object for every listener
+    /// and cluster).
+    pub(crate) local: Arc<LocalResourceStats>,
 }
 
 /// Merged listener statistics, for the admin API and the exposition.
@@ -176,6 +194,12 @@ pub struct ListenerTotals {
     pub active: u64,
     /// Connections closed at once because `max_connections` was reached.
     pub rejected_max_connections: u64,
+    /// Connections closed at once because their client address held
+    /// `max_connections_per_client` already.
+    pub rejected_per_client: u64,
+    /// Connections closed at once because the data plane was out of
+    /// descriptors (or at its share of them).
+    pub rejected_local_resource: u64,
     /// Bytes read from downstream clients.
     pub bytes_received: u64,
     /// Bytes written to downstream clients.
@@ -193,11 +217,13 @@ pub struct ListenerTotals {
 }
 
 impl ListenerStats {
-    fn new(workers: usize) -> Self {
+    fn new(workers: usize, local: Arc<LocalResourceStats>) -> Self {
         Self {
             active: AtomicU64::new(0),
             authz_denied: Arc::new(AtomicU64::new(0)),
             cores: PerCore::new(workers),
+            per_client: ClientCounts::default(),
+            local,
         }
     }
 
@@ -207,6 +233,8 @@ impl ListenerStats {
             accepted: sum(&self.cores, |c| c.accepted.get()),
             active: self.active.load(Ordering::Relaxed),
             rejected_max_connections: sum(&self.cores, |c| c.rejected_max_connections.get()),
+            rejected_per_client: sum(&self.cores, |c| c.rejected_per_client.get()),
+            rejected_local_resource: sum(&self.cores, |c| c.rejected_local_resource.get()),
             bytes_received: sum(&self.cores, |c| c.bytes_received.get()),
             bytes_sent: sum(&self.cores, |c| c.bytes_sent.get()),
             closed: CloseReason::ALL
@@ -253,6 +281,8 @@ pub struct ClusterStats {
     /// Upstream connects in progress over every core (`max_pending_requests`).
     pub(crate) pending: AtomicU64,
     pub(crate) cores: PerCore<ClusterCoreStats>,
+    /// The process's local resource errors.
+    pub(crate) local: Arc<LocalResourceStats>,
 }
 
 /// Merged cluster statistics.
@@ -284,11 +314,12 @@ pub struct ClusterTotals {
 }
 
 impl ClusterStats {
-    fn new(workers: usize) -> Self {
+    fn new(workers: usize, local: Arc<LocalResourceStats>) -> Self {
         Self {
             open: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             cores: PerCore::new(workers),
+            local,
         }
     }
 
@@ -318,6 +349,7 @@ impl ClusterStats {
 #[derive(Debug)]
 pub struct StatsRegistry {
     workers: usize,
+    local: Arc<LocalResourceStats>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
 }
@@ -327,6 +359,7 @@ impl StatsRegistry {
     pub fn new(workers: usize) -> Self {
         Self {
             workers,
+            local: Arc::new(LocalResourceStats::new(workers)),
             listeners: Mutex::new(BTreeMap::new()),
             clusters: Mutex::new(BTreeMap::new()),
         }
@@ -336,7 +369,7 @@ impl StatsRegistry {
     pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
         let mut map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(name.to_owned())
-            .or_insert_with(|| Arc::new(ListenerStats::new(self.workers)))
+            .or_insert_with(|| Arc::new(ListenerStats::new(self.workers, self.local.clone())))
             .clone()
     }
 
@@ -344,7 +377,7 @@ impl StatsRegistry {
     pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
         let mut map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(name.to_owned())
-            .or_insert_with(|| Arc::new(ClusterStats::new(self.workers)))
+            .or_insert_with(|| Arc::new(ClusterStats::new(self.workers, self.local.clone())))
             .clone()
     }
 
@@ -360,6 +393,12 @@ impl StatsRegistry {
         map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
+    /// Local resource errors of the whole process (descriptors, buffers,
+    /// local ports).
+    pub fn local_resources(&self) -> &LocalResourceStats {
+        &self.local
+    }
+
     /// Open downstream connections over every listener, removed ones included.
     pub fn active_connections(&self) -> u64 {
         let map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
@@ -373,7 +412,7 @@ mod tests {
 
     #[test]
     fn histogram_merges_cores_cumulatively() {
-        let stats = ClusterStats::new(2);
+        let stats = ClusterStats::new(2, Arc::new(LocalResourceStats::new(2)));
         stats
             .cores
             .get(0)

@@ -36,6 +36,12 @@ pub struct ListenerConfig {
     pub cluster: Arc<Cluster>,
     /// Open connections allowed at once; excess ones are closed at once.
     pub max_connections: Option<u64>,
+    /// Open connections allowed at once from one client address; excess
+    /// ones are closed at once.
+    pub max_connections_per_client: Option<u32>,
+    /// Time a client has to send its first byte before anything is done
+    /// for it upstream (client-speaks-first protocols); `None`: no limit.
+    pub first_byte_timeout: Option<Duration>,
     /// A connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
     /// Whether every closed connection is logged.

@@ -40,20 +40,45 @@ pub fn request(
     request_bytes(addr, method, path, body.as_bytes())
 }
 
-/// Like [`request`], with a body of arbitrary bytes.
+/// Like [`request`], with a body of arbitrary bytes. Requests that change
+/// the proxy say `Content-Type: application/yaml`, as the admin API
+/// requires.
 pub fn request_bytes(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: &[u8],
 ) -> std::io::Result<Response> {
+    let content_type = match method {
+        "GET" | "HEAD" => vec![],
+        _ => vec![("Content-Type", "application/yaml")],
+    };
+    request_with(addr, method, path, &content_type, body)
+}
+
+/// Sends one request with exactly these extra headers (besides `Host`,
+/// `Connection` and `Content-Length`) and reads the whole response.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "Connection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
-    )?;
+    ));
+    s.write_all(head.as_bytes())?;
     s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;

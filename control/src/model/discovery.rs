@@ -221,14 +221,20 @@ impl Serialize for DiscoveryDoc {
 
 /// Parses an endpoint list (an endpoints file, or a `PUT
 /// /clusters/{name}/endpoints` body): a YAML or JSON list in the syntax of
-/// `clusters[].endpoints`, or `{ endpoints: [...] }`.
+/// `clusters[].endpoints`, or `{ endpoints: [...] }`. An empty document is
+/// an error, not an empty list: a truncated file or a lost body must not
+/// remove every endpoint; an explicit `[]` does.
 pub fn parse_endpoint_list(file: &str, text: &str) -> Result<Vec<EndpointDoc>, ConfigErrors> {
     let mut d = Decoder::new(file);
     let root = match yaml::parse(text) {
         Ok(Some(root)) => root,
         Ok(None) => {
-            // An empty document is an empty list: every endpoint removed.
-            return Ok(Vec::new());
+            d.error(
+                Mark { line: 1, col: 1 },
+                "",
+                "the endpoint list is empty; send `[]` to remove every endpoint",
+            );
+            return d.finish(Vec::new());
         }
         Err(e) => {
             d.error(e.mark, "", format!("YAML syntax error: {}", e.message));

@@ -33,6 +33,15 @@ pub struct ListenerDoc {
     /// Open connections allowed at once; unlimited when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u64>,
+    /// Open connections allowed at once from one client address; unlimited
+    /// when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_client: Option<u32>,
+    /// Time a client has to send its first byte before an upstream
+    /// connection is made for it; no limit when absent (server-first
+    /// protocols exist).
+    #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout: Option<Duration>,
     /// Close a connection idle this long in both directions. Default 1h.
     #[serde(serialize_with = "human")]
     pub idle_timeout: Duration,
@@ -63,6 +72,8 @@ const KEYS: &[&str] = &[
     "protocol",
     "cluster",
     "max_connections",
+    "max_connections_per_client",
+    "first_byte_timeout",
     "idle_timeout",
     "access_log",
     "tls",
@@ -72,6 +83,13 @@ const KEYS: &[&str] = &[
 
 pub(crate) fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
+}
+
+fn human_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => human(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn required<'n>(
@@ -122,6 +140,21 @@ impl ListenerDoc {
             None => Some(None),
             Some((n, p)) => integer(d, n, &p, 1, 10_000_000).map(Some),
         };
+        let max_connections_per_client = match f.take("max_connections_per_client") {
+            None => Some(None),
+            Some((n, p)) => integer(d, n, &p, 1, 1_000_000).map(|v| Some(v as u32)),
+        };
+        let first_byte_timeout = match f.take("first_byte_timeout") {
+            None => Some(None),
+            Some((n, p)) => duration(
+                d,
+                n,
+                &p,
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            )
+            .map(|t| Some((t, n.mark, p))),
+        };
         let idle_timeout = match f.take("idle_timeout") {
             None => Some(DEFAULT_IDLE_TIMEOUT),
             Some((n, p)) => duration(
@@ -159,6 +192,15 @@ impl ListenerDoc {
                 "a listener either terminates TLS (`tls`) or passes it through by SNI (`sni_routes`), not both",
             );
         }
+        if let Some(Some((_, mark, p))) = &first_byte_timeout {
+            if tls.is_some() || !sni_routes.is_empty() {
+                d.error(
+                    *mark,
+                    p,
+                    "first_byte_timeout applies to plain TCP listeners; a TLS listener's client is bounded by tls.handshake_timeout, an SNI listener's by its 10 s ClientHello wait",
+                );
+            }
+        }
         f.finish(d, KEYS);
         // Fields that failed keep a placeholder so that cross-resource checks
         // still run and every error is reported in one pass; any error
@@ -173,6 +215,8 @@ impl ListenerDoc {
             protocol: protocol.unwrap_or(Protocol::Tcp),
             cluster,
             max_connections: max_connections.unwrap_or_default(),
+            max_connections_per_client: max_connections_per_client.unwrap_or_default(),
+            first_byte_timeout: first_byte_timeout.flatten().map(|(t, _, _)| t),
             idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
             access_log: access_log.unwrap_or(true),
             tls,

@@ -11,7 +11,7 @@ mod tls;
 
 use serde::Serialize;
 
-pub use admin::AdminDoc;
+pub use admin::{AdminDoc, read_token};
 pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy};
 pub use discovery::{DiscoveryDoc, parse_endpoint_list};
 pub use health::{HealthCheckDoc, OutlierDetectionDoc};

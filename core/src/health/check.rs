@@ -80,7 +80,14 @@ pub(crate) async fn run_checker(
             runtime::timeout(check.timeout, probe(&endpoint, &check, tls.as_deref())).await;
         let passed = match result {
             Some(Ok(())) => true,
-            Some(Err(reason)) => {
+            Some(Err(ProbeError::Local(e))) => {
+                // This host is out of descriptors or ports: the endpoint
+                // did nothing wrong, so the check gives no verdict.
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "health check could not run: out of a local resource");
+                runtime::sleep(check.interval).await;
+                continue;
+            }
+            Some(Err(ProbeError::Failed(reason))) => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, reason, "health check failed");
                 false
             }
@@ -131,15 +138,38 @@ pub(crate) fn apply_result(
     }
 }
 
+/// Why a check did not pass.
+enum ProbeError {
+    /// This host ran out of descriptors, buffers or ports: no verdict.
+    Local(std::io::Error),
+    /// The endpoint failed the check.
+    Failed(String),
+}
+
 /// One check.
 async fn probe(
     endpoint: &EndpointHealth,
     check: &HealthCheck,
     tls: Option<&ClientTls>,
-) -> Result<(), String> {
-    let tcp = runtime::connect(endpoint.addr)
+) -> Result<(), ProbeError> {
+    let tcp = runtime::connect(endpoint.addr).await.map_err(|e| {
+        match crate::local_resource::ResourceKind::of(&e) {
+            Some(_) => ProbeError::Local(e),
+            None => ProbeError::Failed(format!("connect: {e}")),
+        }
+    })?;
+    probe_on(tcp, endpoint, check, tls)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(ProbeError::Failed)
+}
+
+/// The check's exchange on a fresh connection; `Err` says why it failed.
+async fn probe_on(
+    tcp: runtime::TcpStream,
+    endpoint: &EndpointHealth,
+    check: &HealthCheck,
+    tls: Option<&ClientTls>,
+) -> Result<(), String> {
     let HealthCheckKind::Http {
         path,
         host,

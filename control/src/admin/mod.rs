@@ -12,27 +12,103 @@
 //! | `GET /metrics`   | Prometheus text format |
 //! | `POST /drain`    | stop accepting, let connections finish, exit |
 
+//!
+//! Every request passes [`guard`] first (Host allowlist, no cross-site
+//! mutation, optional bearer token); [`server`] caps connections and times
+//! out slow request heads; [`body`] bounds bodies. Parsing and compiling a
+//! new config run off this thread (see `Proxy::reload`), so `/live` and
+//! `/ready` keep answering during a large reload.
+
+pub mod body;
+pub mod guard;
+pub mod server;
+
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{FromRef, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::prometheus::{ProxyInfo, render};
 use crate::proxy::{EndpointsError, Proxy, ReloadError};
+use guard::{AdminPolicy, Refusal};
 
-/// Serves the admin API on `listener` until the process exits.
-pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
-    if let Err(e) = axum::serve(listener, router(proxy)).await {
-        tracing::error!(error = %e, "admin API stopped");
+/// What the admin API counts about itself.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections closed at once because [`server::MAX_CONNECTIONS`] were open.
+    pub connections_rejected: AtomicU64,
+    /// Requests refused by the guard, by [`Refusal`].
+    pub refused: [AtomicU64; Refusal::ALL.len()],
+    /// Requests whose body was too large.
+    pub too_large: AtomicU64,
+    /// Requests whose body did not arrive in time.
+    pub timeout: AtomicU64,
+}
+
+impl Counters {
+    fn refused(&self) -> Vec<(&'static str, u64)> {
+        let mut out: Vec<(&'static str, u64)> = Refusal::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.as_str(),
+                    self.refused[*r as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        out.push(("too_large", self.too_large.load(Ordering::Relaxed)));
+        out.push(("timeout", self.timeout.load(Ordering::Relaxed)));
+        out
+    }
+
+    fn body_error(&self, e: &body::BodyError) {
+        match e {
+            body::BodyError::TooLarge => self.too_large.fetch_add(1, Ordering::Relaxed),
+            body::BodyError::Timeout => self.timeout.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
     }
 }
 
-fn router(proxy: Arc<Proxy>) -> Router {
+/// The handlers' shared state.
+#[derive(Clone)]
+struct AdminState {
+    proxy: Arc<Proxy>,
+    counters: Arc<Counters>,
+    policy: Arc<AdminPolicy>,
+}
+
+impl FromRef<AdminState> for Arc<Proxy> {
+    fn from_ref(s: &AdminState) -> Self {
+        s.proxy.clone()
+    }
+}
+
+impl FromRef<AdminState> for Arc<Counters> {
+    fn from_ref(s: &AdminState) -> Self {
+        s.counters.clone()
+    }
+}
+
+/// Serves the admin API on `listener` until the process exits.
+pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>, policy: AdminPolicy) {
+    let counters = Arc::new(Counters::default());
+    let state = AdminState {
+        proxy,
+        counters: counters.clone(),
+        policy: Arc::new(policy),
+    };
+    server::serve(listener, router(state), counters).await
+}
+
+fn router(state: AdminState) -> Router {
     Router::new()
         .route("/live", get(live))
         .route("/ready", get(ready))
@@ -46,11 +122,63 @@ fn router(proxy: Arc<Proxy>) -> Router {
         .route("/metrics", get(metrics))
         .route("/drain", post(drain))
         .fallback(not_found)
-        .with_state(proxy)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Runs [`AdminPolicy::check`] before any handler.
+async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    match state
+        .policy
+        .check(request.method(), request.uri().path(), request.headers())
+    {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            state.counters.refused[refusal as usize].fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                method = %request.method(),
+                path = request.uri().path(),
+                reason = refusal.as_str(),
+                "admin request refused"
+            );
+            let status = match refusal {
+                Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+                Refusal::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Refusal::Host | Refusal::Origin => StatusCode::FORBIDDEN,
+            };
+            let mut response = json_response(status, json!({"error": refusal.message()}));
+            if refusal == Refusal::Unauthorized {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            response
+        }
+    }
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
+}
+
+/// A refused reload or endpoint list, with every error when there are some.
+fn reload_error(e: ReloadError) -> Response {
+    match e {
+        ReloadError::Invalid(errors) => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": errors.to_string(), "errors": errors.0}),
+        ),
+        ReloadError::Body(e) => json_response(e.status(), json!({"error": e.to_string()})),
+        e @ ReloadError::Draining => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}),
+        ),
+        e @ ReloadError::Internal(_) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": e.to_string()}),
+        ),
+    }
 }
 
 async fn not_found() -> Response {
@@ -83,41 +211,34 @@ async fn get_config(State(proxy): State<Arc<Proxy>>) -> Response {
     )
 }
 
-async fn put_config(State(proxy): State<Arc<Proxy>>, body: axum::body::Bytes) -> Response {
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "the body must be UTF-8 YAML"}),
-        );
+async fn put_config(
+    State(proxy): State<Arc<Proxy>>,
+    State(counters): State<Arc<Counters>>,
+    body: Body,
+) -> Response {
+    const SOURCE: &str = "<PUT /config>";
+    let text = match body::read_text(body).await {
+        Ok(text) => text,
+        Err(e) => {
+            counters.body_error(&e);
+            return reload_error(proxy.reject(SOURCE, ReloadError::Body(e)));
+        }
     };
-    match proxy.reload("<PUT /config>", text).await {
+    match proxy.reload(SOURCE, text).await {
         Ok(version) => json_response(StatusCode::OK, json!({"version": version})),
-        Err(ReloadError::Invalid(errors)) => json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"error": errors.to_string(), "errors": errors.0}),
-        ),
-        Err(e @ ReloadError::Draining) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": e.to_string()}),
-        ),
-        Err(e @ ReloadError::Internal(_)) => json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": e.to_string()}),
-        ),
+        Err(e) => reload_error(e),
     }
 }
 
 async fn put_endpoints(
     State(proxy): State<Arc<Proxy>>,
+    State(counters): State<Arc<Counters>>,
     axum::extract::Path(name): axum::extract::Path<String>,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Response {
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "the body must be UTF-8 YAML or JSON"}),
-        );
-    };
+    let text = body::read_text(body)
+        .await
+        .inspect_err(|e| counters.body_error(e));
     match proxy.set_endpoints(&name, text).await {
         Ok(version) => {
             let count = proxy
@@ -138,18 +259,7 @@ async fn put_endpoints(
         Err(e @ EndpointsError::NotApi { .. }) => {
             json_response(StatusCode::CONFLICT, json!({"error": e.to_string()}))
         }
-        Err(EndpointsError::Reload(ReloadError::Invalid(errors))) => json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"error": errors.to_string(), "errors": errors.0}),
-        ),
-        Err(EndpointsError::Reload(e @ ReloadError::Draining)) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": e.to_string()}),
-        ),
-        Err(EndpointsError::Reload(e @ ReloadError::Internal(_))) => json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": e.to_string()}),
-        ),
+        Err(EndpointsError::Reload(e)) => reload_error(e),
     }
 }
 
@@ -297,7 +407,10 @@ fn endpoint_json(e: &ringmesh_core::Endpoint) -> serde_json::Value {
     })
 }
 
-async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
+async fn metrics(
+    State(proxy): State<Arc<Proxy>>,
+    State(counters): State<Arc<Counters>>,
+) -> Response {
     let (applied_count, rejected) = proxy.reload_counts();
     let applied = proxy.applied();
     let now = std::time::SystemTime::now()
@@ -343,6 +456,9 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
             .into_iter()
             .map(|(name, s)| (name, s.updates, s.errors))
             .collect(),
+        admin_connections_rejected: counters.connections_rejected.load(Ordering::Relaxed),
+        admin_refused: counters.refused(),
+        fd_share: proxy.fd_share,
     };
     let body = render(&info, &proxy.stats, &proxy.health, &crate::process::read());
     (
