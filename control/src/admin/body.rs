@@ -40,8 +40,12 @@ impl BodyError {
     }
 }
 
-/// The whole body as text.
+/// The whole body as text. A declared `Content-Length` over the limit is
+/// refused before anything is read.
 pub async fn read_text(body: Body) -> Result<String, BodyError> {
+    if axum::body::HttpBody::size_hint(&body).lower() > MAX_BODY_BYTES as u64 {
+        return Err(BodyError::TooLarge);
+    }
     let collected =
         tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect())
             .await

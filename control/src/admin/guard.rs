@@ -139,9 +139,7 @@ impl AdminPolicy {
         if let Ok(ip) = name.parse::<IpAddr>() {
             return ip.is_loopback() || ip == self.bound.ip() || self.bound.ip().is_unspecified();
         }
-        name == "localhost"
-            || name.ends_with(".localhost")
-            || self.allowed_hosts.contains(&name)
+        name == "localhost" || name.ends_with(".localhost") || self.allowed_hosts.contains(&name)
     }
 
     /// `scheme://host[:port]` naming this admin API (its host and port).
