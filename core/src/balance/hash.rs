@@ -44,7 +44,10 @@ fn endpoint_hash(id: &str, salt: u64) -> u64 {
 /// Ketama-style ring: each endpoint gets 160 virtual nodes per unit of
 /// weight. The count does not depend on the other endpoints (unlike a
 /// minimum ring size split among them), so removing an endpoint moves only
-/// its own keys.
+/// its own keys. A ring is at most [`MAX_RING`] nodes (16 MiB): past that
+/// (more than 6,553 units of weight in all) every endpoint's count is
+/// scaled down alike, at least one node each, so a large cluster cannot
+/// make a reload allocate without bound.
 #[derive(Debug)]
 pub(crate) struct RingHash {
     ring: Vec<(u64, u32)>,
@@ -52,12 +55,20 @@ pub(crate) struct RingHash {
 
 const NODES_PER_WEIGHT: u64 = 160;
 
+/// Most virtual nodes in one ring.
+pub(crate) const MAX_RING: u64 = 1 << 20;
+
 impl RingHash {
     pub(crate) fn new(ids: &[String], weights: &[u32]) -> Self {
-        let mut ring = Vec::new();
+        let weight = |i: usize| u64::from(weights.get(i).copied().unwrap_or(1).max(1));
+        let wanted: u64 = (0..ids.len()).map(|i| NODES_PER_WEIGHT * weight(i)).sum();
+        let mut ring = Vec::with_capacity(wanted.min(MAX_RING + ids.len() as u64) as usize);
         for (i, id) in ids.iter().enumerate() {
-            let replicas =
-                NODES_PER_WEIGHT * u64::from(weights.get(i).copied().unwrap_or(1).max(1));
+            let replicas = if wanted <= MAX_RING {
+                NODES_PER_WEIGHT * weight(i)
+            } else {
+                (NODES_PER_WEIGHT * weight(i) * MAX_RING / wanted).max(1)
+            };
             for r in 0..replicas {
                 ring.push((endpoint_hash(id, r), i as u32));
             }
@@ -146,6 +157,25 @@ mod tests {
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("10.0.0.{}:8080", i + 1)).collect()
+    }
+
+    #[test]
+    fn a_huge_cluster_gets_a_bounded_ring_that_still_covers_every_endpoint() {
+        let ids: Vec<String> = (0..20_000)
+            .map(|i| format!("10.{}.{}.1:80", i / 256, i % 256))
+            .collect();
+        let weights = vec![1000; ids.len()];
+        let ring = RingHash::new(&ids, &weights);
+        assert!(
+            ring.ring.len() as u64 <= MAX_RING + ids.len() as u64,
+            "{}",
+            ring.ring.len()
+        );
+        let mut seen = vec![false; ids.len()];
+        for (_, i) in &ring.ring {
+            seen[*i as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
     }
 
     fn keys() -> Vec<u64> {
