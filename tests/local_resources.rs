@@ -57,7 +57,26 @@ fn descriptor_exhaustion_is_counted_apart_and_never_ejects_an_endpoint() {
     // Now an admitted client speaks: the upstream socket would be past the
     // share, so the connection is closed as local_resource, and the
     // endpoint is not blamed.
-    let mut speaker = silent.remove(0);
+    // Wait until every client was accepted or refused, then take one that
+    // is still open (admitted before the share ran out).
+    proxy.wait_metric(
+        "ringmesh_downstream_connections_total",
+        &[("listener", "l")],
+        Duration::from_secs(30),
+        |v| v >= silent.len() as f64,
+    );
+    let open = silent
+        .iter()
+        .position(|c| {
+            c.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            let still_open =
+                matches!(c.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            c.set_nonblocking(false).unwrap();
+            still_open
+        })
+        .expect("some clients were admitted");
+    let mut speaker = silent.remove(open);
     let _ = tcp::echo_roundtrip(&mut speaker, b"x");
     let closed = [("listener", "l"), ("reason", "local_resource")];
     let n = proxy.wait_metric(
