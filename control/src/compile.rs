@@ -137,6 +137,7 @@ pub fn compile(
             first_byte_timeout: l.first_byte_timeout,
             idle_timeout: l.idle_timeout,
             access_log: l.access_log,
+            zero_copy: l.zero_copy,
             tls,
             sni_routes,
             stats,

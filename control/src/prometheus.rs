@@ -379,6 +379,23 @@ pub fn render(
         );
     }
     o.header(
+        "ringmesh_forwarded_connections_total",
+        "counter",
+        "Closed connections that reached forwarding, by listener and by how their bytes moved: path=splice (at least one direction went socket -> pipe -> socket in the kernel) or buffered (user-space buffers only).",
+    );
+    for (n, t) in &listeners {
+        o.sample(
+            "ringmesh_forwarded_connections_total",
+            &[("listener", n), ("path", "buffered")],
+            t.forwarded_buffered,
+        );
+        o.sample(
+            "ringmesh_forwarded_connections_total",
+            &[("listener", n), ("path", "splice")],
+            t.forwarded_splice,
+        );
+    }
+    o.header(
         "ringmesh_authz_denied_total",
         "counter",
         "Clients refused by the listener's authorization policy (TLS alert access_denied), by listener.",

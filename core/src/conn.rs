@@ -305,10 +305,15 @@ async fn proxy_to_admitted(
             };
             let on_first_data: Option<&dyn Fn()> =
                 cluster.balancer.wants_latency().then_some(&first_data);
-            let ForwardOutcome { reason, error } = proxy_both_ways(
+            let ForwardOutcome {
+                reason,
+                error,
+                spliced,
+            } = proxy_both_ways(
                 downstream,
                 &upstream.stream,
                 config.idle_timeout,
+                config.zero_copy,
                 DirectionCounters {
                     connection: &record.bytes_received,
                     listener: &lc.bytes_received,
@@ -337,6 +342,8 @@ async fn proxy_to_admitted(
                 ctx.core,
                 outcome,
             );
+            lc.forward_paths[usize::from(spliced)].inc();
+            record.forward_path = Some(if spliced { "splice" } else { "buffered" });
             record.reason = reason;
             record.error = error.map(ErrorText::Io);
         }
@@ -377,6 +384,9 @@ struct ConnectionRecord {
     tls: Option<(&'static str, Option<String>)>,
     /// Where the session's records were processed.
     tls_path: TlsPath,
+    /// How the bytes were forwarded (`buffered` or `splice`), once
+    /// forwarding began.
+    forward_path: Option<&'static str>,
     reason: CloseReason,
     error: Option<ErrorText>,
     /// Bytes read from the client.
@@ -394,6 +404,7 @@ impl ConnectionRecord {
             identity: None,
             tls: None,
             tls_path: TlsPath::Userspace,
+            forward_path: None,
             reason: CloseReason::Completed,
             error: None,
             bytes_received: Cell::new(0),
@@ -432,6 +443,7 @@ impl ConnectionRecord {
                 (_, TlsPath::Userspace) => "userspace",
             },
             sni = self.tls.as_ref().and_then(|t| t.1.as_deref()).unwrap_or("-"),
+            forward_path = self.forward_path.unwrap_or("-"),
             bytes_received = self.bytes_received.get(),
             bytes_sent = self.bytes_sent.get(),
             duration_ms = duration.as_secs_f64() * 1000.0,

@@ -164,6 +164,8 @@ pub struct ListenerCoreStats {
     pub(crate) duration: Histogram,
     /// Terminated TLS sessions by data path: [userspace, kernel].
     pub(crate) tls_sessions: [Counter; 2],
+    /// Forwarded connections by path: [buffered, splice].
+    pub(crate) forward_paths: [Counter; 2],
 }
 
 /// Statistics of one listener, by name.
@@ -214,6 +216,10 @@ pub struct ListenerTotals {
     pub tls_sessions_userspace: u64,
     /// Terminated TLS sessions handed to kernel TLS.
     pub tls_sessions_ktls: u64,
+    /// Closed connections whose bytes all went through user-space buffers.
+    pub forwarded_buffered: u64,
+    /// Closed connections of which at least one direction spliced.
+    pub forwarded_splice: u64,
 }
 
 impl ListenerStats {
@@ -245,6 +251,8 @@ impl ListenerStats {
             authz_denied: self.authz_denied.load(Ordering::Relaxed),
             tls_sessions_userspace: sum(&self.cores, |c| c.tls_sessions[0].get()),
             tls_sessions_ktls: sum(&self.cores, |c| c.tls_sessions[1].get()),
+            forwarded_buffered: sum(&self.cores, |c| c.forward_paths[0].get()),
+            forwarded_splice: sum(&self.cores, |c| c.forward_paths[1].get()),
         }
     }
 

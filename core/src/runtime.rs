@@ -7,13 +7,16 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use compio::driver::{DriverType, ProactorBuilder};
 
 pub(crate) use compio::BufResult;
-pub(crate) use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+pub(crate) use compio::buf::IoBuf;
+pub(crate) use compio::io::{AsyncRead, AsyncWriteExt};
 pub(crate) use compio::net::{TcpListener, TcpStream};
+pub(crate) use compio::driver::BufferRef;
 
 /// Which I/O driver the operator asked for (`--io-engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,7 +99,13 @@ const RING_ENTRIES: u32 = 4096;
 
 fn proactor(driver: DriverType, deferred: bool) -> ProactorBuilder {
     let mut builder = ProactorBuilder::new();
-    builder.capacity(RING_ENTRIES).driver_type(driver);
+    builder
+        .capacity(RING_ENTRIES)
+        .driver_type(driver)
+        .buffer_pool_size(
+            std::num::NonZero::new(crate::forward::RING_BUFFERS).unwrap_or(std::num::NonZero::<u16>::MIN),
+        )
+        .buffer_pool_buffer_len(crate::forward::RING_BUFFER);
     if deferred {
         // Completions are processed when the worker asks for them instead of
         // interrupting it with task work. Safe with compio: other threads
@@ -221,4 +230,64 @@ pub(crate) async fn read_exact(stream: &TcpStream, len: usize) -> io::Result<Vec
     let mut s = stream;
     let BufResult(res, slice) = s.read_exact(Vec::with_capacity(len).slice(0..len)).await;
     res.map(|()| slice.into_inner())
+}
+
+/// Shuts down the write half (sends FIN). A direct `shutdown(2)`: it never
+/// blocks for TCP, whereas io_uring runs IORING_OP_SHUTDOWN on an io-wq
+/// thread, which cost a cross-thread hand-off per connection (a fifth of
+/// the proxy's CPU under connection churn, bench/README.md).
+pub(crate) fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on a descriptor the stream owns; no memory passed.
+    if unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether the current worker runs io_uring (else epoll).
+pub(crate) fn current_is_uring() -> bool {
+    compio::runtime::Runtime::with_current(|rt| rt.driver_type().is_iouring())
+}
+
+/// Waits until `fd` is readable (data, EOF or an error is pending), without
+/// reading and without holding a buffer.
+pub(crate) async fn wait_readable(fd: RawFd) -> io::Result<()> {
+    poll_once(fd, compio::driver::op::Interest::Readable).await
+}
+
+/// Waits until `fd` has room to write (or an error is pending).
+pub(crate) async fn wait_writable(fd: RawFd) -> io::Result<()> {
+    poll_once(fd, compio::driver::op::Interest::Writable).await
+}
+
+async fn poll_once(fd: RawFd, interest: compio::driver::op::Interest) -> io::Result<()> {
+    let op = compio::driver::op::PollOnce::new(RawFdRef(fd), interest);
+    compio::runtime::submit(op).await.0.map(|_| ())
+}
+
+/// A descriptor the caller keeps open for as long as the operation runs
+/// (the kernel holds its own reference to the file once it is submitted).
+struct RawFdRef(RawFd);
+
+impl std::os::fd::AsFd for RawFdRef {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the connection that owns the descriptor outlives every
+        // operation it submits on it (they are awaited in its task).
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) }
+    }
+}
+
+/// Receives into a buffer of the worker's provided-buffer ring (io_uring):
+/// the kernel picks the buffer only when data arrives, so a connection
+/// waiting for bytes holds none. `Ok(None)` at EOF. Fails with `ENOBUFS`
+/// when every ring buffer is in use; the caller then reads into its own.
+pub(crate) async fn recv_ring(stream: &TcpStream, len: usize) -> io::Result<Option<BufferRef>> {
+    use compio::io::AsyncReadManaged;
+    let mut s = stream;
+    match s.read_managed(len).await? {
+        Some(b) if !b.is_empty() => Ok(Some(b)),
+        _ => Ok(None),
+    }
 }

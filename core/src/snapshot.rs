@@ -46,6 +46,8 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// Whether every closed connection is logged.
     pub access_log: bool,
+    /// When plain TCP connections may forward through the kernel (splice).
+    pub zero_copy: ZeroCopy,
     /// TLS termination (with mTLS and authorization when configured).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// TLS passthrough routing by the ClientHello's server name, in order;
@@ -53,6 +55,32 @@ pub struct ListenerConfig {
     pub sni_routes: Vec<SniRoute>,
     /// Counters, shared with earlier snapshots of the same listener name.
     pub stats: Arc<ListenerStats>,
+}
+
+/// When a plain TCP connection forwards its bytes with `splice(2)` (socket
+/// -> pipe -> socket, no copy through user space) instead of user-space
+/// buffers. Connections with TLS in user space always use buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZeroCopy {
+    /// A direction switches to splice once its reads fill whole buffers
+    /// (bulk), and back when they turn small.
+    #[default]
+    Auto,
+    /// Splice from the first byte, whatever the traffic.
+    Always,
+    /// Never splice.
+    Never,
+}
+
+impl ZeroCopy {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZeroCopy::Auto => "auto",
+            ZeroCopy::Always => "always",
+            ZeroCopy::Never => "never",
+        }
+    }
 }
 
 /// A set of interchangeable upstream endpoints.

@@ -4,7 +4,7 @@
 use std::io;
 
 use crate::forward::Duplex;
-use crate::runtime::{BufResult, TcpStream};
+use crate::runtime::{BufResult, IoBuf, TcpStream};
 use crate::tls::ktls::KtlsStream;
 use crate::tls::stream::TlsStream;
 
@@ -25,7 +25,7 @@ impl Duplex for Stream {
         }
     }
 
-    async fn write_all_from(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+    async fn write_all_from<B: IoBuf>(&self, buf: B) -> BufResult<(), B> {
         match self {
             Stream::Plain(s) => s.write_all_from(buf).await,
             Stream::Tls(s) => s.write_all_from(buf).await,
@@ -46,6 +46,13 @@ impl Duplex for Stream {
             Stream::Plain(s) => s.reset_on_close(),
             Stream::Tls(s) => s.reset_on_close(),
             Stream::Ktls(s) => s.reset_on_close(),
+        }
+    }
+
+    fn as_plain(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(_) | Stream::Ktls(_) => None,
         }
     }
 }

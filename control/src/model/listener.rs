@@ -19,6 +19,13 @@ pub enum Protocol {
     Tcp,
 }
 
+fn zero_copy_name<S: serde::Serializer>(
+    z: &ringmesh_core::ZeroCopy,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(z.as_str())
+}
+
 /// One listener.
 #[derive(Debug, Clone, Serialize)]
 pub struct ListenerDoc {
@@ -47,6 +54,9 @@ pub struct ListenerDoc {
     pub idle_timeout: Duration,
     /// Log one line per closed connection. Default true.
     pub access_log: bool,
+    /// When plain TCP connections may forward with splice (`auto`).
+    #[serde(serialize_with = "zero_copy_name")]
+    pub zero_copy: ringmesh_core::ZeroCopy,
     /// TLS termination, optionally mutual.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<super::ListenerTlsDoc>,
@@ -76,6 +86,7 @@ const KEYS: &[&str] = &[
     "first_byte_timeout",
     "idle_timeout",
     "access_log",
+    "zero_copy",
     "tls",
     "authz",
     "sni_routes",
@@ -169,6 +180,25 @@ impl ListenerDoc {
             None => Some(true),
             Some((n, p)) => boolean(d, n, &p),
         };
+        let zero_copy = match f.take("zero_copy") {
+            None => Some(ringmesh_core::ZeroCopy::Auto),
+            Some((n, p)) => match scalar(d, n, &p, "auto, always or never")? {
+                "auto" => Some(ringmesh_core::ZeroCopy::Auto),
+                "always" => Some(ringmesh_core::ZeroCopy::Always),
+                "never" => Some(ringmesh_core::ZeroCopy::Never),
+                other => {
+                    d.error(
+                        n.mark,
+                        &p,
+                        format!(
+                            "unknown zero_copy `{}` (expected auto, always or never)",
+                            crate::limits::quote(other)
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         let tls = f
             .take("tls")
             .and_then(|(n, p)| super::ListenerTlsDoc::decode(d, n, &p));
@@ -219,6 +249,7 @@ impl ListenerDoc {
             first_byte_timeout: first_byte_timeout.flatten().map(|(t, _, _)| t),
             idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
             access_log: access_log.unwrap_or(true),
+            zero_copy: zero_copy.unwrap_or_default(),
             tls,
             authz,
             sni_routes,

@@ -398,7 +398,7 @@ impl Duplex for KtlsStream {
         }
     }
 
-    async fn write_all_from(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+    async fn write_all_from<B: crate::runtime::IoBuf>(&self, buf: B) -> BufResult<(), B> {
         self.sock.write_all_from(buf).await
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::lock::Mutex;
 
-use crate::runtime::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufResult, TcpStream};
+use crate::runtime::{self, AsyncRead, AsyncWriteExt, BufResult, TcpStream};
 
 /// First ciphertext read size: one maximum TLS record plus overhead.
 const CIPHER_BUFFER: usize = 18 * 1024;
@@ -309,11 +309,11 @@ impl TlsStream {
     }
 
     /// Encrypts and sends all of `buf`.
-    pub(crate) async fn write_plain(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+    pub(crate) async fn write_plain<B: crate::runtime::IoBuf>(&self, buf: B) -> BufResult<(), B> {
         let mut out = self.out.lock().await;
         let mut written = 0;
-        while written < buf.len() {
-            let n = match self.conn.borrow_mut().writer().write(&buf[written..]) {
+        while written < buf.as_init().len() {
+            let n = match self.conn.borrow_mut().writer().write(&buf.as_init()[written..]) {
                 Ok(n) => n,
                 Err(e) => return BufResult(Err(e), buf),
             };
@@ -332,8 +332,7 @@ impl TlsStream {
     pub(crate) async fn shutdown(&self) -> io::Result<()> {
         self.conn.borrow_mut().send_close_notify();
         self.flush().await?;
-        let mut sock = &self.sock;
-        sock.shutdown().await
+        crate::runtime::shutdown_write(&self.sock)
     }
 
     /// Makes the next close a TCP reset.
