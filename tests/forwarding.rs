@@ -14,10 +14,10 @@ use helpers::tcp::{self, Blackhole, EchoServer};
 
 const MIB: usize = 1024 * 1024;
 
-on_both_engines! {
-    fn forwards_64_mib_each_way_byte_exact(engine) {
+on_every_path! {
+    fn forwards_64_mib_each_way_byte_exact(engine, zero_copy) {
         let (upstream, results) = tcp::exchange_server(2, 64 * MIB);
-        let proxy = Proxy::start(engine, &one_listener("bulk", &[upstream], "", ""));
+        let proxy = Proxy::start(engine, &one_listener("bulk", &[upstream], &format!("zero_copy: {zero_copy}"), ""));
         let client = tcp::connect(proxy.listener("bulk"));
         let mut writer = client.try_clone().unwrap();
         let sender = thread::spawn(move || {
@@ -39,11 +39,15 @@ on_both_engines! {
         assert_eq!(v, (64 * MIB) as f64);
         let closed = [("listener", "bulk"), ("reason", "completed")];
         assert_eq!(proxy.wait_metric("ringmesh_downstream_connections_closed_total", &closed, Duration::from_secs(5), |v| v >= 1.0), 1.0);
+        let (took, other) = if zero_copy == "always" { ("splice", "buffered") } else { ("buffered", "splice") };
+        assert_eq!(proxy.metric("ringmesh_forwarded_connections_total", &[("listener", "bulk"), ("path", took)]), 1.0);
+        assert_eq!(proxy.metric("ringmesh_forwarded_connections_total", &[("listener", "bulk"), ("path", other)]), 0.0);
+        assert_eq!(proxy.access_log_line()["forward_path"], took);
     }
 
-    fn forwards_many_small_writes_in_order(engine) {
+    fn forwards_many_small_writes_in_order(engine, zero_copy) {
         let echo = EchoServer::start();
-        let proxy = Proxy::start(engine, &one_listener("small", &[echo.addr], "", ""));
+        let proxy = Proxy::start(engine, &one_listener("small", &[echo.addr], &format!("zero_copy: {zero_copy}"), ""));
         let mut client = tcp::connect(proxy.listener("small"));
         let mut reader = client.try_clone().unwrap();
         let mut expected = Vec::new();
@@ -67,9 +71,9 @@ on_both_engines! {
         assert!(receiver.join().unwrap(), "echoed bytes differ from what was written");
     }
 
-    fn serves_1000_concurrent_connections(engine) {
+    fn serves_1000_concurrent_connections(engine, zero_copy) {
         let echo = EchoServer::start();
-        let proxy = Proxy::start(engine, &one_listener("many", &[echo.addr], "", ""));
+        let proxy = Proxy::start(engine, &one_listener("many", &[echo.addr], &format!("zero_copy: {zero_copy}"), ""));
         let addr = proxy.listener("many");
         let mut clients: Vec<_> = (0..1000).map(|_| tcp::connect(addr)).collect();
         for (i, c) in clients.iter_mut().enumerate() {
@@ -87,7 +91,7 @@ on_both_engines! {
         assert_eq!(active, 0.0);
     }
 
-    fn client_half_close_lets_the_response_through(engine) {
+    fn client_half_close_lets_the_response_through(engine, zero_copy) {
         // The upstream reads the whole request (to EOF), then answers.
         let upstream = tcp::serve_each(|mut s| {
             let mut req = Vec::new();
@@ -95,7 +99,7 @@ on_both_engines! {
             thread::sleep(Duration::from_millis(100));
             s.write_all(format!("got {} bytes", req.len()).as_bytes()).unwrap();
         });
-        let proxy = Proxy::start(engine, &one_listener("hc", &[upstream], "", ""));
+        let proxy = Proxy::start(engine, &one_listener("hc", &[upstream], &format!("zero_copy: {zero_copy}"), ""));
         let mut client = tcp::connect(proxy.listener("hc"));
         client.write_all(&[7u8; 5000]).unwrap();
         client.shutdown(Shutdown::Write).unwrap();
@@ -104,7 +108,7 @@ on_both_engines! {
         assert_eq!(answer, "got 5000 bytes");
     }
 
-    fn upstream_half_close_lets_the_client_keep_sending(engine) {
+    fn upstream_half_close_lets_the_client_keep_sending(engine, zero_copy) {
         // The upstream sends a greeting and closes its write side first, then
         // keeps reading what the client sends.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -115,7 +119,7 @@ on_both_engines! {
             s.read_to_end(&mut rest).unwrap();
             tx.send(rest.len()).unwrap();
         });
-        let proxy = Proxy::start(engine, &one_listener("hc2", &[upstream], "", ""));
+        let proxy = Proxy::start(engine, &one_listener("hc2", &[upstream], &format!("zero_copy: {zero_copy}"), ""));
         let mut client = tcp::connect(proxy.listener("hc2"));
         let mut greeting = String::new();
         client.read_to_string(&mut greeting).unwrap();
@@ -126,7 +130,7 @@ on_both_engines! {
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 100_000);
     }
 
-    fn upstream_reset_resets_the_client(engine) {
+    fn upstream_reset_resets_the_client(engine, zero_copy) {
         let upstream = tcp::serve_each(|s| {
             let mut buf = [0u8; 5];
             let mut s2 = s.try_clone().unwrap();
@@ -134,7 +138,7 @@ on_both_engines! {
             socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
             drop(s);
         });
-        let proxy = Proxy::start(engine, &one_listener("rst", &[upstream], "", ""));
+        let proxy = Proxy::start(engine, &one_listener("rst", &[upstream], &format!("zero_copy: {zero_copy}"), ""));
         let mut client = tcp::connect(proxy.listener("rst"));
         client.write_all(b"hello").unwrap();
         let mut buf = [0u8; 16];
@@ -150,7 +154,7 @@ on_both_engines! {
         assert_eq!(proxy.wait_metric("ringmesh_downstream_connections_closed_total", &closed, Duration::from_secs(5), |v| v >= 1.0), 1.0);
     }
 
-    fn client_reset_resets_the_upstream(engine) {
+    fn client_reset_resets_the_upstream(engine, zero_copy) {
         let (tx, rx) = std::sync::mpsc::channel();
         let upstream = tcp::serve_each(move |mut s| {
             let mut buf = [0u8; 64];
@@ -163,7 +167,7 @@ on_both_engines! {
             };
             tx.send(outcome).unwrap();
         });
-        let proxy = Proxy::start(engine, &one_listener("crst", &[upstream], "", ""));
+        let proxy = Proxy::start(engine, &one_listener("crst", &[upstream], &format!("zero_copy: {zero_copy}"), ""));
         let mut client = tcp::connect(proxy.listener("crst"));
         client.write_all(b"hello").unwrap();
         thread::sleep(Duration::from_millis(100));
@@ -173,6 +177,55 @@ on_both_engines! {
         assert_eq!(outcome, "ConnectionReset");
         let closed = [("listener", "crst"), ("reason", "downstream_error")];
         assert_eq!(proxy.wait_metric("ringmesh_downstream_connections_closed_total", &closed, Duration::from_secs(5), |v| v >= 1.0), 1.0);
+    }
+
+    fn idle_connections_are_closed_after_idle_timeout(engine, zero_copy) {
+        let echo = EchoServer::start();
+        let proxy = Proxy::start(engine, &one_listener("idle", &[echo.addr], &format!("idle_timeout: 300ms\nzero_copy: {zero_copy}"), ""));
+        let mut c = tcp::connect(proxy.listener("idle"));
+        // Activity keeps it open past the timeout...
+        for _ in 0..5 {
+            assert_eq!(tcp::echo_roundtrip(&mut c, b"x").unwrap(), b"x");
+            thread::sleep(Duration::from_millis(100));
+        }
+        // ...silence closes it, counted from the last byte moved.
+        assert_eq!(tcp::echo_roundtrip(&mut c, b"y").unwrap(), b"y");
+        let took = tcp::wait_closed(&mut c, Duration::from_secs(5)).expect("idle connection must be closed");
+        assert!(took >= Duration::from_millis(250), "closed too early: {took:?}");
+        let closed = [("listener", "idle"), ("reason", "idle_timeout")];
+        assert_eq!(proxy.wait_metric("ringmesh_downstream_connections_closed_total", &closed, Duration::from_secs(5), |v| v >= 1.0), 1.0);
+    }
+}
+
+on_both_engines! {
+    fn auto_splices_bulk_and_keeps_small_exchanges_buffered(engine) {
+        // Default `zero_copy: auto`: an echo of small messages stays on the
+        // buffered path; a bulk upload takes the splice path.
+        let echo = EchoServer::start();
+        let (upstream, results) = tcp::exchange_server(1, 0);
+        let config = format!(
+            "admin:\n  listen: 127.0.0.1:0\nlisteners:\n  - {{ name: small, listen: 127.0.0.1:0, cluster: small }}\n  - {{ name: bulk, listen: 127.0.0.1:0, cluster: bulk }}\nclusters:\n  - {{ name: small, endpoints: [\"{}\"] }}\n  - {{ name: bulk, endpoints: [\"{upstream}\"] }}\n",
+            echo.addr
+        );
+        let proxy = Proxy::start(engine, &config);
+        let mut c = tcp::connect(proxy.listener("small"));
+        for i in 0..200 {
+            let msg = format!("message {i}");
+            assert_eq!(tcp::echo_roundtrip(&mut c, msg.as_bytes()).unwrap(), msg.as_bytes());
+        }
+        drop(c);
+        let mut b = tcp::connect(proxy.listener("bulk"));
+        let sent = tcp::send_payload(&mut b, 3, 32 * MIB).unwrap();
+        b.shutdown(Shutdown::Write).unwrap();
+        let (n, hash, _) = results.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!((n, hash), (32 * MIB, sent), "bulk bytes differ");
+        let (_, _) = tcp::receive_all(&mut b).unwrap();
+        let small = [("listener", "small"), ("path", "buffered")];
+        assert_eq!(proxy.wait_metric("ringmesh_forwarded_connections_total", &small, Duration::from_secs(5), |v| v >= 1.0), 1.0);
+        let bulk = [("listener", "bulk"), ("path", "splice")];
+        assert_eq!(proxy.wait_metric("ringmesh_forwarded_connections_total", &bulk, Duration::from_secs(5), |v| v >= 1.0), 1.0);
+        assert_eq!(proxy.metric("ringmesh_forwarded_connections_total", &[("listener", "small"), ("path", "splice")]), 0.0);
+        assert_eq!(proxy.metric("ringmesh_bytes_total", &[("listener", "bulk"), ("direction", "received")]), (32 * MIB) as f64);
     }
 
     fn refused_endpoint_fails_over_to_the_next(engine) {
@@ -213,23 +266,6 @@ on_both_engines! {
         }
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
         assert_eq!(proxy.metric("ringmesh_upstream_connect_timeouts_total", &[("cluster", "ct")]), 1.0);
-    }
-
-    fn idle_connections_are_closed_after_idle_timeout(engine) {
-        let echo = EchoServer::start();
-        let proxy = Proxy::start(engine, &one_listener("idle", &[echo.addr], "idle_timeout: 300ms", ""));
-        let mut c = tcp::connect(proxy.listener("idle"));
-        // Activity keeps it open past the timeout...
-        for _ in 0..5 {
-            assert_eq!(tcp::echo_roundtrip(&mut c, b"x").unwrap(), b"x");
-            thread::sleep(Duration::from_millis(100));
-        }
-        // ...silence closes it, counted from the last byte moved.
-        assert_eq!(tcp::echo_roundtrip(&mut c, b"y").unwrap(), b"y");
-        let took = tcp::wait_closed(&mut c, Duration::from_secs(5)).expect("idle connection must be closed");
-        assert!(took >= Duration::from_millis(250), "closed too early: {took:?}");
-        let closed = [("listener", "idle"), ("reason", "idle_timeout")];
-        assert_eq!(proxy.wait_metric("ringmesh_downstream_connections_closed_total", &closed, Duration::from_secs(5), |v| v >= 1.0), 1.0);
     }
 
     fn max_connections_closes_the_excess_at_once(engine) {

@@ -236,7 +236,9 @@ impl<F: Duplex, T: Duplex> Direction<'_, F, T> {
 
     /// Both ends are plain TCP and zero copy is allowed.
     fn can_splice(&self) -> bool {
-        self.zero_copy != ZeroCopy::Never && self.from.as_plain().is_some() && self.to.as_plain().is_some()
+        self.zero_copy != ZeroCopy::Never
+            && self.from.as_plain().is_some()
+            && self.to.as_plain().is_some()
     }
 
     /// Copies until EOF, then shuts down `to`'s write half.

@@ -14,9 +14,9 @@ use compio::driver::{DriverType, ProactorBuilder};
 
 pub(crate) use compio::BufResult;
 pub(crate) use compio::buf::IoBuf;
+pub(crate) use compio::driver::BufferRef;
 pub(crate) use compio::io::{AsyncRead, AsyncWriteExt};
 pub(crate) use compio::net::{TcpListener, TcpStream};
-pub(crate) use compio::driver::BufferRef;
 
 /// Which I/O driver the operator asked for (`--io-engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,7 +103,8 @@ fn proactor(driver: DriverType, deferred: bool) -> ProactorBuilder {
         .capacity(RING_ENTRIES)
         .driver_type(driver)
         .buffer_pool_size(
-            std::num::NonZero::new(crate::forward::RING_BUFFERS).unwrap_or(std::num::NonZero::<u16>::MIN),
+            std::num::NonZero::new(crate::forward::RING_BUFFERS)
+                .unwrap_or(std::num::NonZero::<u16>::MIN),
         )
         .buffer_pool_buffer_len(crate::forward::RING_BUFFER);
     if deferred {

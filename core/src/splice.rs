@@ -59,7 +59,13 @@ impl Pipe {
         // A bigger pipe means fewer splices per GiB; if the kernel refuses
         // (pipe-max-size, pipe-user-pages-soft) the default 64 KiB works.
         // SAFETY: fcntl on a descriptor owned here.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY as libc::c_int) };
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_CAPACITY as libc::c_int,
+            )
+        };
         Ok(Pipe {
             read,
             write,
@@ -210,6 +216,10 @@ mod tests {
         assert!(pipe.fill(src.as_raw_fd()).unwrap() > 0);
         let pooled = POOL.with(|p| p.borrow().len());
         drop(pipe);
-        assert_eq!(POOL.with(|p| p.borrow().len()), pooled, "a pipe with bytes is closed");
+        assert_eq!(
+            POOL.with(|p| p.borrow().len()),
+            pooled,
+            "a pipe with bytes is closed"
+        );
     }
 }

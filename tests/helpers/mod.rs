@@ -26,3 +26,27 @@ macro_rules! on_both_engines {
         )*
     };
 }
+
+/// Generates one test per I/O engine and forwarding path (`zero_copy:
+/// never` keeps user-space buffers, `always` splices from the first byte)
+/// from a body taking the engine name and the `zero_copy` value.
+#[macro_export]
+macro_rules! on_every_path {
+    ($(fn $name:ident($engine:ident, $zero_copy:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                fn run($engine: &'static str, $zero_copy: &'static str) $body
+                #[test]
+                fn io_uring_buffered() { run("uring", "never") }
+                #[test]
+                fn io_uring_splice() { run("uring", "always") }
+                #[test]
+                fn epoll_buffered() { run("epoll", "never") }
+                #[test]
+                fn epoll_splice() { run("epoll", "always") }
+            }
+        )*
+    };
+}

@@ -313,7 +313,12 @@ impl TlsStream {
         let mut out = self.out.lock().await;
         let mut written = 0;
         while written < buf.as_init().len() {
-            let n = match self.conn.borrow_mut().writer().write(&buf.as_init()[written..]) {
+            let n = match self
+                .conn
+                .borrow_mut()
+                .writer()
+                .write(&buf.as_init()[written..])
+            {
                 Ok(n) => n,
                 Err(e) => return BufResult(Err(e), buf),
             };
