@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::connect::{ConnectError, connect_upstream};
-use crate::forward::{DirectionCounters, Duplex, ForwardOutcome, proxy_both_ways};
+use crate::forward::{DirectionCounters, Duplex, ForwardOutcome, proxy_to_stream};
 use crate::health::{Outcome, outlier};
 use crate::metrics::CloseReason;
 use crate::runtime::TcpStream;
@@ -92,7 +92,7 @@ pub(crate) async fn serve(
     match &ctx.config.tls {
         None if !ctx.config.sni_routes.is_empty() => {
             // Passthrough: route by the ClientHello, leave it in the socket.
-            let sni = peek_server_name(&downstream).await;
+            let sni = Box::pin(peek_server_name(&downstream)).await;
             let cluster = ctx.config.cluster_for(sni.as_deref());
             proxy_to(&downstream, cluster, &ctx, &mut record).await;
             record.tls = Some(("passthrough", sni));
@@ -102,29 +102,42 @@ pub(crate) async fn serve(
                 proxy(&downstream, &ctx, &mut record).await
             }
         }
-        Some(tls) => match handshake(downstream, tls).await {
-            Ok(stream) => {
-                record.identity = stream.peer_identity();
-                record.tls = Some((stream.version(), stream.sni()));
-                let stream = data_path(stream, tls, &mut record);
-                let path = usize::from(record.tls_path == TlsPath::Kernel);
-                ctx.config.stats.cores.get(ctx.core).tls_sessions[path].inc();
-                match stream {
-                    Ok(stream) => proxy(&stream, &ctx, &mut record).await,
-                    Err(e) => {
-                        record.reason = CloseReason::TlsError;
-                        record.error = Some(ErrorText::Io(e));
-                    }
-                }
-            }
-            Err(e) => {
-                record.reason = CloseReason::TlsError;
-                record.error = Some(ErrorText::Handshake(e));
-            }
-        },
+        // Boxed: the task's size is that of its largest branch, and TLS
+        // state (handshake, session, forwarding over it) is several KiB
+        // that a plain connection would otherwise carry for its whole life.
+        Some(tls) => Box::pin(terminate(downstream, tls, &ctx, &mut record)).await,
     }
     record.finish(&ctx);
     drop(admitted);
+}
+
+/// Terminates the client's TLS, then proxies the plaintext.
+async fn terminate(
+    downstream: TcpStream,
+    tls: &ServerTls,
+    ctx: &ListenerCtx,
+    record: &mut ConnectionRecord,
+) {
+    let stream = match handshake(downstream, tls).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            record.reason = CloseReason::TlsError;
+            record.error = Some(ErrorText::Handshake(e));
+            return;
+        }
+    };
+    record.identity = stream.peer_identity();
+    record.tls = Some((stream.version(), stream.sni()));
+    let stream = data_path(stream, tls, record);
+    let path = usize::from(record.tls_path == TlsPath::Kernel);
+    ctx.config.stats.cores.get(ctx.core).tls_sessions[path].inc();
+    match stream {
+        Ok(stream) => proxy(&stream, ctx, record).await,
+        Err(e) => {
+            record.reason = CloseReason::TlsError;
+            record.error = Some(ErrorText::Io(e));
+        }
+    }
 }
 
 /// Waits, when the listener has a `first_byte_timeout`, until the client
@@ -285,8 +298,15 @@ async fn proxy_to_admitted(
         record.reason = CloseReason::UpstreamOverflow;
         return;
     };
-    let connected =
-        connect_upstream(cluster, ctx.core, crate::balance::client_key(record.peer)).await;
+    // Boxed: the connect state (endpoint attempts, TLS origination) is
+    // several KiB and dead once connected; inline it would be carried by
+    // every connection task for its whole life, idle ones included.
+    let connected = Box::pin(connect_upstream(
+        cluster,
+        ctx.core,
+        crate::balance::client_key(record.peer),
+    ))
+    .await;
     drop(pending);
     match connected {
         Ok(upstream) => {
@@ -309,7 +329,7 @@ async fn proxy_to_admitted(
                 reason,
                 error,
                 spliced,
-            } = proxy_both_ways(
+            } = proxy_to_stream(
                 downstream,
                 &upstream.stream,
                 config.idle_timeout,

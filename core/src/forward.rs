@@ -33,9 +33,10 @@ use futures_util::pin_mut;
 
 use crate::metrics::CloseReason;
 use crate::per_core::Counter;
-use crate::runtime::{self, AsyncRead, AsyncWriteExt, BufResult, BufferRef, IoBuf, TcpStream};
+use crate::runtime::{self, AsyncRead, BufResult, BufferRef, IoBuf, TcpStream};
 use crate::snapshot::ZeroCopy;
 use crate::splice::{self, Pipe};
+use crate::stream::Stream;
 
 /// First buffer size per direction on the heap path.
 pub const INITIAL_BUFFER: usize = 2 * 1024;
@@ -117,8 +118,7 @@ impl Duplex for TcpStream {
     }
 
     async fn write_all_from<B: IoBuf>(&self, buf: B) -> BufResult<(), B> {
-        let mut s = self;
-        s.write_all(buf).await
+        runtime::send_all(self, buf).await
     }
 
     async fn shutdown_write(&self) -> io::Result<()> {
@@ -453,6 +453,56 @@ async fn idle_watch(idle_timeout: Duration, activity: &Activity) {
             return;
         }
         runtime::sleep_until(deadline).await;
+    }
+}
+
+/// [`proxy_both_ways`] towards an upstream [`Stream`], with the stream's
+/// concrete type: the plain TCP case then carries only plain TCP state
+/// (the task of every connection is as large as its largest branch), and
+/// the TLS cases, whose read and write state is larger, are boxed once per
+/// connection.
+pub(crate) async fn proxy_to_stream(
+    downstream: &impl Duplex,
+    upstream: &Stream,
+    idle_timeout: Duration,
+    zero_copy: ZeroCopy,
+    to_upstream: DirectionCounters<'_>,
+    to_downstream: DirectionCounters<'_>,
+) -> ForwardOutcome {
+    match upstream {
+        Stream::Plain(s) => {
+            proxy_both_ways(
+                downstream,
+                s,
+                idle_timeout,
+                zero_copy,
+                to_upstream,
+                to_downstream,
+            )
+            .await
+        }
+        Stream::Tls(s) => {
+            Box::pin(proxy_both_ways(
+                downstream,
+                &**s,
+                idle_timeout,
+                zero_copy,
+                to_upstream,
+                to_downstream,
+            ))
+            .await
+        }
+        Stream::Ktls(s) => {
+            Box::pin(proxy_both_ways(
+                downstream,
+                s,
+                idle_timeout,
+                zero_copy,
+                to_upstream,
+                to_downstream,
+            ))
+            .await
+        }
     }
 }
 

@@ -285,10 +285,44 @@ impl std::os::fd::AsFd for RawFdRef {
 /// waiting for bytes holds none. `Ok(None)` at EOF. Fails with `ENOBUFS`
 /// when every ring buffer is in use; the caller then reads into its own.
 pub(crate) async fn recv_ring(stream: &TcpStream, len: usize) -> io::Result<Option<BufferRef>> {
-    use compio::io::AsyncReadManaged;
-    let mut s = stream;
-    match s.read_managed(len).await? {
+    use compio::driver::op::{RecvFlags, RecvManaged, ResultTakeBuffer};
+    use std::os::fd::AsRawFd;
+    let pool = compio::runtime::Runtime::with_current(|rt| rt.buffer_pool())?;
+    let op = RecvManaged::new(RawFdRef(stream.as_raw_fd()), &pool, len, RecvFlags::empty())?;
+    let res = compio::runtime::submit(op).await;
+    // SAFETY: the result is the byte count the kernel wrote into the buffer.
+    match unsafe { res.take_buffer() }? {
         Some(b) if !b.is_empty() => Ok(Some(b)),
         _ => Ok(None),
     }
+}
+
+/// Writes all of `buf` to `stream`: one send per call unless the kernel
+/// takes less. A plain loop over the driver's send operation; compio's own
+/// `write_all` future is several times larger, and its size is carried by
+/// every connection task for its whole life (the task is as large as its
+/// largest state).
+pub(crate) async fn send_all<B: IoBuf>(stream: &TcpStream, buf: B) -> BufResult<(), B> {
+    use compio::buf::IntoInner;
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let len = buf.as_init().len();
+    let mut buf = buf;
+    let mut written = 0;
+    while written < len {
+        let op = compio::driver::op::Send::new(
+            RawFdRef(fd),
+            buf.slice(written..),
+            compio::driver::op::SendFlags::empty(),
+        );
+        let BufResult(res, op) = compio::runtime::submit(op).await;
+        buf = op.into_inner().into_inner();
+        match res {
+            Ok(0) => return BufResult(Err(io::ErrorKind::WriteZero.into()), buf),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return BufResult(Err(e), buf),
+        }
+    }
+    BufResult(Ok(()), buf)
 }
