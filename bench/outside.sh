@@ -28,7 +28,12 @@ LOAD_CPU=${LOAD_CPU:-0}
 TICKS=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+# Proxies are started inside $(...) subshells, so their pids go to a file
+# as well: whatever way the script ends, nothing it started survives it.
+cleanup() {
+  for p in "${PIDS[@]}" $(cat "$WORK/pids" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true; rm -rf "$WORK"
+}
 trap cleanup EXIT INT TERM
 
 need() {
@@ -85,7 +90,10 @@ YAML
           -e "s|{{LOAD_STREAM_MODULE}}|$STREAM_MODULE|" bench/peers/nginx-tcp.conf > "$WORK/nginx-$2.conf"
       taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx-$2.conf" -p "$WORK" -e stderr >"$WORK/nginx.log" 2>&1 & ;;
   esac
-  local pid=$!; PIDS+=("$pid"); wait_port "$2"; echo "$pid"
+  local pid=$!; echo "$pid" >> "$WORK/pids"
+  # A port still held by someone else would measure the wrong process.
+  sleep 0.2; kill -0 "$pid" 2>/dev/null || { echo "$1 failed to start:" >&2; tail -5 "$WORK"/*.log >&2; exit 1; }
+  wait_port "$2"; echo "$pid"
 }
 
 # cell WORKLOAD PATH PID PORT -> appends "workload<TAB>path<TAB>units<TAB>cpu_s<TAB>extra"
@@ -97,8 +105,15 @@ cell() {
         units=$(awk '/requests in/{print $1}' <<<"$out"); extra=$(awk '$1=="99%"{print $2}' <<<"$out") ;;
     churn) out=$(taskset -c "$LOAD_CPU" wrk -t1 -c16 -d"${DUR}s" -H 'Connection: close' "http://127.0.0.1:$4/")
         units=$(awk '/requests in/{print $1}' <<<"$out"); extra=$(awk '/Socket errors/{print $0}' <<<"$out" | tr ' ' '_') ;;
-    bulk) taskset -c "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "$4" -t "$DUR" -J > "$WORK/iperf.json"
-        units=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"])' "$WORK/iperf.json"); extra=- ;;
+    bulk) # iperf3 -s serves one test at a time and may still be closing
+        # the previous one ("server is busy"): retry, never count a failure.
+        for _ in 1 2 3 4 5; do
+          taskset -c "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "$4" -t "$DUR" -J > "$WORK/iperf.json" || true
+          units=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"])' "$WORK/iperf.json" 2>/dev/null) && break
+          sleep 1; before=$([ "$3" = 0 ] && echo 0 || cpu_ticks "$3")
+        done
+        [ -n "$units" ] || { echo "iperf3 failed through $2: $(head -c 300 "$WORK/iperf.json")" >&2; exit 1; }
+        extra=- ;;
   esac
   after=$([ "$3" = 0 ] && echo 0 || cpu_ticks "$3")
   printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$units" "$(python3 -c "print(($after-$before)/$TICKS)")" "${extra:--}" >> "$WORK/samples"
