@@ -136,6 +136,10 @@ pub(crate) fn bind_group(
     for _ in 0..workers.max(1) {
         let socket = new_socket(bound).map_err(io_err)?;
         socket.set_reuse_port(true).map_err(io_err)?;
+        // Accepted sockets inherit TCP_NODELAY from the listener (Linux
+        // clones the listener's socket): one setsockopt per listener
+        // instead of one per connection.
+        socket.set_tcp_nodelay(true).map_err(io_err)?;
         socket.bind(&bound.into()).map_err(io_err)?;
         socket.listen(BACKLOG).map_err(io_err)?;
         if bound.port() == 0 {
@@ -148,4 +152,18 @@ pub(crate) fn bind_group(
         sockets.push(TcpListener::from(socket));
     }
     Ok((sockets, bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let name: std::sync::Arc<str> = "t".into();
+        let (sockets, bound) = bind_group(&name, "127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let _client = std::net::TcpStream::connect(bound).unwrap();
+        let (accepted, _) = sockets[0].accept().unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY must be inherited");
+    }
 }

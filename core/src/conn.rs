@@ -88,7 +88,7 @@ pub(crate) async fn serve(
     admitted: Admitted,
 ) {
     let mut record = ConnectionRecord::new(peer);
-    let _ = downstream.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listening socket (bind.rs).
     match &ctx.config.tls {
         None if !ctx.config.sni_routes.is_empty() => {
             // Passthrough: route by the ClientHello, leave it in the socket.

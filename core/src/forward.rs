@@ -158,6 +158,8 @@ pub(crate) struct Activity {
     last: Cell<Instant>,
     /// Whether either direction has spliced.
     spliced: Cell<bool>,
+    /// Whether one direction has finished (EOF read and propagated).
+    one_done: Cell<bool>,
 }
 
 impl Activity {
@@ -165,6 +167,7 @@ impl Activity {
         Activity {
             last: Cell::new(Instant::now()),
             spliced: Cell::new(false),
+            one_done: Cell::new(false),
         }
     }
 
@@ -266,6 +269,13 @@ impl<F: Duplex, T: Duplex> Direction<'_, F, T> {
                 (Next::Bulk, _) => Path::Heap,
                 (Next::Small, _) => Path::Ring,
             };
+        }
+        if self.activity.one_done.replace(true) && self.to.as_plain().is_some() {
+            // The other direction is over too: `to` has read EOF, so its
+            // close, which follows at once, sends the FIN; a shutdown first
+            // would be one more system call per connection. (TLS must
+            // still send close_notify.)
+            return Ok(());
         }
         // Propagate the FIN; the other direction keeps going.
         self.to
