@@ -117,26 +117,11 @@ PY
 
 # Idle connections: a backend that accepts and holds, a client that opens
 # $IDLE connections through the proxy and keeps them open.
-cat > "$WORK/idle.py" <<'PY'
-import socket, sys, time, threading
-mode, port = sys.argv[1], int(sys.argv[2])
-if mode == "backend":
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port)); s.listen(4096); held = []
-    while True:
-        c, _ = s.accept(); held.append(c)
-else:
-    n = int(sys.argv[3]); held = []
-    for i in range(n):
-        c = socket.create_connection(("127.0.0.1", port)); held.append(c)
-    print("open", len(held), flush=True)
-    time.sleep(3600)
-PY
 # A fresh backend per proxy: the previous one still holds its sockets.
 idle_row() { # name pid port
   local base after
   sleep 0.5; base=$(rss_kib "$2")
-  python3 "$WORK/idle.py" client "$3" "$IDLE" > "$WORK/client.out" & local c=$!
+  python3 bench/idle_connections.py client "$3" "$IDLE" > "$WORK/client.out" & local c=$!
   for _ in $(seq 600); do grep -q open "$WORK/client.out" 2>/dev/null && break; sleep 0.1; done
   sleep 2; after=$(rss_kib "$2")
   kill "$c" 2>/dev/null; wait "$c" 2>/dev/null || true
@@ -149,7 +134,7 @@ echo "# RSS with idle proxied connections"
 echo "| proxy | connections | RSS before (MiB) | RSS with connections (MiB) | bytes per connection |"
 echo "|---|---|---|---|---|"
 idle_case() { # name kind proxy-port backend-port
-  python3 "$WORK/idle.py" backend "$4" & local b=$!
+  python3 bench/idle_connections.py backend "$4" & local b=$!
   wait_port "$4"
   local pid
   case "$2" in

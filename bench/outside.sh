@@ -183,31 +183,16 @@ PY
 
 # Idle connections: a backend that accepts and holds, a client that opens
 # $IDLE connections through the proxy and keeps them open.
-cat > "$WORK/idle.py" <<'PY'
-import socket, sys, time
-mode, port = sys.argv[1], int(sys.argv[2])
-if mode == "backend":
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port)); s.listen(4096); held = []
-    while True:
-        c, _ = s.accept(); held.append(c)
-else:
-    n = int(sys.argv[3]); held = []
-    for i in range(n):
-        c = socket.create_connection(("127.0.0.1", port)); held.append(c)
-    print("open", len(held), flush=True)
-    time.sleep(3600)
-PY
 echo
 echo "| proxy | idle connections | RSS before (MiB) | RSS with connections (MiB) | bytes per connection |"
 echo "|---|---|---|---|---|"
 port=18700
 for kind in ringmesh haproxy nginx; do
   port=$((port + 2))
-  python3 "$WORK/idle.py" backend $((port + 1)) & b=$!; PIDS+=("$b"); wait_port $((port + 1))
+  python3 bench/idle_connections.py backend $((port + 1)) & b=$!; PIDS+=("$b"); wait_port $((port + 1))
   pid=$(start_proxy "$kind" "$port" $((port + 1)))
   sleep 0.5; base=$(rss_kib "$pid")
-  python3 "$WORK/idle.py" client "$port" "$IDLE" > "$WORK/client.out" & c=$!
+  python3 bench/idle_connections.py client "$port" "$IDLE" > "$WORK/client.out" & c=$!
   for _ in $(seq 600); do grep -q open "$WORK/client.out" 2>/dev/null && break; sleep 0.1; done
   sleep 2; after=$(rss_kib "$pid")
   stop "$c"; stop "$pid"; stop "$b"
