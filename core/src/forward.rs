@@ -436,7 +436,8 @@ async fn read_pooled(from: &TcpStream, uring: bool) -> io::Result<Option<Chunk>>
         match runtime::recv_ring(from, RING_BUFFER).await {
             Ok(b) => return Ok(b.map(Chunk::Ring)),
             // Every ring buffer is in flight: read into one of our own.
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+            // compio reports the kernel's ENOBUFS as `ResourceBusy`.
+            Err(e) if ring_exhausted(&e) => {}
             Err(e) => return Err(e),
         }
     }
@@ -453,6 +454,13 @@ async fn read_pooled(from: &TcpStream, uring: bool) -> io::Result<Option<Chunk>>
         }
         _ => Ok(Some(Chunk::Heap(buf))),
     }
+}
+
+/// Whether a ring receive failed only because every ring buffer was in
+/// use: nothing was read, and the read can be retried into a buffer of our
+/// own (treating it as an I/O error would reset a healthy connection).
+fn ring_exhausted(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == io::ErrorKind::ResourceBusy
 }
 
 /// Waits until nothing has moved for `idle_timeout`.
@@ -577,5 +585,24 @@ pub(crate) async fn proxy_both_ways(
         reason,
         error,
         spliced: activity.spliced.get(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exhausted_ring_is_retried_not_treated_as_a_connection_error() {
+        // What compio returns for the kernel's ENOBUFS, and the raw errno.
+        let busy = io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            "buffer ring has no available buffer",
+        );
+        assert!(ring_exhausted(&busy));
+        assert!(ring_exhausted(&io::Error::from_raw_os_error(libc::ENOBUFS)));
+        assert!(!ring_exhausted(&io::Error::from(
+            io::ErrorKind::ConnectionReset
+        )));
     }
 }
