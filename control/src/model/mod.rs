@@ -166,6 +166,31 @@ clusters:
     }
 
     #[test]
+    fn zero_copy_defaults_to_auto_and_an_unknown_value_is_named() {
+        let base = "listeners:\n  - { name: l, listen: 127.0.0.1:1, cluster: c";
+        let clusters = " }\nclusters:\n  - { name: c, endpoints: [127.0.0.1:2] }\n";
+        let doc = load("t.yaml", &format!("{base}{clusters}")).expect("valid");
+        assert_eq!(doc.listeners[0].zero_copy, ringmesh_core::ZeroCopy::Auto);
+        for (v, want) in [
+            ("always", ringmesh_core::ZeroCopy::Always),
+            ("never", ringmesh_core::ZeroCopy::Never),
+        ] {
+            let doc = load("t.yaml", &format!("{base}, zero_copy: {v}{clusters}")).expect("valid");
+            assert_eq!(doc.listeners[0].zero_copy, want);
+        }
+        let errs = load("t.yaml", &format!("{base}, zero_copy: sometimes{clusters}"))
+            .expect_err("invalid");
+        assert_eq!(errs.0[0].path, "listeners[0].zero_copy");
+        assert!(
+            errs.0[0]
+                .message
+                .contains("unknown zero_copy `sometimes` (expected auto, always or never)"),
+            "{}",
+            errs.0[0].message
+        );
+    }
+
+    #[test]
     fn health_settings_are_checked_field_by_field() {
         let text = "clusters:\n  - name: c\n    endpoints: [{ address: 127.0.0.1:1, metadata: { version: v2, zone: [a] } }]\n    outlier_detection: { consecutive_5xx: -1, max_ejection_percent: 101, interval: soon, typo: 1 }\n    health_check: { type: grpc, path: nope, expected_statuses: [99, 300-200] }\n    panic_threshold: 101\n";
         let errs = load("t.yaml", text).expect_err("invalid");
