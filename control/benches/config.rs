@@ -57,7 +57,9 @@ fn load_and_compile(text: &str) {
     let stats = StatsRegistry::new(2);
     let health = HealthRegistry::new(2);
     let discovered = HashMap::new();
+    let http = ringmesh_l7::metrics::HttpStatsRegistry::new(2);
     let registries = Registries {
+        http: &http,
         stats: &stats,
         health: &health,
         discovered: &discovered,

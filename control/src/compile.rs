@@ -11,6 +11,12 @@ use ringmesh_core::health::HealthRegistry;
 use ringmesh_core::snapshot::SniRoute;
 use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 
+use ringmesh_l7::codec::h1::Limits;
+use ringmesh_l7::metrics::HttpStatsRegistry;
+use ringmesh_l7::pool::PoolSettings;
+use ringmesh_l7::route::{Route, RouteTable, Target};
+use ringmesh_l7::{HttpHandler, HttpListener, HttpSettings};
+
 use crate::decode::{ConfigErrors, Decoder};
 use crate::discovery::{Found, resolve_blocking};
 use crate::model::DiscoveryDoc;
@@ -92,6 +98,7 @@ pub fn compile(
             balancer,
             max_connections: c.circuit_breakers.max_connections,
             max_pending: c.circuit_breakers.max_pending_requests,
+            max_requests: c.circuit_breakers.max_requests,
             tls,
             stats: stats.cluster(&c.name),
             health,
@@ -128,6 +135,11 @@ pub fn compile(
                 })
             })
             .collect();
+        let protocol = l.http.as_ref().map(|h| {
+            let doc = doc.clusters.iter().find(|c| c.name == l.cluster);
+            let pool = doc.map(|c| c.pool).unwrap_or_default();
+            http_handler(l, h, cluster, pool, tls.is_some(), registries.http)
+        });
         listeners.push(Arc::new(ListenerConfig {
             name: Arc::from(l.name.as_str()),
             listen: l.listen,
@@ -140,6 +152,7 @@ pub fn compile(
             zero_copy: l.zero_copy,
             tls,
             sni_routes,
+            protocol,
             stats,
         }));
     }
@@ -150,9 +163,58 @@ pub fn compile(
     })
 }
 
+/// The protocol handler of an HTTP listener.
+fn http_handler(
+    l: &crate::model::ListenerDoc,
+    h: &crate::model::HttpDoc,
+    cluster: &Arc<Cluster>,
+    pool: crate::model::PoolDoc,
+    tls: bool,
+    http: &HttpStatsRegistry,
+) -> Arc<dyn ringmesh_core::protocol::ProtocolHandler> {
+    let settings = HttpSettings {
+        limits: Limits {
+            max_request_line: h.max_request_line_bytes,
+            max_head: h.max_request_headers_bytes,
+            max_headers: h.max_headers,
+        },
+        request_headers_timeout: h.request_headers_timeout,
+        idle_timeout: l.idle_timeout,
+        generate_request_id: h.generate_request_id,
+        append_x_forwarded_for: h.append_x_forwarded_for,
+        access_log: l.access_log,
+    };
+    let route = Route {
+        name: Arc::from("default"),
+        target: Target {
+            cluster: cluster.clone(),
+            stats: http.upstream(&cluster.name),
+            pool: PoolSettings {
+                max_idle_per_endpoint: pool.max_idle_per_endpoint,
+                idle_timeout: pool.idle_timeout,
+            },
+        },
+        timeout: h.timeout,
+        stats: http.route(&l.name, &cluster.name),
+    };
+    Arc::new(HttpHandler {
+        config: HttpListener {
+            name: Arc::from(l.name.as_str()),
+            settings,
+            routes: RouteTable {
+                routes: vec![route],
+            },
+            tls,
+            stats: http.listener(&l.name),
+        },
+    })
+}
+
 /// The long-lived registries a snapshot takes its shared state from.
 #[derive(Clone, Copy)]
 pub struct Registries<'a> {
+    /// HTTP counters by listener, route and cluster name.
+    pub http: &'a HttpStatsRegistry,
     /// Counters by listener and cluster name.
     pub stats: &'a StatsRegistry,
     /// Endpoint health by cluster name.

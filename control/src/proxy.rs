@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use ringmesh_core::{
     Engine, EngineError, EngineOptions, IoEngine, IoEngineChoice, Snapshot, StatsRegistry,
 };
+use ringmesh_l7::metrics::HttpStatsRegistry;
 use thiserror::Error;
 use tokio::sync::{Mutex, Notify};
 
@@ -125,6 +126,8 @@ pub struct Proxy {
     pub health: Arc<HealthRegistry>,
     /// Endpoint lists from discovery (DNS, files, the admin API).
     pub discovered: Arc<Discovered>,
+    /// Per-core HTTP statistics (l7).
+    pub http: Arc<HttpStatsRegistry>,
     /// Worker count.
     pub workers: usize,
     /// I/O driver in use.
@@ -169,11 +172,12 @@ impl Proxy {
         )
     }
 
-    fn registries(&self) -> (Arc<StatsRegistry>, Arc<HealthRegistry>, Arc<Discovered>) {
+    fn registries(&self) -> SharedRegistries {
         (
             self.stats.clone(),
             self.health.clone(),
             self.discovered.clone(),
+            self.http.clone(),
         )
     }
 
@@ -390,18 +394,27 @@ impl Proxy {
     }
 }
 
+/// The long-lived state snapshots take their counters and health from.
+type SharedRegistries = (
+    Arc<StatsRegistry>,
+    Arc<HealthRegistry>,
+    Arc<Discovered>,
+    Arc<HttpStatsRegistry>,
+);
+
 async fn compile_off_thread(
     source: &str,
     document: &Document,
     version: u64,
-    registries: &(Arc<StatsRegistry>, Arc<HealthRegistry>, Arc<Discovered>),
+    registries: &SharedRegistries,
     workers: usize,
 ) -> Result<Arc<Snapshot>, ReloadError> {
-    let (source, document, (stats, health, discovered)) =
+    let (source, document, (stats, health, discovered, http)) =
         (source.to_owned(), document.clone(), registries.clone());
     tokio::task::spawn_blocking(move || {
         let discovered = discovered.lists();
         let registries = Registries {
+            http: &http,
             stats: &stats,
             health: &health,
             discovered: &discovered,
@@ -476,6 +489,7 @@ pub fn check(source: &str, document: &Document) -> Result<(), ConfigErrors> {
             Arc::new(StatsRegistry::new(1)),
             Arc::new(HealthRegistry::new(1)),
             discovered.clone(),
+            Arc::new(HttpStatsRegistry::new(1)),
         );
         let to_errors = |e: ReloadError| match e {
             ReloadError::Invalid(errs) => errs,
@@ -573,7 +587,13 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         prime_discovery(&discovered, &source, &document)
             .await
             .map_err(startup_error)?;
-        let registries = (stats.clone(), health.clone(), discovered.clone());
+        let http = Arc::new(HttpStatsRegistry::new(workers));
+        let registries = (
+            stats.clone(),
+            health.clone(),
+            discovered.clone(),
+            http.clone(),
+        );
         let snapshot = compile_off_thread(&source, &document, 1, &registries, workers)
             .await
             .map_err(startup_error)?;
@@ -607,6 +627,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             stats,
             health,
             discovered,
+            http,
             engine: Mutex::new(engine),
             applied: ArcSwap::from_pointee(Applied {
                 version: 1,

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use crate::connect::{ConnectError, connect_upstream};
 use crate::forward::{DirectionCounters, Duplex, ForwardOutcome, proxy_to_stream};
 use crate::health::{Outcome, outlier};
+use crate::listener::CurrentCtx;
 use crate::metrics::CloseReason;
+use crate::protocol::{ByteCounts, Connection, ConnectionFacts, ListenerWatch, ProtocolHandler};
 use crate::runtime::TcpStream;
 use crate::runtime::{self, BufResult};
 use crate::snapshot::Cluster;
@@ -80,12 +82,14 @@ pub(crate) fn admit(ctx: &Rc<ListenerCtx>, peer: SocketAddr) -> Option<Admitted>
 }
 
 /// Serves one accepted, admitted connection to completion: terminate TLS
-/// when the listener has it, then proxy, then record the outcome once.
+/// when the listener has it, then proxy (or hand the connection to the
+/// listener's protocol handler), then record the outcome once.
 pub(crate) async fn serve(
     downstream: TcpStream,
     peer: SocketAddr,
     ctx: Rc<ListenerCtx>,
     admitted: Admitted,
+    current: CurrentCtx,
 ) {
     let mut record = ConnectionRecord::new(peer);
     // TCP_NODELAY is inherited from the listening socket (bind.rs).
@@ -99,23 +103,37 @@ pub(crate) async fn serve(
         }
         None => {
             if first_byte(&downstream, &ctx, &mut record).await {
-                proxy(&downstream, &ctx, &mut record).await
+                match &ctx.config.protocol {
+                    Some(handler) => {
+                        hand_over(
+                            Stream::Plain(downstream),
+                            handler,
+                            &ctx,
+                            current,
+                            &mut record,
+                        )
+                        .await
+                    }
+                    None => proxy(&downstream, &ctx, &mut record).await,
+                }
             }
         }
         // Boxed: the task's size is that of its largest branch, and TLS
         // state (handshake, session, forwarding over it) is several KiB
         // that a plain connection would otherwise carry for its whole life.
-        Some(tls) => Box::pin(terminate(downstream, tls, &ctx, &mut record)).await,
+        Some(tls) => Box::pin(terminate(downstream, tls, &ctx, current, &mut record)).await,
     }
     record.finish(&ctx);
     drop(admitted);
 }
 
-/// Terminates the client's TLS, then proxies the plaintext.
+/// Terminates the client's TLS, then proxies the plaintext (or hands it to
+/// the listener's protocol handler).
 async fn terminate(
     downstream: TcpStream,
     tls: &ServerTls,
     ctx: &ListenerCtx,
+    current: CurrentCtx,
     record: &mut ConnectionRecord,
 ) {
     let stream = match handshake(downstream, tls).await {
@@ -128,11 +146,15 @@ async fn terminate(
     };
     record.identity = stream.peer_identity();
     record.tls = Some((stream.version(), stream.sni()));
+    record.alpn = stream.alpn();
     let stream = data_path(stream, tls, record);
     let path = usize::from(record.tls_path == TlsPath::Kernel);
     ctx.config.stats.cores.get(ctx.core).tls_sessions[path].inc();
     match stream {
-        Ok(stream) => proxy(&stream, ctx, record).await,
+        Ok(stream) => match &ctx.config.protocol {
+            Some(handler) => hand_over(stream, handler, ctx, current, record).await,
+            None => proxy(&stream, ctx, record).await,
+        },
         Err(e) => {
             record.reason = CloseReason::TlsError;
             record.error = Some(ErrorText::Io(e));
@@ -165,6 +187,41 @@ async fn first_byte(
             false
         }
     }
+}
+
+/// Hands the connection to the listener's protocol handler (HTTP) and
+/// records how it ended. The handler logs its own requests, so the
+/// connection itself is not logged.
+async fn hand_over(
+    stream: Stream,
+    handler: &std::sync::Arc<dyn ProtocolHandler>,
+    ctx: &ListenerCtx,
+    current: CurrentCtx,
+    record: &mut ConnectionRecord,
+) {
+    let bytes = Rc::new(ByteCounts::default());
+    let connection = Connection {
+        stream,
+        facts: ConnectionFacts {
+            peer: record.peer,
+            identity: record.identity.clone(),
+            sni: record.tls.as_ref().and_then(|t| t.1.clone()),
+            alpn: record.alpn.take(),
+            tls: record.tls.as_ref().map(|t| t.0),
+            core: ctx.core,
+        },
+        listener: ListenerWatch(current),
+        bytes: bytes.clone(),
+    };
+    let end = handler.serve(connection).await;
+    record.handed_over = true;
+    record.reason = end.reason;
+    record.error = end.error.map(ErrorText::Text);
+    record.bytes_received.set(bytes.received.get());
+    record.bytes_sent.set(bytes.sent.get());
+    let lc = ctx.config.stats.cores.get(ctx.core);
+    lc.bytes_received.add(bytes.received.get());
+    lc.bytes_sent.add(bytes.sent.get());
 }
 
 /// Terminates the client's TLS.
@@ -381,6 +438,7 @@ enum ErrorText {
     Io(io::Error),
     Connect(ConnectError),
     Handshake(HandshakeError),
+    Text(String),
 }
 
 impl std::fmt::Display for ErrorText {
@@ -389,6 +447,7 @@ impl std::fmt::Display for ErrorText {
             ErrorText::Io(e) => e.fmt(f),
             ErrorText::Connect(e) => e.fmt(f),
             ErrorText::Handshake(e) => write!(f, "TLS handshake: {e}"),
+            ErrorText::Text(e) => f.write_str(e),
         }
     }
 }
@@ -404,6 +463,10 @@ struct ConnectionRecord {
     tls: Option<(&'static str, Option<String>)>,
     /// Where the session's records were processed.
     tls_path: TlsPath,
+    /// The protocol agreed by ALPN, until handed to a protocol handler.
+    alpn: Option<Vec<u8>>,
+    /// Served by a protocol handler, which logs per request.
+    handed_over: bool,
     /// How the bytes were forwarded (`buffered` or `splice`), once
     /// forwarding began.
     forward_path: Option<&'static str>,
@@ -424,6 +487,8 @@ impl ConnectionRecord {
             identity: None,
             tls: None,
             tls_path: TlsPath::Userspace,
+            alpn: None,
+            handed_over: false,
             forward_path: None,
             reason: CloseReason::Completed,
             error: None,
@@ -445,7 +510,7 @@ impl ConnectionRecord {
         let duration = self.started.elapsed();
         let config = &ctx.config;
         config.stats.record_close(ctx.core, self.reason, duration);
-        if !config.access_log {
+        if !config.access_log || self.handed_over {
             return;
         }
         let endpoint = self.endpoint.map(|a| a.to_string());

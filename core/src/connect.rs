@@ -41,6 +41,9 @@ pub enum ConnectError {
         /// The error.
         error: io::Error,
     },
+    /// `max_pending_requests` connects were already in progress (HTTP).
+    #[error("max_pending_requests upstream connects are already in progress")]
+    PendingOverflow,
     /// Every attempt failed; the last failure is kept.
     #[error("{attempts} connect attempt(s) failed, last to {addr}: {last}")]
     Exhausted {
@@ -94,6 +97,38 @@ pub(crate) async fn connect_upstream(
         stats.unavailable.inc();
         return Err(ConnectError::NoHealthyEndpoints);
     };
+    connect_from(cluster, core, first, healthy_only).await
+}
+
+/// Picks the endpoint a request or connection should go to first, with
+/// health, ejection and panic mode applied; `Err` (counted as unavailable)
+/// when there is none. The `bool` says whether failover must skip
+/// unavailable endpoints (false in panic mode).
+pub(crate) fn pick_endpoint(
+    cluster: &Cluster,
+    core: usize,
+    key: u64,
+) -> Result<(usize, bool), ConnectError> {
+    if cluster.endpoints.is_empty() {
+        return Err(ConnectError::NoEndpoints);
+    }
+    pick(cluster, core, key).ok_or_else(|| {
+        cluster.stats.cores.get(core).unavailable.inc();
+        ConnectError::NoHealthyEndpoints
+    })
+}
+
+/// Connects to endpoint `first` of `cluster`, failing over to the next
+/// endpoints in index order (skipping unavailable ones when
+/// `healthy_only`), up to `connect_attempts` distinct endpoints.
+pub(crate) async fn connect_from(
+    cluster: &Cluster,
+    core: usize,
+    first: usize,
+    healthy_only: bool,
+) -> Result<Upstream, ConnectError> {
+    let endpoints = &cluster.endpoints;
+    let stats = cluster.stats.cores.get(core);
     let attempts = (cluster.connect_attempts.max(1) as usize).min(endpoints.len());
     // The first pick, then the following endpoints in index order, skipping
     // unavailable ones unless the cluster is in panic mode.
@@ -300,6 +335,7 @@ mod tests {
             tls: None,
             max_connections: 1024,
             max_pending: 1024,
+            max_requests: 1024,
             stats: StatsRegistry::new(1).cluster("c"),
             health,
             outlier: None,

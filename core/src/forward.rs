@@ -98,6 +98,8 @@ pub(crate) struct ForwardOutcome {
 pub(crate) trait Duplex {
     /// Reads into `buf` (up to its capacity); `Ok(0)` at EOF.
     async fn read_into(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>>;
+    /// Reads after `buf`'s contents, up to its capacity; `Ok(0)` at EOF.
+    async fn read_append(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>>;
     /// Writes all of `buf`.
     async fn write_all_from<B: IoBuf>(&self, buf: B) -> BufResult<(), B>;
     /// Signals end of data (FIN, or close_notify then FIN).
@@ -115,6 +117,15 @@ impl Duplex for TcpStream {
     async fn read_into(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
         let mut s = self;
         s.read(buf).await
+    }
+
+    async fn read_append(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        use compio::buf::IntoInner;
+        let mut s = self;
+        let len = buf.len();
+        // A slice from the current length: compio reads a Vec at offset 0.
+        let BufResult(res, slice) = s.read(buf.slice(len..)).await;
+        BufResult(res, slice.into_inner())
     }
 
     async fn write_all_from<B: IoBuf>(&self, buf: B) -> BufResult<(), B> {
@@ -137,6 +148,10 @@ impl Duplex for TcpStream {
 impl Duplex for crate::tls::stream::TlsStream {
     async fn read_into(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
         self.read_plain(buf).await
+    }
+
+    async fn read_append(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        self.read_plain_append(buf).await
     }
 
     async fn write_all_from<B: IoBuf>(&self, buf: B) -> BufResult<(), B> {
@@ -459,7 +474,7 @@ async fn read_pooled(from: &TcpStream, uring: bool) -> io::Result<Option<Chunk>>
 /// Whether a ring receive failed only because every ring buffer was in
 /// use: nothing was read, and the read can be retried into a buffer of our
 /// own (treating it as an I/O error would reset a healthy connection).
-fn ring_exhausted(e: &io::Error) -> bool {
+pub(crate) fn ring_exhausted(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == io::ErrorKind::ResourceBusy
 }
 

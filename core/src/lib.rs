@@ -1,4 +1,5 @@
-//! ringmesh's data plane: a thread-per-core L4 (TCP) engine.
+//! ringmesh's data plane: a thread-per-core L4 (TCP) engine, and the seam
+//! on which protocols above TCP (HTTP, in the `l7` crate) are served.
 //!
 //! One worker per core runs its own single-threaded runtime (io_uring, or
 //! epoll where io_uring is unavailable), its own SO_REUSEPORT accept socket
@@ -12,13 +13,17 @@
 //!
 //! Reading order for one connection: [`listener`](crate::listener) accepts,
 //! `conn` admits and serves it, `connect` opens the upstream, `forward`
-//! copies both ways, and `conn` records the outcome once.
+//! copies both ways, and `conn` records the outcome once. A listener with a
+//! [`protocol::ProtocolHandler`] hands the connection to it after TLS
+//! instead of forwarding; the handler uses [`upstream`], [`rt`],
+//! [`drain`] and [`per_core`] rather than its own copies of them.
 
 pub mod balance;
 mod bind;
 pub mod client_limit;
 mod conn;
 mod connect;
+pub mod drain;
 mod engine;
 pub mod fd_share;
 mod forward;
@@ -27,11 +32,14 @@ mod listener;
 pub mod local_resource;
 pub mod metrics;
 pub mod per_core;
+pub mod protocol;
+pub mod rt;
 mod runtime;
 pub mod snapshot;
 mod splice;
 mod stream;
 pub mod tls;
+pub mod upstream;
 mod worker;
 
 pub use balance::{Balancer, LbPolicy};
@@ -42,3 +50,4 @@ pub use forward::{BULK_BUFFER, INITIAL_BUFFER, MAX_BUFFER, RING_BUFFER, SUSTAINE
 pub use metrics::{CloseReason, StatsRegistry};
 pub use runtime::{IoEngine, IoEngineChoice};
 pub use snapshot::{Cluster, Endpoint, ListenerConfig, Snapshot, ZeroCopy};
+pub use stream::{Stream, TunnelEnd};

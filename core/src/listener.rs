@@ -40,7 +40,8 @@ pub(crate) async fn accept_loop(listener: TcpListener, current: CurrentCtx) {
                 }
                 match conn::admit(&ctx, peer) {
                     Some(admitted) => {
-                        runtime::spawn(conn::serve(stream, peer, ctx, admitted)).detach()
+                        runtime::spawn(conn::serve(stream, peer, ctx, admitted, current.clone()))
+                            .detach()
                     }
                     None => drop(stream),
                 }

@@ -126,7 +126,8 @@ pub struct HistogramSnapshot {
     pub count: u64,
 }
 
-fn merge_histograms<'a>(
+/// Merges per-core histograms recorded against `bounds`.
+pub fn merge_histograms<'a>(
     bounds: &[f64],
     per_core: impl Iterator<Item = &'a Histogram>,
 ) -> HistogramSnapshot {
@@ -274,6 +275,8 @@ pub struct ClusterCoreStats {
     pub(crate) tls_failures: Counter,
     pub(crate) overflow: Counter,
     pub(crate) pending_overflow: Counter,
+    /// Requests refused by `max_requests` (HTTP).
+    pub(crate) request_overflow: Counter,
     pub(crate) bytes_sent: Counter,
     pub(crate) bytes_received: Counter,
     pub(crate) connect_latency: Histogram,
@@ -288,6 +291,8 @@ pub struct ClusterStats {
     pub(crate) open: AtomicU64,
     /// Upstream connects in progress over every core (`max_pending_requests`).
     pub(crate) pending: AtomicU64,
+    /// Requests in flight over every core (`max_requests`, HTTP).
+    pub(crate) requests_open: AtomicU64,
     pub(crate) cores: PerCore<ClusterCoreStats>,
     /// The process's local resource errors.
     pub(crate) local: Arc<LocalResourceStats>,
@@ -313,6 +318,10 @@ pub struct ClusterTotals {
     /// Connections refused because `max_pending_requests` connects were
     /// already in progress.
     pub pending_overflow: u64,
+    /// Requests refused because `max_requests` were in flight (HTTP).
+    pub request_overflow: u64,
+    /// Requests in flight now (HTTP).
+    pub active_requests: u64,
     /// Bytes written to upstream endpoints.
     pub bytes_sent: u64,
     /// Bytes read from upstream endpoints.
@@ -326,6 +335,7 @@ impl ClusterStats {
         Self {
             open: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            requests_open: AtomicU64::new(0),
             cores: PerCore::new(workers),
             local,
         }
@@ -342,6 +352,8 @@ impl ClusterStats {
             tls_failures: sum(&self.cores, |c| c.tls_failures.get()),
             overflow: sum(&self.cores, |c| c.overflow.get()),
             pending_overflow: sum(&self.cores, |c| c.pending_overflow.get()),
+            request_overflow: sum(&self.cores, |c| c.request_overflow.get()),
+            active_requests: self.requests_open.load(Ordering::Relaxed),
             bytes_sent: sum(&self.cores, |c| c.bytes_sent.get()),
             bytes_received: sum(&self.cores, |c| c.bytes_received.get()),
             connect_latency: merge_histograms(

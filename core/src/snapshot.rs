@@ -53,6 +53,10 @@ pub struct ListenerConfig {
     /// TLS passthrough routing by the ClientHello's server name, in order;
     /// `cluster` takes what no route matches.
     pub sni_routes: Vec<SniRoute>,
+    /// The protocol above TCP (HTTP), when the listener does not forward
+    /// bytes as they are: the accepted (and TLS-terminated) connection is
+    /// handed to it.
+    pub protocol: Option<Arc<dyn crate::protocol::ProtocolHandler>>,
     /// Counters, shared with earlier snapshots of the same listener name.
     pub stats: Arc<ListenerStats>,
 }
@@ -105,6 +109,9 @@ pub struct Cluster {
     /// workers (Envoy's `max_pending_requests`, which for TCP limits
     /// connection attempts); beyond it a connection is refused at once.
     pub max_pending: u64,
+    /// Circuit breaker: requests in flight at once over all workers (HTTP;
+    /// Envoy's `max_requests`); a request beyond it is answered 503 at once.
+    pub max_requests: u64,
     /// Counters, shared with earlier snapshots of the same cluster name.
     pub stats: Arc<ClusterStats>,
     /// Endpoint health, shared with earlier snapshots of the same cluster.

@@ -83,6 +83,7 @@ async fn serve_commands(core: usize, mut commands: mpsc::UnboundedReceiver<Comma
             }
             Command::StopAccepting { done } => {
                 listeners.clear();
+                crate::drain::start();
                 let _ = done.send(());
             }
         }

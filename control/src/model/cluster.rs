@@ -196,8 +196,56 @@ pub struct ClusterDoc {
     /// Percent of endpoints that must be available for health to be
     /// honoured; below it every endpoint gets traffic. Default 50 (Envoy's).
     pub panic_threshold: u32,
+    /// Idle keep-alive connections kept for HTTP requests.
+    pub pool: PoolDoc,
     #[serde(skip)]
     pub(crate) name_origin: Origin,
+}
+
+/// `pool:` the per-worker pools of idle HTTP keep-alive connections.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PoolDoc {
+    /// Idle connections kept per endpoint on each worker. Default 256.
+    pub max_idle_per_endpoint: usize,
+    /// An idle connection older than this is closed. Default 60s.
+    #[serde(serialize_with = "human")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolDoc {
+    fn default() -> Self {
+        let d = ringmesh_l7::pool::PoolSettings::default();
+        PoolDoc {
+            max_idle_per_endpoint: d.max_idle_per_endpoint,
+            idle_timeout: d.idle_timeout,
+        }
+    }
+}
+
+impl PoolDoc {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let defaults = PoolDoc::default();
+        let max_idle_per_endpoint = match f.take("max_idle_per_endpoint") {
+            None => Some(defaults.max_idle_per_endpoint),
+            Some((n, p)) => integer(d, n, &p, 0, 100_000).map(|v| v as usize),
+        };
+        let idle_timeout = match f.take("idle_timeout") {
+            None => Some(defaults.idle_timeout),
+            Some((n, p)) => duration(
+                d,
+                n,
+                &p,
+                Duration::from_millis(1),
+                Duration::from_secs(86400),
+            ),
+        };
+        f.finish(d, &["max_idle_per_endpoint", "idle_timeout"]);
+        Some(PoolDoc {
+            max_idle_per_endpoint: max_idle_per_endpoint?,
+            idle_timeout: idle_timeout?,
+        })
+    }
 }
 
 /// Envoy's cluster default.
@@ -217,6 +265,7 @@ const KEYS: &[&str] = &[
     "outlier_detection",
     "health_check",
     "panic_threshold",
+    "pool",
 ];
 
 /// Envoy's `healthy_panic_threshold`.
@@ -305,6 +354,10 @@ impl ClusterDoc {
             None => Some(DEFAULT_PANIC_THRESHOLD),
             Some((n, p)) => integer(d, n, &p, 0, 100).map(|v| v as u32),
         };
+        let pool = match f.take("pool") {
+            None => PoolDoc::default(),
+            Some((n, p)) => PoolDoc::decode(d, n, &p).unwrap_or_default(),
+        };
         f.finish(d, KEYS);
         // Placeholders for failed fields, as in listener.rs: the document is
         // rejected anyway, but its other checks still run.
@@ -323,6 +376,7 @@ impl ClusterDoc {
             outlier_detection,
             health_check,
             panic_threshold: panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
+            pool,
             name_origin: Origin {
                 mark: name_mark,
                 path: name_path,
@@ -373,6 +427,9 @@ pub struct CircuitBreakersDoc {
     /// refused at once and counted. Default 1024 (Envoy's; for TCP it
     /// limits connection attempts, as in Envoy).
     pub max_pending_requests: u64,
+    /// HTTP requests in flight at once over all workers; more are answered
+    /// 503 (flag `UO`) at once. Default 1024 (Envoy's).
+    pub max_requests: u64,
 }
 
 impl Default for CircuitBreakersDoc {
@@ -380,6 +437,7 @@ impl Default for CircuitBreakersDoc {
         CircuitBreakersDoc {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_requests: DEFAULT_MAX_CONNECTIONS,
+            max_requests: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -395,21 +453,25 @@ impl CircuitBreakersDoc {
             None => Some(DEFAULT_MAX_CONNECTIONS),
             Some((n, p)) => integer(d, n, &p, 1, 10_000_000),
         };
-        for key in ["max_requests", "max_retries"] {
-            if let Some((n, p)) = f.take(key) {
-                d.error(
-                    n.mark,
-                    &p,
-                    format!(
-                        "`{key}` is not available yet (it limits HTTP requests and retries, which come with L7)"
-                    ),
-                );
-            }
+        let max_requests = match f.take("max_requests") {
+            None => Some(DEFAULT_MAX_CONNECTIONS),
+            Some((n, p)) => integer(d, n, &p, 1, 10_000_000),
+        };
+        if let Some((n, p)) = f.take("max_retries") {
+            d.error(
+                n.mark,
+                &p,
+                "`max_retries` is not available yet (it limits HTTP retries, which come with the resilience features)",
+            );
         }
-        f.finish(d, &["max_connections", "max_pending_requests"]);
+        f.finish(
+            d,
+            &["max_connections", "max_pending_requests", "max_requests"],
+        );
         Some(CircuitBreakersDoc {
             max_connections: max_connections?,
             max_pending_requests: max_pending_requests?,
+            max_requests: max_requests?,
         })
     }
 }

@@ -17,6 +17,8 @@ use crate::yaml::Node;
 pub enum Protocol {
     /// Bytes are forwarded as they are (L4).
     Tcp,
+    /// HTTP/1.1 requests are proxied one by one (L7).
+    Http,
 }
 
 fn zero_copy_name<S: serde::Serializer>(
@@ -33,8 +35,11 @@ pub struct ListenerDoc {
     pub name: String,
     /// IP:port to accept on; port 0 lets the kernel choose.
     pub listen: SocketAddr,
-    /// `tcp` (default; `http` arrives with the L7 work).
+    /// `tcp` (default) or `http`.
     pub protocol: Protocol,
+    /// HTTP settings (`protocol: http` only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpDoc>,
     /// Cluster receiving the connections.
     pub cluster: String,
     /// Open connections allowed at once; unlimited when absent.
@@ -90,7 +95,111 @@ const KEYS: &[&str] = &[
     "tls",
     "authz",
     "sni_routes",
+    "request_headers_timeout",
+    "timeout",
+    "max_request_headers_bytes",
+    "max_request_line_bytes",
+    "max_headers",
+    "generate_request_id",
+    "append_x_forwarded_for",
 ];
+
+/// The keys of an HTTP listener (`protocol: http`); defaults are Envoy's.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpDoc {
+    /// Time to receive a request head (from its first byte; from the
+    /// connection's start for its first request). Default 10s; 408 after.
+    #[serde(serialize_with = "human")]
+    pub request_headers_timeout: Duration,
+    /// From the whole request received to the whole response head.
+    /// Default 15s; 504 (flag `UT`) after.
+    #[serde(serialize_with = "human")]
+    pub timeout: Duration,
+    /// Largest request head in bytes (431 above). Default 61440 (60 KiB).
+    pub max_request_headers_bytes: usize,
+    /// Longest request line in bytes (414 above). Default 8192.
+    pub max_request_line_bytes: usize,
+    /// Most header fields in a request (431 above). Default 100.
+    pub max_headers: usize,
+    /// Add an `x-request-id` (UUID v4) to requests without one. Default true.
+    pub generate_request_id: bool,
+    /// Append the client's address to `x-forwarded-for`. Default true.
+    pub append_x_forwarded_for: bool,
+}
+
+impl Default for HttpDoc {
+    fn default() -> Self {
+        let s = ringmesh_l7::HttpSettings::default();
+        HttpDoc {
+            request_headers_timeout: s.request_headers_timeout,
+            timeout: DEFAULT_HTTP_TIMEOUT,
+            max_request_headers_bytes: s.limits.max_head,
+            max_request_line_bytes: s.limits.max_request_line,
+            max_headers: s.limits.max_headers,
+            generate_request_id: s.generate_request_id,
+            append_x_forwarded_for: s.append_x_forwarded_for,
+        }
+    }
+}
+
+/// Envoy's route timeout.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+
+const HTTP_KEYS: &[&str] = &[
+    "request_headers_timeout",
+    "timeout",
+    "max_request_headers_bytes",
+    "max_request_line_bytes",
+    "max_headers",
+    "generate_request_id",
+    "append_x_forwarded_for",
+];
+
+impl HttpDoc {
+    /// Decodes the HTTP keys present in `f`; `http` says whether the
+    /// listener speaks HTTP (else each key present is an error).
+    fn decode(d: &mut Decoder, f: &mut Fields<'_>, http: bool) -> Option<HttpDoc> {
+        let mut doc = HttpDoc::default();
+        for key in HTTP_KEYS {
+            let Some((n, p)) = f.take(key) else { continue };
+            if !http {
+                d.error(
+                    n.mark,
+                    &p,
+                    format!("`{key}` applies to HTTP listeners only (set `protocol: http`)"),
+                );
+                continue;
+            }
+            let secs = |d: &mut Decoder| {
+                duration(
+                    d,
+                    n,
+                    &p,
+                    Duration::from_millis(1),
+                    Duration::from_secs(86400),
+                )
+            };
+            match *key {
+                "request_headers_timeout" => doc.request_headers_timeout = secs(d)?,
+                "timeout" => doc.timeout = secs(d)?,
+                "max_request_headers_bytes" => {
+                    doc.max_request_headers_bytes = integer(d, n, &p, 1024, 1024 * 1024)? as usize
+                }
+                "max_request_line_bytes" => {
+                    doc.max_request_line_bytes = integer(d, n, &p, 256, 1024 * 1024)? as usize
+                }
+                "max_headers" => {
+                    doc.max_headers =
+                        integer(d, n, &p, 1, ringmesh_l7::codec::h1::HEADER_SLOTS as u64)? as usize
+                }
+                "generate_request_id" => doc.generate_request_id = boolean(d, n, &p)?,
+                "append_x_forwarded_for" => doc.append_x_forwarded_for = boolean(d, n, &p)?,
+                _ => {}
+            }
+        }
+        http.then_some(doc)
+    }
+}
 
 pub(crate) fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
@@ -128,16 +237,13 @@ impl ListenerDoc {
             None => Some(Protocol::Tcp),
             Some((n, p)) => match scalar(d, n, &p, "a protocol")? {
                 "tcp" => Some(Protocol::Tcp),
-                "http" => {
-                    d.error(n.mark, &p, "protocol `http` is not available yet (it comes with the L7 features); use `tcp`");
-                    None
-                }
+                "http" => Some(Protocol::Http),
                 other => {
                     d.error(
                         n.mark,
                         &p,
                         format!(
-                            "unknown protocol `{}` (expected tcp)",
+                            "unknown protocol `{}` (expected tcp or http)",
                             crate::limits::quote(other)
                         ),
                     );
@@ -231,6 +337,15 @@ impl ListenerDoc {
                 );
             }
         }
+        let is_http = protocol == Some(Protocol::Http);
+        let http = HttpDoc::decode(d, &mut f, is_http);
+        if is_http && !sni_routes.is_empty() {
+            d.error(
+                node.mark,
+                path,
+                "an HTTP listener cannot route TLS passthrough by SNI (`sni_routes`); use `protocol: tcp`",
+            );
+        }
         f.finish(d, KEYS);
         // Fields that failed keep a placeholder so that cross-resource checks
         // still run and every error is reported in one pass; any error
@@ -243,6 +358,7 @@ impl ListenerDoc {
             name: listener_name.unwrap_or_default(),
             listen,
             protocol: protocol.unwrap_or(Protocol::Tcp),
+            http,
             cluster,
             max_connections: max_connections.unwrap_or_default(),
             max_connections_per_client: max_connections_per_client.unwrap_or_default(),

@@ -12,10 +12,10 @@ mod tls;
 use serde::Serialize;
 
 pub use admin::{AdminDoc, read_token};
-pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy};
+pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy, PoolDoc};
 pub use discovery::{DiscoveryDoc, parse_endpoint_list};
 pub use health::{HealthCheckDoc, OutlierDetectionDoc};
-pub use listener::{ListenerDoc, Protocol};
+pub use listener::{HttpDoc, ListenerDoc, Protocol};
 pub use tls::{AuthzDoc, ClusterTlsDoc, ListenerTlsDoc};
 
 use crate::decode::{ConfigErrors, Decoder, Fields};

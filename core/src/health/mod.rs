@@ -57,6 +57,26 @@ pub enum Outcome {
     /// A failure seen by the proxy itself: connect refused or timed out,
     /// TLS handshake failed, connection reset by the endpoint.
     LocalOriginFailure,
+    /// The endpoint answered with a 5xx status (HTTP); `gateway` for 502,
+    /// 503 and 504, which also feed `consecutive_gateway_failure`.
+    ServerError {
+        /// 502, 503 or 504.
+        gateway: bool,
+    },
+}
+
+impl Outcome {
+    /// The outcome of an HTTP response with `status` (Envoy: 5xx are
+    /// server errors, anything else succeeded).
+    #[inline]
+    pub fn of_status(status: u16) -> Outcome {
+        match status {
+            500..=599 => Outcome::ServerError {
+                gateway: matches!(status, 502..=504),
+            },
+            _ => Outcome::Success,
+        }
+    }
 }
 
 /// The part of an endpoint's health read on the hot path.

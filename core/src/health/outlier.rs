@@ -202,6 +202,35 @@ pub(crate) fn record(
                 }
             }
         }
+        Outcome::ServerError { gateway } => {
+            stats.failures.inc();
+            let Some(config) = config else { return };
+            // A 5xx feeds consecutive_5xx; a gateway error (502/503/504) also
+            // feeds consecutive_gateway_failure, which any other 5xx resets
+            // (Envoy's detector).
+            let gateway_slot = &endpoint.consecutive()[Detector::ConsecutiveGatewayFailure.index()];
+            if !gateway && gateway_slot.load(Ordering::Relaxed) != 0 {
+                gateway_slot.store(0, Ordering::Relaxed);
+            }
+            let detectors = [
+                (Detector::Consecutive5xx, config.consecutive_5xx, true),
+                (
+                    Detector::ConsecutiveGatewayFailure,
+                    config.consecutive_gateway_failure,
+                    gateway,
+                ),
+            ];
+            for (detector, threshold, counts) in detectors {
+                if !counts || threshold == 0 {
+                    continue;
+                }
+                let slot = &endpoint.consecutive()[detector.index()];
+                let streak = slot.fetch_add(1, Ordering::Relaxed) + 1;
+                if streak == threshold {
+                    eject(cluster, endpoint, config, detector, core as u64);
+                }
+            }
+        }
         Outcome::LocalOriginFailure => {
             stats.failures.inc();
             let Some(config) = config else { return };

@@ -247,7 +247,7 @@ pub(crate) fn offload(stream: super::stream::TlsStream) -> Result<KtlsStream, Of
 
 /// A TLS connection whose record layer the kernel runs: plain reads and
 /// writes carry plaintext.
-pub(crate) struct KtlsStream {
+pub struct KtlsStream {
     sock: TcpStream,
 }
 
@@ -288,6 +288,11 @@ impl RecordTypeControl {
 }
 
 impl KtlsStream {
+    /// The socket's descriptor.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
+    }
+
     /// Takes the pending non-data record with its type (after a read
     /// failed with EIO) and decides what it means.
     fn control_record(&self) -> io::Result<ControlRecord> {
@@ -386,6 +391,24 @@ impl Duplex for KtlsStream {
         loop {
             buf.clear();
             let BufResult(res, b) = self.sock.read_into(buf).await;
+            buf = b;
+            match res {
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => match self.control_record() {
+                    Ok(ControlRecord::CloseNotify) => return BufResult(Ok(0), buf),
+                    Ok(ControlRecord::Skip) => continue,
+                    Err(e) => return BufResult(Err(e), buf),
+                },
+                other => return BufResult(other, buf),
+            }
+        }
+    }
+
+    async fn read_append(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        let mut buf = buf;
+        let len = buf.len();
+        loop {
+            buf.truncate(len);
+            let BufResult(res, b) = self.sock.read_append(buf).await;
             buf = b;
             match res {
                 Err(e) if e.raw_os_error() == Some(libc::EIO) => match self.control_record() {

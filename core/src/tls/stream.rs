@@ -24,7 +24,7 @@ const CIPHER_BUFFER: usize = 18 * 1024;
 const CIPHER_BUFFER_BULK: usize = 128 * 1024;
 
 /// An established TLS session.
-pub(crate) struct TlsStream {
+pub struct TlsStream {
     sock: TcpStream,
     conn: RefCell<rustls::Connection>,
     /// Reused ciphertext read buffer (None while a read owns it). Bytes
@@ -268,15 +268,22 @@ impl TlsStream {
     /// (close_notify, or the peer closed the TCP connection without one,
     /// which rustls reports as unexpected but peers commonly do).
     pub(crate) async fn read_plain(&self, mut buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        buf.clear();
+        self.read_plain_append(buf).await
+    }
+
+    /// Reads plaintext after `buf`'s current contents, up to its capacity
+    /// (at least one byte); `Ok(0)` at EOF.
+    pub(crate) async fn read_plain_append(&self, mut buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
         loop {
-            buf.clear();
             let available = {
                 let mut c = self.conn.borrow_mut();
                 let mut reader = c.reader();
                 match reader.fill_buf() {
                     Ok([]) => Some(Ok(0)),
                     Ok(chunk) => {
-                        let take = chunk.len().min(buf.capacity().max(1));
+                        let room = buf.capacity() - buf.len();
+                        let take = chunk.len().min(room.max(1));
                         buf.extend_from_slice(&chunk[..take]);
                         reader.consume(take);
                         Some(Ok(take))
@@ -358,6 +365,18 @@ impl TlsStream {
             rustls::Connection::Server(s) => s.server_name().map(str::to_owned),
             rustls::Connection::Client(_) => None,
         }
+    }
+
+    /// The application protocol agreed by ALPN.
+    pub(crate) fn alpn(&self) -> Option<Vec<u8>> {
+        self.conn.borrow().alpn_protocol().map(<[u8]>::to_vec)
+    }
+
+    /// Whether decrypted bytes wait to be read (a pooled connection with
+    /// unread data is not idle).
+    pub(crate) fn has_plaintext(&self) -> bool {
+        let mut c = self.conn.borrow_mut();
+        matches!(c.reader().fill_buf(), Ok(b) if !b.is_empty())
     }
 
     /// Negotiated protocol version, for logs.

@@ -1,0 +1,168 @@
+//! Upstream connections for protocol handlers (l7): the same endpoint
+//! picking, connect, failover, TLS origination and breakers the TCP path
+//! uses, behind a small public surface.
+//!
+//! - [`connect`]: pick an endpoint (balancer, health, ejection, panic
+//!   mode) and connect, failing over within `connect_attempts`;
+//! - [`ConnectionSlot`]: one unit of the cluster's `max_connections`
+//!   breaker, held by an upstream connection for its whole life (pooled
+//!   idle time included), with the cluster's active-connection gauge;
+//! - [`RequestSlot`]: one unit of `max_requests` (active requests).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::connect::ConnectError;
+use crate::metrics::ClusterStats;
+use crate::snapshot::Cluster;
+use crate::stream::Stream;
+
+/// An established upstream connection.
+#[derive(Debug)]
+pub struct UpstreamConnection {
+    /// The byte stream (TLS when the cluster originates it).
+    pub stream: Stream,
+    /// The endpoint's address.
+    pub addr: SocketAddr,
+    /// The endpoint's index in the cluster it was picked from.
+    pub index: usize,
+    /// When the successful connect attempt started.
+    pub started: Instant,
+}
+
+/// Picks the endpoint a request should go to (balancer, health, ejection,
+/// panic mode) on worker `core`; `key` is the hash key of the
+/// consistent-hashing policies (see [`crate::balance::client_key`]).
+/// `Err` (counted as unavailable) when no endpoint may be picked.
+#[inline]
+pub fn pick(cluster: &Cluster, core: usize, key: u64) -> Result<Pick, ConnectError> {
+    crate::connect::pick_endpoint(cluster, core, key).map(|(index, healthy_only)| Pick {
+        index,
+        healthy_only,
+    })
+}
+
+/// An endpoint chosen by [`pick`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pick {
+    /// The endpoint's index in the cluster.
+    pub index: usize,
+    healthy_only: bool,
+}
+
+/// Connects to the picked endpoint, failing over to the next ones within
+/// the cluster's `connect_attempts`, under its `max_pending_requests`
+/// breaker (connects in progress).
+pub async fn connect(
+    cluster: &Cluster,
+    core: usize,
+    pick: Pick,
+) -> Result<UpstreamConnection, ConnectError> {
+    let pending = &cluster.stats.pending;
+    if pending.fetch_add(1, Ordering::Relaxed) >= cluster.max_pending {
+        pending.fetch_sub(1, Ordering::Relaxed);
+        cluster.stats.cores.get(core).pending_overflow.inc();
+        return Err(ConnectError::PendingOverflow);
+    }
+    let result = Box::pin(crate::connect::connect_from(
+        cluster,
+        core,
+        pick.index,
+        pick.healthy_only,
+    ))
+    .await;
+    pending.fetch_sub(1, Ordering::Relaxed);
+    let c = result?;
+    Ok(UpstreamConnection {
+        stream: c.stream,
+        addr: c.addr,
+        index: c.index,
+        started: c.started,
+    })
+}
+
+/// One open upstream connection as the cluster's breaker and gauges count
+/// it. Released on drop, on the worker that took it.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    stats: Arc<ClusterStats>,
+    core: usize,
+}
+
+impl ConnectionSlot {
+    /// Takes a slot of `cluster`'s `max_connections`, or counts an
+    /// overflow and returns `None` when the breaker is open.
+    pub fn acquire(cluster: &Cluster, core: usize) -> Option<ConnectionSlot> {
+        let stats = &cluster.stats;
+        if stats.open.fetch_add(1, Ordering::Relaxed) >= cluster.max_connections {
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            stats.cores.get(core).overflow.inc();
+            return None;
+        }
+        stats.cores.get(core).active.add(1);
+        Some(ConnectionSlot {
+            stats: stats.clone(),
+            core,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.stats.cores.get(self.core).active.add(-1);
+    }
+}
+
+/// One active request as the cluster's `max_requests` breaker counts it.
+/// The count is one atomic per cluster, touched twice per request: the
+/// breaker is a cluster-wide limit (Envoy's `max_requests`), and splitting
+/// it per core would let one busy core starve while another idles.
+#[derive(Debug)]
+pub struct RequestSlot<'a> {
+    cluster: &'a Cluster,
+}
+
+impl<'a> RequestSlot<'a> {
+    /// Takes a slot of `cluster`'s `max_requests`, or counts an overflow
+    /// and returns `None`.
+    #[inline]
+    pub fn acquire(cluster: &'a Cluster, core: usize) -> Option<RequestSlot<'a>> {
+        let open = &cluster.stats.requests_open;
+        if open.fetch_add(1, Ordering::Relaxed) >= cluster.max_requests {
+            open.fetch_sub(1, Ordering::Relaxed);
+            cluster.stats.cores.get(core).request_overflow.inc();
+            return None;
+        }
+        Some(RequestSlot { cluster })
+    }
+}
+
+impl Drop for RequestSlot<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.cluster
+            .stats
+            .requests_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Cluster {
+    /// Records what became of one request (or connection) to endpoint
+    /// `index`, for outlier detection, on worker `core`.
+    #[inline]
+    pub fn record_outcome(&self, core: usize, index: usize, outcome: crate::health::Outcome) {
+        if let Some(endpoint) = self.endpoints.get(index) {
+            crate::health::outlier::record(
+                &self.health,
+                &endpoint.health,
+                self.outlier.as_ref(),
+                core,
+                outcome,
+            );
+        }
+    }
+}

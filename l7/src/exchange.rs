@@ -1,0 +1,1099 @@
+//! The upstream side of one request: a pooled (or new) connection, the
+//! request sent, the response head read, the body streamed back.
+//!
+//! Request body and response run concurrently: a server may answer before
+//! it has read the whole body (a 413, say), and a proxy that waited for the
+//! body first could deadlock against it. Bodies are streamed piece by
+//! piece with backpressure (each piece is written before the next read),
+//! never buffered whole. Chunked bodies are decoded by our strict decoder
+//! and re-encoded, so what leaves the proxy is framed by the proxy.
+//!
+//! A request that fails on a reused connection before any response byte
+//! (the server closed it as we sent) is replayed once on a new connection
+//! when the whole request is still in our buffer (no body, or a body that
+//! arrived with the head).
+
+use std::cell::Cell;
+use std::io;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{Either, select};
+use futures_util::pin_mut;
+use ringmesh_core::health::Outcome;
+use ringmesh_core::protocol::ByteCounts;
+use ringmesh_core::upstream::{self, ConnectionSlot};
+use ringmesh_core::{ConnectError, Stream, rt};
+
+use crate::buffers::{self, BODY_BUFFER};
+use crate::codec::chunked::{
+    CHUNK_END, Chunk, ChunkedDecoder, ChunkedError, ChunkedLimits, LAST_CHUNK, encode_chunk_header,
+    encode_last_chunk,
+};
+use crate::codec::h1::{self, Field, Framing, HeadError, Method, RequestHead, ResponseHead, Span};
+use crate::codec::write::{self, Forwarded, ResponseOut};
+use crate::config::HttpListener;
+use crate::local_reply::ResponseFlag;
+use crate::pool::{self, PooledConnection};
+use crate::record::RequestRecord;
+use crate::route::Route;
+use crate::server::{After, Client};
+
+/// A body that arrived with its head is sent in the same write (and can be
+/// replayed) up to this size.
+const INLINE_BODY: usize = 64 * 1024;
+
+/// How the request side of an exchange failed.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// The client's socket failed or it closed mid-body.
+    #[error("client: {0}")]
+    Client(io::Error),
+    /// The client sent no body bytes for `idle_timeout`.
+    #[error("client sent no body bytes within the idle timeout")]
+    ClientIdle,
+    /// The client's chunked body broke the framing rules.
+    #[error("request body: {0}")]
+    Chunked(ChunkedError),
+    /// Writing to the upstream failed.
+    #[error("sending to upstream: {0}")]
+    Upstream(io::Error),
+}
+
+/// How reading the response head failed.
+#[derive(Debug)]
+enum HeadFailure {
+    /// The upstream closed or reset before a complete head; `any` when some
+    /// response bytes had arrived (then the request is not replayed).
+    Closed { any: bool, error: Option<io::Error> },
+    /// The head broke HTTP/1.1 rules.
+    Malformed(HeadError),
+    /// The route timeout expired.
+    TimedOut,
+}
+
+/// How streaming a response body failed (the head was already sent).
+#[derive(Debug, thiserror::Error)]
+enum BodyFailure {
+    #[error("upstream closed mid-body{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Upstream(Option<io::Error>),
+    #[error("upstream sent no body bytes within the idle timeout")]
+    UpstreamIdle,
+    #[error("upstream chunked body: {0}")]
+    Chunked(ChunkedError),
+    #[error("client: {0}")]
+    Client(io::Error),
+}
+
+/// The result of one attempt.
+enum Attempt {
+    /// Done, one way or another; the connection goes on as said.
+    Done(After),
+    /// Failed on a reused connection before any response byte: try again
+    /// on a new connection if the request can be replayed.
+    Replay,
+}
+
+/// Forwards the request to `route`'s cluster and its response back.
+pub(crate) async fn forward(
+    c: &mut Client,
+    http: &HttpListener,
+    route: &Route,
+    head: &RequestHead,
+    record: &mut RequestRecord,
+) -> After {
+    let core = c.facts.core;
+    let cluster = &*route.target.cluster;
+    let mut out = buffers::take();
+    let fwd = Forwarded {
+        client_ip: http
+            .settings
+            .append_x_forwarded_for
+            .then_some(c.peer_ip.as_str()),
+        proto: if http.tls { "https" } else { "http" },
+        request_id: record.request_id_str(),
+        default_host: "",
+    };
+    // HTTP/1.0 without Host: the endpoint's address names it, set below.
+    let default_host;
+    let fwd = if head.host.is_none() {
+        default_host = cluster
+            .endpoints
+            .first()
+            .map(|e| e.addr.to_string())
+            .unwrap_or_default();
+        Forwarded {
+            default_host: &default_host,
+            ..fwd
+        }
+    } else {
+        fwd
+    };
+    write::request_head(&mut out, &c.buf, head, &c.fields, &c.nominated, &fwd);
+    let buffered = c.buf.len() - head.len;
+    let inline = match head.framing {
+        Framing::Length(n) if n as usize <= buffered && n as usize <= INLINE_BODY => {
+            out.extend_from_slice(&c.buf[head.len..head.len + n as usize]);
+            true
+        }
+        _ => false,
+    };
+    let replayable = head.framing == Framing::None || inline;
+    if head.expect_continue && head.framing != Framing::None && !inline {
+        let mut cont = buffers::take();
+        cont.extend_from_slice(write::CONTINUE);
+        let (res, cont) = c.stream.write_all(cont).await;
+        buffers::give(cont);
+        if res.is_err() {
+            buffers::give(out);
+            record.flag = Some(ResponseFlag::DownstreamConnectionTermination);
+            return After::Abort;
+        }
+    }
+    let mut attempt = 0u32;
+    let after = loop {
+        attempt += 1;
+        record.attempts = attempt;
+        let pick = match upstream::pick(cluster, core, c.hash_key) {
+            Ok(p) => p,
+            Err(e) => break local(c, head, record, connect_flag(&e), None).await,
+        };
+        let addr = cluster.endpoints[pick.index].addr;
+        let pooled = if attempt == 1 {
+            pool::take(cluster, addr)
+        } else {
+            None
+        };
+        let stats = route.target.stats.cores.get(core);
+        let (conn, reused) = match pooled {
+            Some(conn) => {
+                stats.reused.inc();
+                (conn, true)
+            }
+            None => {
+                let Some(slot) = ConnectionSlot::acquire(cluster, core) else {
+                    break local(c, head, record, ResponseFlag::UpstreamOverflow, None).await;
+                };
+                match upstream::connect(cluster, core, pick).await {
+                    Ok(conn) => {
+                        stats.new.inc();
+                        (PooledConnection { conn, _slot: slot }, false)
+                    }
+                    Err(e) => {
+                        let error = e.to_string();
+                        break local(c, head, record, connect_flag(&e), Some(error)).await;
+                    }
+                }
+            }
+        };
+        record.endpoint = Some(conn.conn.addr);
+        match attempt_once(c, http, route, head, record, conn, &mut out, inline).await {
+            Attempt::Done(after) => break after,
+            Attempt::Replay if reused && replayable && attempt == 1 => {
+                stats.replayed.inc();
+                continue;
+            }
+            Attempt::Replay => {
+                let flag = ResponseFlag::UpstreamConnectionTermination;
+                break local(c, head, record, flag, None).await;
+            }
+        }
+    };
+    buffers::give(out);
+    after
+}
+
+/// The flag for a failed pick or connect.
+fn connect_flag(e: &ConnectError) -> ResponseFlag {
+    match e {
+        ConnectError::NoEndpoints | ConnectError::NoHealthyEndpoints => {
+            ResponseFlag::NoHealthyUpstream
+        }
+        ConnectError::PendingOverflow => ResponseFlag::UpstreamOverflow,
+        ConnectError::LocalResource { .. } => ResponseFlag::LocalResource,
+        ConnectError::Exhausted { .. } => ResponseFlag::UpstreamConnectFailure,
+    }
+}
+
+/// Answers the request itself with `flag`'s status. The request's body
+/// (if any) was not read, so the connection closes after the answer.
+pub(crate) async fn local(
+    c: &mut Client,
+    head: &RequestHead,
+    record: &mut RequestRecord,
+    flag: ResponseFlag,
+    error: Option<String>,
+) -> After {
+    let close =
+        !head.keep_alive || head.framing != Framing::None || ringmesh_core::drain::is_draining();
+    let mut out = buffers::take();
+    crate::local_reply::for_flag(&mut out, flag, close);
+    record.status = flag.status();
+    record.flag = Some(flag);
+    record.error = error;
+    let (res, out) = c.stream.write_all(out).await;
+    if res.is_ok() {
+        c.bytes.add_sent(out.len());
+    }
+    buffers::give(out);
+    if res.is_err() {
+        return After::Abort;
+    }
+    if close {
+        After::Close
+    } else {
+        c.consume(head.len);
+        After::KeepAlive
+    }
+}
+
+/// One attempt on `conn`: send, read the response head, answer.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_once(
+    c: &mut Client,
+    http: &HttpListener,
+    route: &Route,
+    head: &RequestHead,
+    record: &mut RequestRecord,
+    conn: PooledConnection,
+    out: &mut Vec<u8>,
+    inline: bool,
+) -> Attempt {
+    let core = c.facts.core;
+    let cluster = &*route.target.cluster;
+    let index = conn.conn.index;
+    let started = Instant::now();
+    cluster.balancer.opened(core, index);
+    let result = run(c, http, route, head, record, &conn, out, inline).await;
+    cluster.balancer.closed(core, index);
+    match result {
+        Run::Answered {
+            after,
+            reusable,
+            status,
+            response_started,
+        } => {
+            if cluster.balancer.wants_latency() {
+                cluster
+                    .balancer
+                    .observe(core, index, response_started - started);
+            }
+            cluster.record_outcome(core, index, Outcome::of_status(status));
+            if reusable && after != After::Abort {
+                pool::put(cluster, conn, &route.target.pool);
+            }
+            Attempt::Done(after)
+        }
+        Run::Failed {
+            after,
+            outcome,
+            replay,
+        } => {
+            if let Some(outcome) = outcome {
+                cluster.record_outcome(core, index, outcome);
+            }
+            if replay {
+                Attempt::Replay
+            } else {
+                Attempt::Done(after)
+            }
+        }
+    }
+}
+
+/// What one exchange on a connection came to.
+enum Run {
+    /// A response (the upstream's) went to the client.
+    Answered {
+        after: After,
+        /// The upstream connection may be pooled.
+        reusable: bool,
+        status: u16,
+        response_started: Instant,
+    },
+    /// No upstream response reached the client (the proxy answered, or
+    /// the client is gone).
+    Failed {
+        after: After,
+        outcome: Option<Outcome>,
+        /// Nothing of a response arrived on a reused connection.
+        replay: bool,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    c: &mut Client,
+    http: &HttpListener,
+    route: &Route,
+    head: &RequestHead,
+    record: &mut RequestRecord,
+    conn: &PooledConnection,
+    out: &mut Vec<u8>,
+    inline: bool,
+) -> Run {
+    let up = &conn.conn.stream;
+    let idle = http.settings.idle_timeout;
+    let sent_at: Cell<Option<Instant>> = Cell::new(None);
+    let mut rbuf = buffers::take();
+    let mut rfields = std::mem::take(&mut c.resp_fields);
+    let mut rnominated = std::mem::take(&mut c.resp_nominated);
+    let mut cbuf = std::mem::take(&mut c.buf);
+    let request_out = std::mem::take(out);
+    let bytes = c.bytes.clone();
+
+    // Send and receive concurrently (see the module docs).
+    let (send_result, head_result, send_pending, request_out) = {
+        let send = send_request(
+            &c.stream,
+            &mut cbuf,
+            head,
+            inline,
+            request_out,
+            up,
+            &bytes,
+            idle,
+            &sent_at,
+        );
+        let recv = read_response_head(
+            up,
+            &mut rbuf,
+            head.method,
+            http.settings.limits.max_head,
+            &mut rfields,
+            &mut rnominated,
+            route.timeout,
+            &sent_at,
+        );
+        pin_mut!(send, recv);
+        match select(send, recv).await {
+            Either::Left(((sent, request_out), recv)) => {
+                // A client that failed mid-request gets no response.
+                let head = match &sent {
+                    Ok(_) | Err(SendError::Upstream(_)) => recv.await,
+                    Err(_) => Err(HeadFailure::Closed {
+                        any: true,
+                        error: None,
+                    }),
+                };
+                (Some(sent), head, false, request_out)
+            }
+            // The response head came first (or the upstream failed) while
+            // the request body was still going: the connection cannot be
+            // reused, the client's connection closes after the response.
+            Either::Right((head, _send)) => (None, head, true, Vec::new()),
+        }
+    };
+    *out = request_out;
+    let result = match (send_result, head_result) {
+        (Some(Err(e @ (SendError::Client(_) | SendError::ClientIdle))), _) => {
+            record.flag = Some(ResponseFlag::DownstreamConnectionTermination);
+            record.error = Some(e.to_string());
+            Run::Failed {
+                after: After::Abort,
+                outcome: None,
+                replay: false,
+            }
+        }
+        (Some(Err(e @ SendError::Chunked(_))), _) => {
+            record.error = Some(e.to_string());
+            http.stats
+                .reject(c.facts.core, crate::metrics::Rejection::ChunkedBody);
+            c.buf = cbuf;
+            let flag = ResponseFlag::DownstreamProtocolError;
+            let after = local(c, head, record, flag, record.error.clone()).await;
+            cbuf = std::mem::take(&mut c.buf);
+            Run::Failed {
+                after: After::Close.max_with(after),
+                outcome: None,
+                replay: false,
+            }
+        }
+        (send, Err(failure)) => {
+            if let Some(Err(e)) = &send {
+                record.error = Some(e.to_string());
+            }
+            let replay = matches!(failure, HeadFailure::Closed { any: false, .. });
+            let (flag, outcome) = match &failure {
+                HeadFailure::Closed { .. } => (
+                    ResponseFlag::UpstreamConnectionTermination,
+                    Outcome::LocalOriginFailure,
+                ),
+                HeadFailure::Malformed(e) => {
+                    route
+                        .target
+                        .stats
+                        .cores
+                        .get(c.facts.core)
+                        .bad_responses
+                        .inc();
+                    record.error = Some(format!("upstream response: {e}"));
+                    (
+                        ResponseFlag::UpstreamProtocolError,
+                        Outcome::LocalOriginFailure,
+                    )
+                }
+                HeadFailure::TimedOut => (
+                    ResponseFlag::UpstreamTimeout,
+                    Outcome::ServerError { gateway: true },
+                ),
+            };
+            if let HeadFailure::Closed { error: Some(e), .. } = &failure {
+                record.error = Some(format!("upstream: {e}"));
+            }
+            if replay && !send_pending {
+                // Let the caller replay (or answer) it.
+                c.buf = cbuf;
+                cbuf = Vec::new();
+                Run::Failed {
+                    after: After::Close,
+                    outcome: Some(outcome),
+                    replay: true,
+                }
+            } else {
+                c.buf = cbuf;
+                let mut after = local(c, head, record, flag, record.error.clone()).await;
+                cbuf = std::mem::take(&mut c.buf);
+                if send_pending {
+                    after = After::Close.max_with(after);
+                }
+                Run::Failed {
+                    after,
+                    outcome: Some(outcome),
+                    replay: false,
+                }
+            }
+        }
+        (send, Ok(response)) => {
+            let response_started = Instant::now();
+            let request_done = matches!(send, Some(Ok(_)));
+            let consumed = match send {
+                Some(Ok(n)) => n,
+                _ => cbuf.len(),
+            };
+            record.status = response.status;
+            let ustats = route.target.stats.cores.get(c.facts.core);
+            ustats.codes[crate::metrics::code_class(response.status)].inc();
+            let upgraded = response.status == 101 && head.upgrade.is_some() && request_done;
+            if upgraded {
+                let after = tunnel(
+                    c,
+                    &mut cbuf,
+                    consumed,
+                    up,
+                    &rbuf,
+                    &response,
+                    &rfields,
+                    &rnominated,
+                    record,
+                    idle,
+                )
+                .await;
+                Run::Answered {
+                    after,
+                    reusable: false,
+                    status: response.status,
+                    response_started,
+                }
+            } else {
+                let close = !head.keep_alive
+                    || !request_done
+                    || ringmesh_core::drain::is_draining()
+                    || response.upgrade.is_some();
+                let streamed = respond(
+                    &c.stream,
+                    up,
+                    &mut rbuf,
+                    &response,
+                    &rfields,
+                    &rnominated,
+                    head.minor,
+                    close,
+                    out,
+                    &bytes,
+                    idle,
+                )
+                .await;
+                match streamed {
+                    Ok((reusable, client_close)) => {
+                        if !client_close && request_done {
+                            // The request's bytes leave the buffer;
+                            // pipelined ones stay for the next round.
+                            c.buf = cbuf;
+                            cbuf = Vec::new();
+                            c.consume(consumed);
+                        }
+                        let after = if client_close {
+                            After::Close
+                        } else {
+                            After::KeepAlive
+                        };
+                        Run::Answered {
+                            after,
+                            reusable: reusable && response.keep_alive && request_done,
+                            status: response.status,
+                            response_started,
+                        }
+                    }
+                    Err(failure) => {
+                        let flag = match &failure {
+                            BodyFailure::Client(_) => ResponseFlag::DownstreamConnectionTermination,
+                            _ => ResponseFlag::UpstreamConnectionTermination,
+                        };
+                        record.flag = Some(flag);
+                        record.error = Some(failure.to_string());
+                        Run::Answered {
+                            after: After::Abort,
+                            reusable: false,
+                            status: response.status,
+                            response_started,
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // The client's buffer goes back unless a path above already put it
+    // (or what remains of it) back.
+    if c.buf.capacity() == 0 {
+        c.buf = cbuf;
+    } else {
+        buffers::give(cbuf);
+    }
+    c.resp_fields = rfields;
+    c.resp_nominated = rnominated;
+    buffers::give(rbuf);
+    result
+}
+
+impl After {
+    /// The more final of two ways to go on (Abort > Close > KeepAlive).
+    fn max_with(self, other: After) -> After {
+        match (self, other) {
+            (After::Abort, _) | (_, After::Abort) => After::Abort,
+            (After::Close, _) | (_, After::Close) => After::Close,
+            _ => After::KeepAlive,
+        }
+    }
+}
+
+/// Sends the head (with any inline body) and streams the rest of the body.
+/// Returns where the request ends in `buf` (what follows is the next
+/// pipelined request), and the head buffer back.
+#[allow(clippy::too_many_arguments)]
+async fn send_request(
+    client: &Stream,
+    buf: &mut Vec<u8>,
+    head: &RequestHead,
+    inline: bool,
+    out: Vec<u8>,
+    up: &Stream,
+    bytes: &ByteCounts,
+    idle: Duration,
+    sent_at: &Cell<Option<Instant>>,
+) -> (Result<usize, SendError>, Vec<u8>) {
+    let mut out = out;
+    let result = match head.framing {
+        Framing::None | Framing::Close => write_kept(up, &mut out).await.map(|()| head.len),
+        Framing::Length(n) if inline => write_kept(up, &mut out)
+            .await
+            .map(|()| head.len + n as usize),
+        Framing::Length(n) => match write_kept(up, &mut out).await {
+            Ok(()) => copy_length(client, buf, head.len, n, up, bytes, idle).await,
+            Err(e) => Err(e),
+        },
+        Framing::Chunked => {
+            let (res, o) = copy_chunked(
+                client,
+                buf,
+                head.len,
+                std::mem::take(&mut out),
+                up,
+                bytes,
+                idle,
+            )
+            .await;
+            out = o;
+            res
+        }
+    };
+    if result.is_ok() {
+        sent_at.set(Some(Instant::now()));
+    }
+    (result, out)
+}
+
+/// Writes `out` to the upstream; the buffer stays with the caller (a
+/// replay sends it again).
+async fn write_kept(up: &Stream, out: &mut Vec<u8>) -> Result<(), SendError> {
+    let (res, o) = up.write_all(std::mem::take(out)).await;
+    *out = o;
+    res.map_err(SendError::Upstream)
+}
+
+/// Writes `out`, giving it back on success.
+async fn write_or(to: &Stream, out: Vec<u8>) -> io::Result<Vec<u8>> {
+    let (res, out) = to.write_all(out).await;
+    res.map(|()| out)
+}
+
+/// Reads more from the client into `buf` (from empty), within `idle`.
+async fn refill(
+    from: &Stream,
+    buf: &mut Vec<u8>,
+    bytes: &ByteCounts,
+    idle: Duration,
+) -> Result<usize, SendError> {
+    let mut b = std::mem::take(buf);
+    b.clear();
+    if b.capacity() < BODY_BUFFER {
+        b.reserve(BODY_BUFFER);
+    }
+    match rt::timeout(idle, from.read_more(b)).await {
+        None => Err(SendError::ClientIdle),
+        Some((res, b)) => {
+            *buf = b;
+            match res {
+                Ok(0) => Err(SendError::Client(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => {
+                    bytes.add_received(n);
+                    Ok(n)
+                }
+                Err(e) => Err(SendError::Client(e)),
+            }
+        }
+    }
+}
+
+/// Streams `n` body bytes that start at `buf[pos..]` (and continue on the
+/// client's socket) to `up`. Returns where the body ends in `buf`.
+async fn copy_length(
+    client: &Stream,
+    buf: &mut Vec<u8>,
+    mut pos: usize,
+    n: u64,
+    up: &Stream,
+    bytes: &ByteCounts,
+    idle: Duration,
+) -> Result<usize, SendError> {
+    let mut remaining = n;
+    while remaining > 0 {
+        if pos >= buf.len() {
+            refill(client, buf, bytes, idle).await?;
+            pos = 0;
+        }
+        let take = remaining.min((buf.len() - pos) as u64) as usize;
+        let (res, b) = up.write_range(std::mem::take(buf), pos..pos + take).await;
+        *buf = b;
+        res.map_err(SendError::Upstream)?;
+        pos += take;
+        remaining -= take as u64;
+    }
+    Ok(pos)
+}
+
+/// Decodes the client's chunked body from `buf[pos..]` (and its socket)
+/// and sends it re-encoded after the head in `out`. Returns where the body
+/// ends in `buf`.
+async fn copy_chunked(
+    client: &Stream,
+    buf: &mut Vec<u8>,
+    mut pos: usize,
+    mut out: Vec<u8>,
+    up: &Stream,
+    bytes: &ByteCounts,
+    idle: Duration,
+) -> (Result<usize, SendError>, Vec<u8>) {
+    let mut decoder = ChunkedDecoder::new(ChunkedLimits::default());
+    loop {
+        if pos >= buf.len() {
+            // Send what is ready before waiting for more.
+            if !out.is_empty() {
+                match write_or(up, out).await {
+                    Ok(o) => out = o,
+                    Err(e) => return (Err(SendError::Upstream(e)), Vec::new()),
+                }
+                out.clear();
+            }
+            if let Err(e) = refill(client, buf, bytes, idle).await {
+                return (Err(e), out);
+            }
+            pos = 0;
+        }
+        match decoder.decode(&buf[pos..]) {
+            Ok((used, Some(Chunk::Data { start, end }))) => {
+                encode_chunk_header(end - start, &mut out);
+                out.extend_from_slice(&buf[pos + start..pos + end]);
+                out.extend_from_slice(CHUNK_END);
+                pos += used;
+                if out.len() >= BODY_BUFFER {
+                    match write_or(up, out).await {
+                        Ok(o) => out = o,
+                        Err(e) => return (Err(SendError::Upstream(e)), Vec::new()),
+                    }
+                    out.clear();
+                }
+            }
+            Ok((used, Some(Chunk::Done))) => {
+                encode_last_chunk(decoder.trailers(), &mut out);
+                pos += used;
+                return match write_or(up, out).await {
+                    Ok(o) => (Ok(pos), o),
+                    Err(e) => (Err(SendError::Upstream(e)), Vec::new()),
+                };
+            }
+            Ok((used, None)) => pos += used,
+            Err(e) => return (Err(SendError::Chunked(e)), out),
+        }
+    }
+}
+
+/// Reads the response head into `rbuf`, skipping interim (1xx) responses
+/// other than 101; fails when the route timeout passes (counted from the
+/// moment the whole request was sent).
+#[allow(clippy::too_many_arguments)]
+async fn read_response_head(
+    up: &Stream,
+    rbuf: &mut Vec<u8>,
+    method: Method,
+    max_head: usize,
+    fields: &mut Vec<Field>,
+    nominated: &mut Vec<Span>,
+    timeout: Duration,
+    sent_at: &Cell<Option<Instant>>,
+) -> Result<ResponseHead, HeadFailure> {
+    let read = async {
+        let mut any = false;
+        loop {
+            if !rbuf.is_empty() {
+                match h1::parse_response(rbuf, method, max_head, fields, nominated) {
+                    Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                        rbuf.drain(..h.len);
+                        continue;
+                    }
+                    Ok(Some(h)) => return Ok(h),
+                    Ok(None) => {}
+                    Err(e) => return Err(HeadFailure::Malformed(e)),
+                }
+            }
+            let mut b = std::mem::take(rbuf);
+            if b.capacity() - b.len() < 1024 {
+                b.reserve(buffers::BUFFER);
+            }
+            let (res, b) = up.read_more(b).await;
+            *rbuf = b;
+            match res {
+                Ok(0) => return Err(HeadFailure::Closed { any, error: None }),
+                Ok(_) => any = true,
+                Err(e) => {
+                    return Err(HeadFailure::Closed {
+                        any,
+                        error: Some(e),
+                    });
+                }
+            }
+        }
+    };
+    let timer = async {
+        loop {
+            match sent_at.get() {
+                Some(t) => return rt::sleep_until(t + timeout).await,
+                None => rt::sleep(timeout).await,
+            }
+        }
+    };
+    pin_mut!(read, timer);
+    match select(read, timer).await {
+        Either::Left((res, _)) => res,
+        Either::Right(_) => Err(HeadFailure::TimedOut),
+    }
+}
+
+/// Sends the response head and streams the body to the client. Returns
+/// whether the upstream connection may be reused (body read exactly to
+/// its end) and whether the client's connection must close.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    client: &Stream,
+    up: &Stream,
+    rbuf: &mut Vec<u8>,
+    response: &ResponseHead,
+    fields: &[Field],
+    nominated: &[Span],
+    client_minor: u8,
+    close: bool,
+    out: &mut Vec<u8>,
+    bytes: &ByteCounts,
+    idle: Duration,
+) -> Result<(bool, bool), BodyFailure> {
+    // Re-framing for the client: an HTTP/1.0 client gets no chunked
+    // coding (the end of the body is the end of the connection); an
+    // HTTP/1.1 client gets a close-delimited body chunked, so its
+    // connection can stay open.
+    let framing = match (response.framing, client_minor) {
+        (Framing::Chunked | Framing::Close, 0) => Framing::Close,
+        (Framing::Close, _) => Framing::Chunked,
+        (f, _) => f,
+    };
+    let close = close || framing == Framing::Close;
+    let keep_length = response.framing == Framing::None
+        && !(100..200).contains(&response.status)
+        && response.status != 204;
+    out.clear();
+    let how = ResponseOut {
+        framing,
+        close,
+        keep_length,
+    };
+    write::response_head(out, rbuf, response, fields, nominated, how);
+    let mut pos = response.len;
+    let reusable = match response.framing {
+        Framing::None => {
+            flush(client, out, bytes).await?;
+            rbuf.len() == pos
+        }
+        Framing::Length(n) => {
+            let available = rbuf.len() - pos;
+            if n as usize <= available && n as usize <= INLINE_BODY {
+                out.extend_from_slice(&rbuf[pos..pos + n as usize]);
+                flush(client, out, bytes).await?;
+                pos += n as usize;
+            } else {
+                flush(client, out, bytes).await?;
+                pos = stream_length(client, up, rbuf, pos, n, bytes, idle).await?;
+            }
+            rbuf.len() == pos
+        }
+        Framing::Chunked => {
+            stream_chunked(
+                client,
+                up,
+                rbuf,
+                pos,
+                framing == Framing::Chunked,
+                out,
+                bytes,
+                idle,
+            )
+            .await?
+        }
+        Framing::Close => {
+            stream_to_close(
+                client,
+                up,
+                rbuf,
+                pos,
+                framing == Framing::Chunked,
+                out,
+                bytes,
+                idle,
+            )
+            .await?;
+            false
+        }
+    };
+    Ok((reusable, close))
+}
+
+/// Writes `out` to the client and counts it.
+async fn flush(client: &Stream, out: &mut Vec<u8>, bytes: &ByteCounts) -> Result<(), BodyFailure> {
+    let (res, o) = client.write_all(std::mem::take(out)).await;
+    *out = o;
+    res.map_err(BodyFailure::Client)?;
+    bytes.add_sent(out.len());
+    out.clear();
+    Ok(())
+}
+
+/// Reads more of the response into `rbuf` (from empty) within `idle`.
+async fn refill_upstream(
+    up: &Stream,
+    rbuf: &mut Vec<u8>,
+    idle: Duration,
+) -> Result<usize, BodyFailure> {
+    let mut b = std::mem::take(rbuf);
+    b.clear();
+    if b.capacity() < BODY_BUFFER {
+        b.reserve(BODY_BUFFER);
+    }
+    match rt::timeout(idle, up.read_more(b)).await {
+        None => Err(BodyFailure::UpstreamIdle),
+        Some((res, b)) => {
+            *rbuf = b;
+            match res {
+                Ok(n) => Ok(n),
+                Err(e) => Err(BodyFailure::Upstream(Some(e))),
+            }
+        }
+    }
+}
+
+/// Streams `n` body bytes from `rbuf[pos..]` and the upstream socket to the
+/// client. Returns where the body ends in `rbuf`.
+#[allow(clippy::too_many_arguments)]
+async fn stream_length(
+    client: &Stream,
+    up: &Stream,
+    rbuf: &mut Vec<u8>,
+    mut pos: usize,
+    n: u64,
+    bytes: &ByteCounts,
+    idle: Duration,
+) -> Result<usize, BodyFailure> {
+    let mut remaining = n;
+    while remaining > 0 {
+        if pos >= rbuf.len() {
+            if refill_upstream(up, rbuf, idle).await? == 0 {
+                return Err(BodyFailure::Upstream(None));
+            }
+            pos = 0;
+        }
+        let take = remaining.min((rbuf.len() - pos) as u64) as usize;
+        let (res, b) = client
+            .write_range(std::mem::take(rbuf), pos..pos + take)
+            .await;
+        *rbuf = b;
+        res.map_err(BodyFailure::Client)?;
+        bytes.add_sent(take);
+        pos += take;
+        remaining -= take as u64;
+    }
+    Ok(pos)
+}
+
+/// Decodes a chunked response and sends it to the client re-chunked (or
+/// raw, for an HTTP/1.0 client). Returns whether the upstream connection
+/// ended exactly with the body.
+#[allow(clippy::too_many_arguments)]
+async fn stream_chunked(
+    client: &Stream,
+    up: &Stream,
+    rbuf: &mut Vec<u8>,
+    mut pos: usize,
+    chunked_out: bool,
+    out: &mut Vec<u8>,
+    bytes: &ByteCounts,
+    idle: Duration,
+) -> Result<bool, BodyFailure> {
+    let mut decoder = ChunkedDecoder::new(ChunkedLimits::default());
+    loop {
+        if pos >= rbuf.len() {
+            if !out.is_empty() {
+                flush(client, out, bytes).await?;
+            }
+            if refill_upstream(up, rbuf, idle).await? == 0 {
+                return Err(BodyFailure::Upstream(None));
+            }
+            pos = 0;
+        }
+        match decoder.decode(&rbuf[pos..]) {
+            Ok((used, Some(Chunk::Data { start, end }))) => {
+                if chunked_out {
+                    encode_chunk_header(end - start, out);
+                }
+                out.extend_from_slice(&rbuf[pos + start..pos + end]);
+                if chunked_out {
+                    out.extend_from_slice(CHUNK_END);
+                }
+                pos += used;
+                if out.len() >= BODY_BUFFER {
+                    flush(client, out, bytes).await?;
+                }
+            }
+            Ok((used, Some(Chunk::Done))) => {
+                if chunked_out {
+                    encode_last_chunk(decoder.trailers(), out);
+                }
+                pos += used;
+                flush(client, out, bytes).await?;
+                return Ok(rbuf.len() == pos);
+            }
+            Ok((used, None)) => pos += used,
+            Err(e) => return Err(BodyFailure::Chunked(e)),
+        }
+    }
+}
+
+/// Streams a close-delimited response to the client, chunked for an
+/// HTTP/1.1 client.
+#[allow(clippy::too_many_arguments)]
+async fn stream_to_close(
+    client: &Stream,
+    up: &Stream,
+    rbuf: &mut Vec<u8>,
+    mut pos: usize,
+    chunked_out: bool,
+    out: &mut Vec<u8>,
+    bytes: &ByteCounts,
+    idle: Duration,
+) -> Result<(), BodyFailure> {
+    loop {
+        if pos < rbuf.len() {
+            if chunked_out {
+                encode_chunk_header(rbuf.len() - pos, out);
+            }
+            out.extend_from_slice(&rbuf[pos..]);
+            if chunked_out {
+                out.extend_from_slice(CHUNK_END);
+            }
+        }
+        flush(client, out, bytes).await?;
+        pos = 0;
+        if refill_upstream(up, rbuf, idle).await? == 0 {
+            if chunked_out {
+                out.extend_from_slice(LAST_CHUNK);
+                flush(client, out, bytes).await?;
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// A 101 to an upgrade request: the response goes to the client, bytes
+/// already read on either side follow, then the connection is a byte
+/// tunnel until one side closes.
+#[allow(clippy::too_many_arguments)]
+async fn tunnel(
+    c: &mut Client,
+    cbuf: &mut Vec<u8>,
+    consumed: usize,
+    up: &Stream,
+    rbuf: &[u8],
+    response: &ResponseHead,
+    fields: &[Field],
+    nominated: &[Span],
+    record: &mut RequestRecord,
+    idle: Duration,
+) -> After {
+    let mut out = buffers::take();
+    let how = ResponseOut {
+        framing: Framing::None,
+        close: false,
+        keep_length: false,
+    };
+    write::response_head(&mut out, rbuf, response, fields, nominated, how);
+    out.extend_from_slice(&rbuf[response.len..]);
+    let (res, o) = c.stream.write_all(out).await;
+    c.bytes.add_sent(o.len());
+    buffers::give(o);
+    if res.is_err() {
+        return After::Abort;
+    }
+    if consumed < cbuf.len() {
+        let (res, b) = up
+            .write_range(std::mem::take(cbuf), consumed..cbuf.len())
+            .await;
+        *cbuf = b;
+        if res.is_err() {
+            return After::Abort;
+        }
+    }
+    cbuf.clear();
+    let end = c.stream.tunnel(up, idle).await;
+    c.bytes.add_received(end.received as usize);
+    c.bytes.add_sent(end.sent as usize);
+    if let Some(e) = end.error {
+        record.error = Some(format!("tunnel: {e}"));
+        return After::Abort;
+    }
+    After::Close
+}

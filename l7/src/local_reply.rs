@@ -1,0 +1,136 @@
+//! Answers the proxy makes itself, and the response flags that say why
+//! (DESIGN.md §3, Envoy's `%RESPONSE_FLAGS%` names). Each answer is a short
+//! text body naming the flag, so a client sees why without reading logs.
+
+use crate::codec::write::push_decimal;
+
+/// Why the proxy answered (or cut) a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFlag {
+    /// No upstream connection could be made (`UF`, 502).
+    UpstreamConnectFailure,
+    /// No healthy endpoint in the cluster (`UH`, 503).
+    NoHealthyUpstream,
+    /// A circuit breaker was open (`UO`, 503).
+    UpstreamOverflow,
+    /// The route timeout expired before the response head (`UT`, 504).
+    UpstreamTimeout,
+    /// The upstream closed or reset the connection before the response
+    /// was complete (`UC`; 502 when nothing had been sent yet).
+    UpstreamConnectionTermination,
+    /// The upstream's response broke HTTP/1.1 rules (`UPE`, 502).
+    UpstreamProtocolError,
+    /// The client went away before the response was complete (`DC`).
+    DownstreamConnectionTermination,
+    /// The client's request broke HTTP/1.1 rules (`DPE`, 4xx/501).
+    DownstreamProtocolError,
+    /// The proxy ran out of a local resource (descriptors, ports) while
+    /// connecting (`LR`, 503).
+    LocalResource,
+}
+
+impl ResponseFlag {
+    /// The short code in logs and bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFlag::UpstreamConnectFailure => "UF",
+            ResponseFlag::NoHealthyUpstream => "UH",
+            ResponseFlag::UpstreamOverflow => "UO",
+            ResponseFlag::UpstreamTimeout => "UT",
+            ResponseFlag::UpstreamConnectionTermination => "UC",
+            ResponseFlag::UpstreamProtocolError => "UPE",
+            ResponseFlag::DownstreamConnectionTermination => "DC",
+            ResponseFlag::DownstreamProtocolError => "DPE",
+            ResponseFlag::LocalResource => "LR",
+        }
+    }
+
+    /// The status of the proxy's own answer for this flag.
+    pub fn status(self) -> u16 {
+        match self {
+            ResponseFlag::UpstreamConnectFailure
+            | ResponseFlag::UpstreamConnectionTermination
+            | ResponseFlag::UpstreamProtocolError => 502,
+            ResponseFlag::NoHealthyUpstream
+            | ResponseFlag::UpstreamOverflow
+            | ResponseFlag::LocalResource => 503,
+            ResponseFlag::UpstreamTimeout => 504,
+            ResponseFlag::DownstreamConnectionTermination
+            | ResponseFlag::DownstreamProtocolError => 400,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            ResponseFlag::UpstreamConnectFailure => "upstream connect failed",
+            ResponseFlag::NoHealthyUpstream => "no healthy upstream",
+            ResponseFlag::UpstreamOverflow => "upstream overflow (circuit breaker open)",
+            ResponseFlag::UpstreamTimeout => "upstream request timeout",
+            ResponseFlag::UpstreamConnectionTermination => {
+                "upstream closed the connection before responding"
+            }
+            ResponseFlag::UpstreamProtocolError => "upstream sent an invalid response",
+            ResponseFlag::DownstreamConnectionTermination => "client went away",
+            ResponseFlag::DownstreamProtocolError => "bad request",
+            ResponseFlag::LocalResource => "proxy out of local resources",
+        }
+    }
+}
+
+/// The reason phrase of a status the proxy sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+/// Appends a complete answer: status line, framing, `connection: close`
+/// when `close`, and a one-line text body `"<text> (<flag>)\n"`.
+pub fn write(out: &mut Vec<u8>, status: u16, text: &str, flag: &str, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
+    push_decimal(out, (text.len() + flag.len() + 4) as u64);
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(b" (");
+    out.extend_from_slice(flag.as_bytes());
+    out.extend_from_slice(b")\n");
+}
+
+/// Appends the answer for `flag`.
+pub fn for_flag(out: &mut Vec<u8>, flag: ResponseFlag, close: bool) {
+    write(out, flag.status(), flag.text(), flag.as_str(), close);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_reply_is_a_complete_framed_response_naming_its_flag() {
+        let mut out = Vec::new();
+        for_flag(&mut out, ResponseFlag::NoHealthyUpstream, true);
+        let text = String::from_utf8(out).expect("ascii");
+        assert_eq!(
+            text,
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 25\r\nconnection: close\r\n\r\nno healthy upstream (UH)\n"
+        );
+    }
+}

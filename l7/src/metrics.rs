@@ -1,0 +1,277 @@
+//! Per-request statistics: per-core slots written by the worker that served
+//! the request, merged when the control side scrapes them. Registered by
+//! name and kept across reloads, so counters never go back.
+//!
+//! Families (rendered by `control/src/prometheus.rs`, documented in the
+//! README): `ringmesh_http_requests_total{listener,cluster,code}`,
+//! `ringmesh_http_request_duration_seconds{listener,cluster}`,
+//! `ringmesh_http_requests_active{listener}`,
+//! `ringmesh_http_rejected_total{listener,reason}`,
+//! `ringmesh_upstream_requests_total{cluster,code}`,
+//! `ringmesh_upstream_pool_connections_total{cluster,result}`,
+//! `ringmesh_upstream_bad_responses_total{cluster}`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use ringmesh_core::metrics::{Histogram, HistogramSnapshot, merge_histograms};
+use ringmesh_core::per_core::{Counter, Gauge, PerCore, sum};
+
+/// Upper bounds (seconds) of the request-duration histogram.
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Why the proxy refused a request itself before routing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The head broke a rule of `codec::h1` (label from [`crate::codec::h1::HeadError`]).
+    Head(crate::codec::h1::HeadError),
+    /// The head did not arrive within `request_headers_timeout` (408).
+    HeaderTimeout,
+    /// The chunked body broke the framing rules (400, or a reset once the
+    /// response had started).
+    ChunkedBody,
+    /// CONNECT (405).
+    Connect,
+}
+
+/// Every rejection label, in index order.
+pub const REJECTION_LABELS: [&str; 15] = [
+    "malformed_head",
+    "bare_lf",
+    "unsupported_version",
+    "uri_too_long",
+    "head_too_large",
+    "too_many_headers",
+    "invalid_content_length",
+    "content_length_and_transfer_encoding",
+    "invalid_transfer_encoding",
+    "unsupported_transfer_coding",
+    "invalid_host",
+    "header_timeout",
+    "invalid_chunked_body",
+    "method_connect",
+    "other",
+];
+
+impl Rejection {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Head(e) => e.as_str(),
+            Rejection::HeaderTimeout => "header_timeout",
+            Rejection::ChunkedBody => "invalid_chunked_body",
+            Rejection::Connect => "method_connect",
+        }
+    }
+
+    fn index(self) -> usize {
+        let label = self.as_str();
+        REJECTION_LABELS
+            .iter()
+            .position(|l| *l == label)
+            .unwrap_or(REJECTION_LABELS.len() - 1)
+    }
+}
+
+/// The status class of a response: 0 for 1xx .. 4 for 5xx.
+#[inline]
+pub fn code_class(status: u16) -> usize {
+    usize::from((status / 100).clamp(1, 5) - 1)
+}
+
+/// Labels of [`code_class`].
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One worker's counters of one HTTP listener.
+#[derive(Debug, Default)]
+pub struct ListenerCore {
+    pub(crate) active: Gauge,
+    pub(crate) rejected: [Counter; REJECTION_LABELS.len()],
+}
+
+/// Statistics of one HTTP listener.
+#[derive(Debug)]
+pub struct HttpListenerStats {
+    pub(crate) cores: PerCore<ListenerCore>,
+}
+
+impl HttpListenerStats {
+    pub(crate) fn reject(&self, core: usize, why: Rejection) {
+        self.cores.get(core).rejected[why.index()].inc();
+    }
+
+    /// Requests in flight now.
+    pub fn active(&self) -> i64 {
+        self.cores.iter().map(|c| c.active.get()).sum()
+    }
+
+    /// Rejections by label.
+    pub fn rejected(&self) -> Vec<(&'static str, u64)> {
+        REJECTION_LABELS
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (*l, sum(&self.cores, |c| c.rejected[i].get())))
+            .collect()
+    }
+}
+
+/// One worker's counters of one (listener, cluster) pair.
+#[derive(Debug, Default)]
+pub struct RouteCore {
+    pub(crate) codes: [Counter; 5],
+    pub(crate) duration: Histogram,
+}
+
+/// Requests of one listener that went to (or were meant for) one cluster.
+#[derive(Debug)]
+pub struct RouteStats {
+    pub(crate) cores: PerCore<RouteCore>,
+}
+
+impl RouteStats {
+    pub(crate) fn record(&self, core: usize, status: u16, elapsed: std::time::Duration) {
+        let c = self.cores.get(core);
+        c.codes[code_class(status)].inc();
+        c.duration.record(REQUEST_BUCKETS, elapsed);
+    }
+
+    /// Responses by code class.
+    pub fn codes(&self) -> [u64; 5] {
+        std::array::from_fn(|i| sum(&self.cores, |c| c.codes[i].get()))
+    }
+
+    /// Request durations.
+    pub fn duration(&self) -> HistogramSnapshot {
+        merge_histograms(REQUEST_BUCKETS, self.cores.iter().map(|c| &c.duration))
+    }
+}
+
+/// One worker's counters of one cluster's HTTP traffic.
+#[derive(Debug, Default)]
+pub struct UpstreamCore {
+    pub(crate) codes: [Counter; 5],
+    pub(crate) reused: Counter,
+    pub(crate) new: Counter,
+    pub(crate) replayed: Counter,
+    pub(crate) bad_responses: Counter,
+}
+
+/// HTTP statistics of one cluster.
+#[derive(Debug)]
+pub struct UpstreamStats {
+    pub(crate) cores: PerCore<UpstreamCore>,
+}
+
+impl UpstreamStats {
+    /// Upstream responses by code class.
+    pub fn codes(&self) -> [u64; 5] {
+        std::array::from_fn(|i| sum(&self.cores, |c| c.codes[i].get()))
+    }
+
+    /// Requests sent on a pooled (reused) connection, and on a new one.
+    pub fn pool(&self) -> (u64, u64) {
+        (
+            sum(&self.cores, |c| c.reused.get()),
+            sum(&self.cores, |c| c.new.get()),
+        )
+    }
+
+    /// Requests replayed on a new connection after a pooled one failed
+    /// before any response byte.
+    pub fn replayed(&self) -> u64 {
+        sum(&self.cores, |c| c.replayed.get())
+    }
+
+    /// Malformed responses (502, connection discarded).
+    pub fn bad_responses(&self) -> u64 {
+        sum(&self.cores, |c| c.bad_responses.get())
+    }
+}
+
+/// Every HTTP statistics object, by name; entries live for the process.
+#[derive(Debug)]
+pub struct HttpStatsRegistry {
+    workers: usize,
+    listeners: Mutex<BTreeMap<String, Arc<HttpListenerStats>>>,
+    routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
+    upstreams: Mutex<BTreeMap<String, Arc<UpstreamStats>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HttpStatsRegistry {
+    /// A registry for `workers` cores.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            workers,
+            listeners: Mutex::new(BTreeMap::new()),
+            routes: Mutex::new(BTreeMap::new()),
+            upstreams: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The stats of HTTP listener `name`, created on first use.
+    pub fn listener(&self, name: &str) -> Arc<HttpListenerStats> {
+        lock(&self.listeners)
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(HttpListenerStats {
+                    cores: PerCore::new(self.workers),
+                })
+            })
+            .clone()
+    }
+
+    /// The stats of requests from `listener` to `cluster`.
+    pub fn route(&self, listener: &str, cluster: &str) -> Arc<RouteStats> {
+        lock(&self.routes)
+            .entry((listener.to_owned(), cluster.to_owned()))
+            .or_insert_with(|| {
+                Arc::new(RouteStats {
+                    cores: PerCore::new(self.workers),
+                })
+            })
+            .clone()
+    }
+
+    /// The HTTP stats of cluster `name`.
+    pub fn upstream(&self, name: &str) -> Arc<UpstreamStats> {
+        lock(&self.upstreams)
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(UpstreamStats {
+                    cores: PerCore::new(self.workers),
+                })
+            })
+            .clone()
+    }
+
+    /// Every HTTP listener's stats.
+    pub fn listeners(&self) -> Vec<(String, Arc<HttpListenerStats>)> {
+        lock(&self.listeners)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every (listener, cluster) pair's stats.
+    pub fn routes(&self) -> Vec<((String, String), Arc<RouteStats>)> {
+        lock(&self.routes)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every cluster's HTTP stats.
+    pub fn upstreams(&self) -> Vec<(String, Arc<UpstreamStats>)> {
+        lock(&self.upstreams)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}

@@ -1,0 +1,79 @@
+//! The phases of one request, in the order they run. This file is the map:
+//! each phase is one step below, and later features (route matching,
+//! authorization, rate limits, faults, retries) slot in where their step
+//! is named.
+//!
+//! 1. **limits**: the head was read within `request_headers_timeout` and
+//!    checked against the size and smuggling rules (`codec::h1`), before
+//!    this runs;
+//! 2. **method**: CONNECT is refused (405) until tunnelling is configured;
+//! 3. **route**: the listener's route table picks a route (today: its one
+//!    route to the listener's cluster); no route: 404, flag `NR`;
+//! 4. *(route authorization, rate limit, fault injection: later issues)*;
+//! 5. **breakers**: the cluster's `max_requests` (503, flag `UO`);
+//! 6. **upstream exchange** (`exchange.rs`): pick an endpoint (core's
+//!    balancer, health, ejection, panic mode) -> pooled or new connection
+//!    (`max_connections`, connect timeout, failover, TLS origination) ->
+//!    send head and body -> response head within the route `timeout` ->
+//!    stream the body back -> pool the connection when reusable;
+//! 7. **record** (`record.rs`): metrics and one access-log line, once.
+
+use ringmesh_core::protocol::ListenerRef;
+use ringmesh_core::upstream::RequestSlot;
+
+use crate::codec::h1::{Method, RequestHead};
+use crate::config::HttpListener;
+use crate::local_reply::ResponseFlag;
+use crate::metrics::Rejection;
+use crate::record::RequestRecord;
+use crate::server::{After, Client};
+
+/// Runs one request through its phases; says what the connection does next.
+pub(crate) async fn run(
+    c: &mut Client,
+    _listener: &ListenerRef,
+    http: &HttpListener,
+    head: &RequestHead,
+    record: &mut RequestRecord,
+) -> After {
+    let core = c.facts.core;
+    // 2. method
+    if head.method == Method::Connect {
+        http.stats.reject(core, Rejection::Connect);
+        return refuse(c, head, record, 405, "CONNECT is not supported").await;
+    }
+    // 3. route
+    let Some(route) = http.routes.route() else {
+        return refuse(c, head, record, 404, "no route").await;
+    };
+    // 5. breakers
+    let Some(_active) = RequestSlot::acquire(&route.target.cluster, core) else {
+        return crate::exchange::local(c, head, record, ResponseFlag::UpstreamOverflow, None).await;
+    };
+    let gauge = &http.stats.cores.get(core).active;
+    gauge.add(1);
+    // 6. upstream exchange
+    let after = crate::exchange::forward(c, http, route, head, record).await;
+    gauge.add(-1);
+    after
+}
+
+/// Answers a request the proxy will not forward, then closes.
+async fn refuse(
+    c: &mut Client,
+    _head: &RequestHead,
+    record: &mut RequestRecord,
+    status: u16,
+    text: &str,
+) -> After {
+    let flag = if status == 404 { "NR" } else { "DPE" };
+    let mut out = crate::buffers::take();
+    crate::local_reply::write(&mut out, status, text, flag, true);
+    record.status = status;
+    let (res, out) = c.stream.write_all(out).await;
+    if res.is_ok() {
+        c.bytes.add_sent(out.len());
+    }
+    crate::buffers::give(out);
+    After::Close
+}

@@ -1,0 +1,133 @@
+//! One result object per request: everything the access log and the
+//! metrics need, emitted exactly once when the request ends (ztunnel's
+//! pattern). The access-log text fields are copied into the connection's
+//! reused strings, not allocated per request.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::codec::h1::{FieldKind, RequestHead};
+use crate::config::HttpListener;
+use crate::local_reply::ResponseFlag;
+use crate::server::Client;
+
+/// Text fields of the access log, reused by a connection's requests.
+#[derive(Debug, Default)]
+pub(crate) struct LogText {
+    method: String,
+    authority: String,
+    path: String,
+    request_id: String,
+}
+
+/// What is known about one request, finished once.
+pub(crate) struct RequestRecord {
+    started: Instant,
+    /// The response status sent (0: none).
+    pub status: u16,
+    /// Why the proxy answered or cut the request itself.
+    pub flag: Option<ResponseFlag>,
+    /// The endpoint of the last attempt.
+    pub endpoint: Option<SocketAddr>,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// What went wrong, for the log.
+    pub error: Option<String>,
+    /// The id sent upstream when the proxy generated one.
+    request_id: Option<[u8; 36]>,
+    minor: u8,
+    received_before: u64,
+    sent_before: u64,
+}
+
+impl RequestRecord {
+    /// Starts the record of the request whose head is `head` (read into
+    /// the client's buffer).
+    pub fn new(
+        started: Instant,
+        received_before: u64,
+        http: &HttpListener,
+        head: &RequestHead,
+        c: &mut Client,
+    ) -> Self {
+        let request_id = (http.settings.generate_request_id && !head.has_request_id)
+            .then(crate::request_id::uuid_v4);
+        if http.settings.access_log {
+            let text = &mut c.log;
+            let buf = &c.buf;
+            let set = |s: &mut String, b: &[u8]| {
+                s.clear();
+                s.push_str(&String::from_utf8_lossy(b));
+            };
+            set(&mut text.method, head.method_span.get(buf));
+            set(&mut text.path, head.target.get(buf));
+            match head.host {
+                Some(h) => set(&mut text.authority, h.get(buf)),
+                None => text.authority.clear(),
+            }
+            text.request_id.clear();
+            if let Some(id) = &request_id {
+                set(&mut text.request_id, id);
+            } else if let Some(f) = c.fields.iter().find(|f| f.kind == FieldKind::XRequestId) {
+                set(&mut text.request_id, f.value.get(buf));
+            }
+        }
+        RequestRecord {
+            started,
+            status: 0,
+            flag: None,
+            endpoint: None,
+            attempts: 0,
+            error: None,
+            request_id,
+            minor: head.minor,
+            received_before,
+            sent_before: c.bytes.sent.get(),
+        }
+    }
+
+    /// The generated request id, if the proxy made one.
+    pub fn request_id_str(&self) -> Option<&str> {
+        self.request_id
+            .as_ref()
+            .and_then(|id| std::str::from_utf8(id).ok())
+    }
+
+    /// Emits the request's metrics and access-log line.
+    pub fn finish(self, http: &HttpListener, c: &Client) {
+        let elapsed = self.started.elapsed();
+        let core = c.facts.core;
+        if let Some(route) = http.routes.route() {
+            route.stats.record(core, self.status.max(100), elapsed);
+        }
+        if !http.settings.access_log {
+            return;
+        }
+        let or_dash = |s: &str| if s.is_empty() { "-" } else { s }.to_owned();
+        let endpoint = self.endpoint.map(|a| a.to_string());
+        let route = http.routes.route();
+        tracing::info!(
+            target: "ringmesh::access",
+            listener = %http.name,
+            route = route.map(|r| &*r.name).unwrap_or("-"),
+            cluster = route.map(|r| &*r.target.cluster.name).unwrap_or("-"),
+            peer = %c.facts.peer,
+            method = %c.log.method,
+            authority = %or_dash(&c.log.authority),
+            path = %c.log.path,
+            protocol = if self.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
+            status = self.status,
+            flags = self.flag.map(|f| f.as_str()).unwrap_or("-"),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream = endpoint.as_deref().unwrap_or("-"),
+            attempts = self.attempts,
+            bytes_received = c.bytes.received.get() - self.received_before,
+            bytes_sent = c.bytes.sent.get() - self.sent_before,
+            identity = c.facts.identity.as_deref().unwrap_or("-"),
+            request_id = %or_dash(&c.log.request_id),
+            trace_id = "-",
+            error = self.error.as_deref().unwrap_or(""),
+            "request"
+        );
+    }
+}

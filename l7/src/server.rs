@@ -1,0 +1,296 @@
+//! One downstream HTTP/1.x connection, top to bottom:
+//!
+//! 1. [`Client::next_head`]: wait for a request (idle timeout; a drain
+//!    closes an idle connection at once), read its head within
+//!    `request_headers_timeout`, parse and check it (`codec::h1`); a bad
+//!    head is answered 400/414/431/501 (408 on timeout) and the connection
+//!    closed;
+//! 2. load the listener's config *for this request* (a reload never
+//!    changes a request in flight) and run the request's phases
+//!    ([`crate::phases`]): route, breakers, upstream exchange, response;
+//! 3. [`RequestRecord::finish`]: metrics and the access-log line, once;
+//! 4. keep the connection for the next request (pipelined ones are
+//!    already in the buffer) or close it: HTTP/1.0, `Connection: close`
+//!    either way, an incomplete exchange, or a drain.
+
+use std::io;
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures_util::future::{Either, select};
+use futures_util::pin_mut;
+use ringmesh_core::protocol::{
+    ByteCounts, Connection, ConnectionEnd, ConnectionFacts, ListenerRef, ListenerWatch,
+};
+use ringmesh_core::{CloseReason, Stream, rt};
+
+use crate::buffers;
+use crate::codec::h1::{self, Field, RequestHead, Span};
+use crate::config::HttpListener;
+use crate::local_reply;
+use crate::metrics::Rejection;
+use crate::record::RequestRecord;
+
+/// The connection's state kept across requests.
+pub(crate) struct Client {
+    pub stream: Stream,
+    pub facts: ConnectionFacts,
+    watch: ListenerWatch,
+    pub bytes: Rc<ByteCounts>,
+    /// Bytes read from the client and not yet consumed (a pooled buffer
+    /// while there are any; empty, with no capacity, while idle).
+    pub buf: Vec<u8>,
+    /// The current request's header fields and `Connection`-nominated names.
+    pub fields: Vec<Field>,
+    pub nominated: Vec<Span>,
+    /// The client's address as text (x-forwarded-for, logs).
+    pub peer_ip: String,
+    /// Hash key of the client for consistent-hashing balancers.
+    pub hash_key: u64,
+    /// Requests served on this connection.
+    pub requests: u64,
+    /// The current response's fields (reused).
+    pub resp_fields: Vec<Field>,
+    pub resp_nominated: Vec<Span>,
+    /// Access-log text of the current request (reused).
+    pub log: crate::record::LogText,
+}
+
+/// What the connection does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Serve the next request.
+    KeepAlive,
+    /// Close (FIN after the response).
+    Close,
+    /// Close with a reset: the exchange broke mid-message.
+    Abort,
+}
+
+/// How one wait for bytes between or within heads ended.
+enum Waited {
+    Read(io::Result<usize>, Vec<u8>),
+    Drained,
+    TimedOut,
+}
+
+/// How waiting for a request head ended.
+enum NextHead {
+    Head(RequestHead, Instant),
+    /// The client closed (or drained) between requests: a clean end.
+    Closed,
+    /// Refused before routing: answered and counted.
+    Rejected,
+    /// The client's socket failed.
+    Failed(io::Error),
+}
+
+/// Serves one HTTP connection to its end.
+pub(crate) async fn serve(conn: Connection) -> ConnectionEnd {
+    let Connection {
+        stream,
+        facts,
+        listener,
+        bytes,
+    } = conn;
+    let peer_ip = facts.peer.ip().to_string();
+    let hash_key = ringmesh_core::balance::client_key(facts.peer);
+    let mut client = Client {
+        stream,
+        facts,
+        watch: listener,
+        bytes,
+        buf: Vec::new(),
+        fields: Vec::with_capacity(16),
+        nominated: Vec::new(),
+        peer_ip,
+        hash_key,
+        requests: 0,
+        resp_fields: Vec::with_capacity(16),
+        resp_nominated: Vec::new(),
+        log: Default::default(),
+    };
+    let end = client.run().await;
+    buffers::give(std::mem::take(&mut client.buf));
+    end
+}
+
+impl Client {
+    async fn run(&mut self) -> ConnectionEnd {
+        loop {
+            let listener = self.watch.current();
+            let Some(http) = http_of(&listener) else {
+                // The listener stopped being HTTP on reload: finish here.
+                return end(CloseReason::Completed, None);
+            };
+            let settings = http.settings.clone();
+            let received_before = self.bytes.received.get();
+            let (head, started) = match self.next_head(http, &settings).await {
+                NextHead::Head(head, started) => (head, started),
+                NextHead::Closed => {
+                    let _ = self.stream.finish().await;
+                    return end(CloseReason::Completed, None);
+                }
+                NextHead::Rejected => return end(CloseReason::Completed, Some("request refused")),
+                NextHead::Failed(e) => {
+                    return end(CloseReason::DownstreamError, Some(&e.to_string()));
+                }
+            };
+            self.requests += 1;
+            // The request runs on the config current now, start to end.
+            let listener = self.watch.current();
+            let Some(http) = http_of(&listener) else {
+                return end(CloseReason::Completed, None);
+            };
+            let mut record = RequestRecord::new(started, received_before, http, &head, self);
+            let after = crate::phases::run(self, &listener, http, &head, &mut record).await;
+            let flag = record.flag;
+            record.finish(http, self);
+            match after {
+                After::KeepAlive => {}
+                After::Close => {
+                    let _ = self.stream.finish().await;
+                    return end(CloseReason::Completed, None);
+                }
+                After::Abort => {
+                    self.stream.reset();
+                    return end(CloseReason::UpstreamError, flag.map(|f| f.as_str()));
+                }
+            }
+        }
+    }
+
+    /// Waits for and reads the next request head.
+    async fn next_head(
+        &mut self,
+        http: &HttpListener,
+        settings: &crate::config::HttpSettings,
+    ) -> NextHead {
+        let limits = settings.limits;
+        let mut started = None;
+        loop {
+            if !self.buf.is_empty() {
+                let first = *started.get_or_insert_with(Instant::now);
+                match h1::parse_request(&self.buf, &limits, &mut self.fields, &mut self.nominated) {
+                    Ok(Some(head)) => return NextHead::Head(head, first),
+                    Ok(None) => {
+                        if let Err(e) = h1::check_partial_request(&self.buf, &limits) {
+                            return self.reject(http, Rejection::Head(e)).await;
+                        }
+                    }
+                    Err(e) => return self.reject(http, Rejection::Head(e)).await,
+                }
+            }
+            // Between requests: the idle timeout (the headers timeout for a
+            // connection's first request), and a drain ends the wait.
+            let idle = self.buf.is_empty();
+            let deadline = match started {
+                Some(t) => t + settings.request_headers_timeout,
+                None if self.requests == 0 => Instant::now() + settings.request_headers_timeout,
+                None => Instant::now() + settings.idle_timeout,
+            };
+            let waited = {
+                let buf = std::mem::take(&mut self.buf);
+                let stream = &self.stream;
+                let read = async move {
+                    if idle {
+                        stream.read_when_ready(buf, buffers::BUFFER).await
+                    } else {
+                        let mut buf = buf;
+                        if buf.capacity() - buf.len() < 1024 {
+                            buf.reserve(buffers::BUFFER);
+                        }
+                        stream.read_more(buf).await
+                    }
+                };
+                let drained = async {
+                    if idle {
+                        ringmesh_core::drain::wait().await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                let timer = rt::sleep_until(deadline);
+                pin_mut!(read, drained, timer);
+                match select(read, select(drained, timer)).await {
+                    Either::Left(((res, buf), _)) => Waited::Read(res, buf),
+                    Either::Right((Either::Left(_), _)) => Waited::Drained,
+                    Either::Right((Either::Right(_), _)) => Waited::TimedOut,
+                }
+            };
+            match waited {
+                Waited::Read(res, buf) => {
+                    self.buf = buf;
+                    match res {
+                        // Closed between requests, or halfway through a
+                        // head: nothing to answer either way.
+                        Ok(0) => return NextHead::Closed,
+                        Ok(n) => self.bytes.add_received(n),
+                        Err(e) => return NextHead::Failed(e),
+                    }
+                }
+                Waited::Drained => return NextHead::Closed,
+                // Idle too long between requests, or a first request that
+                // never sent a byte: close without an answer.
+                Waited::TimedOut if started.is_none() => return NextHead::Closed,
+                Waited::TimedOut => return self.reject(http, Rejection::HeaderTimeout).await,
+            }
+        }
+    }
+
+    /// Answers a refused request, counts and logs it; the connection then
+    /// closes (the rest of its bytes cannot be trusted).
+    async fn reject(&mut self, http: &HttpListener, why: Rejection) -> NextHead {
+        http.stats.reject(self.facts.core, why);
+        let status = match why {
+            Rejection::Head(e) => e.status(),
+            Rejection::HeaderTimeout => 408,
+            Rejection::ChunkedBody => 400,
+            Rejection::Connect => 405,
+        };
+        tracing::info!(
+            target: "ringmesh::access",
+            listener = %http.name,
+            peer = %self.facts.peer,
+            status,
+            reason = why.as_str(),
+            "request rejected"
+        );
+        let mut out = buffers::take();
+        local_reply::write(&mut out, status, local_reply::reason(status), "DPE", true);
+        let (res, out) = self.stream.write_all(out).await;
+        if res.is_ok() {
+            self.bytes.add_sent(out.len());
+        }
+        buffers::give(out);
+        let _ = self.stream.finish().await;
+        NextHead::Rejected
+    }
+
+    /// Removes the bytes of a finished request (head and body) from the
+    /// buffer; gives the buffer back when nothing is left.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        if n == self.buf.len() {
+            buffers::give(std::mem::take(&mut self.buf));
+        } else {
+            self.buf.drain(..n);
+        }
+    }
+}
+
+/// The HTTP config a listener carries, if it is an HTTP listener.
+pub(crate) fn http_of(listener: &ListenerRef) -> Option<&HttpListener> {
+    listener
+        .protocol
+        .as_ref()
+        .and_then(|p| p.as_any().downcast_ref::<crate::HttpHandler>())
+        .map(|h| &h.config)
+}
+
+fn end(reason: CloseReason, error: Option<&str>) -> ConnectionEnd {
+    ConnectionEnd {
+        reason,
+        error: error.map(str::to_owned),
+    }
+}
