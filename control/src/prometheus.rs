@@ -11,6 +11,8 @@ use ringmesh_core::metrics::HistogramSnapshot;
 use ringmesh_core::{CloseReason, StatsRegistry};
 use std::sync::atomic::Ordering;
 
+use ringmesh_l7::metrics::{CODE_CLASSES, HttpStatsRegistry};
+
 use crate::process::ProcessStats;
 
 /// Proxy-wide values that are not per listener or cluster.
@@ -89,13 +91,13 @@ impl Out {
 fn render_health(o: &mut Out, health: &HealthRegistry) {
     let clusters = health.clusters();
     o.header(
-        "ringmesh_cluster_membership_total",
+        "ringmesh_cluster_membership_endpoints",
         "gauge",
         "Endpoints of the cluster, by cluster.",
     );
     for c in &clusters {
         o.sample(
-            "ringmesh_cluster_membership_total",
+            "ringmesh_cluster_membership_endpoints",
             &[("cluster", &c.name)],
             c.membership().1,
         );
@@ -202,11 +204,131 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Per-request HTTP metrics (l7).
+fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
+    let routes = http.routes();
+    o.header(
+        "ringmesh_http_requests_total",
+        "counter",
+        "HTTP requests answered, by listener, cluster and status class (answers the proxy made itself included).",
+    );
+    for ((listener, cluster), r) in &routes {
+        for (class, n) in CODE_CLASSES.iter().zip(r.codes()) {
+            o.sample(
+                "ringmesh_http_requests_total",
+                &[
+                    ("listener", listener),
+                    ("cluster", cluster),
+                    ("code", class),
+                ],
+                n,
+            );
+        }
+    }
+    o.header(
+        "ringmesh_http_request_duration_seconds",
+        "histogram",
+        "Time from a request's first head byte to the end of its response, by listener and cluster.",
+    );
+    for ((listener, cluster), r) in &routes {
+        o.histogram(
+            "ringmesh_http_request_duration_seconds",
+            &[("listener", listener), ("cluster", cluster)],
+            &r.duration(),
+        );
+    }
+    let listeners = http.listeners();
+    o.header(
+        "ringmesh_http_requests_active",
+        "gauge",
+        "HTTP requests in flight now, by listener.",
+    );
+    for (name, l) in &listeners {
+        o.sample(
+            "ringmesh_http_requests_active",
+            &[("listener", name)],
+            l.active(),
+        );
+    }
+    o.header(
+        "ringmesh_http_rejected_total",
+        "counter",
+        "Requests refused before routing (malformed or smuggling-prone heads, limits, header timeout, bad chunked bodies, CONNECT), by listener and reason.",
+    );
+    for (name, l) in &listeners {
+        for (reason, n) in l.rejected() {
+            o.sample(
+                "ringmesh_http_rejected_total",
+                &[("listener", name), ("reason", reason)],
+                n,
+            );
+        }
+    }
+    let upstreams = http.upstreams();
+    o.header(
+        "ringmesh_upstream_requests_total",
+        "counter",
+        "Responses received from endpoints, by cluster and status class.",
+    );
+    for (name, u) in &upstreams {
+        for (class, n) in CODE_CLASSES.iter().zip(u.codes()) {
+            o.sample(
+                "ringmesh_upstream_requests_total",
+                &[("cluster", name), ("code", class)],
+                n,
+            );
+        }
+    }
+    o.header(
+        "ringmesh_upstream_pool_requests_total",
+        "counter",
+        "HTTP requests sent upstream, by cluster and connection (`reused`: an idle pooled connection, `new`: a new connection).",
+    );
+    for (name, u) in &upstreams {
+        let (reused, new) = u.pool();
+        o.sample(
+            "ringmesh_upstream_pool_requests_total",
+            &[("cluster", name), ("connection", "reused")],
+            reused,
+        );
+        o.sample(
+            "ringmesh_upstream_pool_requests_total",
+            &[("cluster", name), ("connection", "new")],
+            new,
+        );
+    }
+    o.header(
+        "ringmesh_upstream_replayed_total",
+        "counter",
+        "Requests replayed on a new connection after a pooled one failed before any response byte, by cluster.",
+    );
+    for (name, u) in &upstreams {
+        o.sample(
+            "ringmesh_upstream_replayed_total",
+            &[("cluster", name)],
+            u.replayed(),
+        );
+    }
+    o.header(
+        "ringmesh_upstream_bad_responses_total",
+        "counter",
+        "Malformed upstream responses (answered 502, connection discarded), by cluster.",
+    );
+    for (name, u) in &upstreams {
+        o.sample(
+            "ringmesh_upstream_bad_responses_total",
+            &[("cluster", name)],
+            u.bad_responses(),
+        );
+    }
+}
+
 /// Renders every metric.
 pub fn render(
     info: &ProxyInfo<'_>,
     stats: &StatsRegistry,
     health: &HealthRegistry,
+    http: &HttpStatsRegistry,
     process: &ProcessStats,
 ) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
@@ -527,6 +649,30 @@ pub fn render(
         );
     }
     o.header(
+        "ringmesh_upstream_request_overflow_total",
+        "counter",
+        "HTTP requests answered 503 (flag UO) at once because max_requests were in flight, by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_request_overflow_total",
+            &[("cluster", n)],
+            t.request_overflow,
+        );
+    }
+    o.header(
+        "ringmesh_upstream_requests_active",
+        "gauge",
+        "HTTP requests in flight to the cluster now (the max_requests breaker's count), by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_requests_active",
+            &[("cluster", n)],
+            t.active_requests,
+        );
+    }
+    o.header(
         "ringmesh_upstream_tls_failures_total",
         "counter",
         "TLS handshakes with upstream endpoints that failed (unknown CA, wrong identity, protocol error, timeout), by cluster.",
@@ -587,6 +733,7 @@ pub fn render(
     );
     o.sample("process_cpu_seconds_total", &[], process.cpu_seconds);
     render_health(&mut o, health);
+    render_http(&mut o, http);
     o.header(
         "ringmesh_discovery_updates_total",
         "counter",

@@ -460,7 +460,13 @@ async fn metrics(
         admin_refused: counters.refused(),
         fd_share: proxy.fd_share,
     };
-    let body = render(&info, &proxy.stats, &proxy.health, &crate::process::read());
+    let body = render(
+        &info,
+        &proxy.stats,
+        &proxy.health,
+        &proxy.http,
+        &crate::process::read(),
+    );
     (
         [(
             header::CONTENT_TYPE,
