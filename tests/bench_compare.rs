@@ -25,7 +25,7 @@ fn quick_compare_prints_a_table_of_ratios() {
         ("TcpRr", "direct"),
         ("TcpRr", "ringmesh"),
         ("Http", "direct"),
-        ("Http", "ringmesh (L4 only"),
+        ("Http", "ringmesh |"),
     ] {
         let row = rows
             .iter()

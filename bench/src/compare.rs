@@ -637,9 +637,6 @@ fn summarise(s: Scenario, samples: &[Sample], duration: Duration) -> Cell {
 
 fn label(via: Via, s: Scenario) -> String {
     match (via, s) {
-        (Via::Ringmesh, Scenario::Http | Scenario::HttpChurn) => {
-            "ringmesh (L4 only: HTTP mode comes with L7)".into()
-        }
         (Via::Direct, _) => "direct".into(),
         (Via::Ringmesh, _) => "ringmesh".into(),
         (Via::Haproxy, _) => "HAProxy".into(),
