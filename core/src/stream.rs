@@ -100,42 +100,31 @@ impl Stream {
 
     /// Waits for the next bytes without holding a buffer while waiting
     /// (io_uring provided buffers; epoll waits for readiness first), then
-    /// appends them to `buf`, which must be empty or hold a prefix the
-    /// caller keeps. For idle keep-alive connections: thousands of them
-    /// then cost no buffer each. `Ok(0)` at EOF.
-    pub async fn read_when_ready(
-        &self,
-        mut buf: Vec<u8>,
-        want: usize,
-    ) -> (io::Result<usize>, Vec<u8>) {
+    /// appends them to the buffer `get` returns (called once, when bytes
+    /// are there). For idle keep-alive connections: thousands of them then
+    /// hold no buffer each. `Ok(0)` at EOF.
+    pub async fn read_when_ready(&self, get: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
             Stream::Plain(s) if runtime::current_is_uring() => {
                 match runtime::recv_ring(s, crate::forward::RING_BUFFER).await {
                     Ok(Some(chunk)) => {
-                        buf.reserve(want.max(chunk.len()));
+                        let mut buf = get();
                         buf.extend_from_slice(&chunk);
                         (Ok(chunk.len()), buf)
                     }
-                    Ok(None) => (Ok(0), buf),
-                    Err(e) if crate::forward::ring_exhausted(&e) => {
-                        buf.reserve(want);
-                        self.read_more(buf).await
-                    }
-                    Err(e) => (Err(e), buf),
+                    Ok(None) => (Ok(0), Vec::new()),
+                    Err(e) if crate::forward::ring_exhausted(&e) => self.read_more(get()).await,
+                    Err(e) => (Err(e), Vec::new()),
                 }
             }
             Stream::Plain(_) | Stream::Ktls(_) => {
                 if let Err(e) = runtime::wait_readable(self.raw_fd()).await {
-                    return (Err(e), buf);
+                    return (Err(e), Vec::new());
                 }
-                buf.reserve(want);
-                self.read_more(buf).await
+                self.read_more(get()).await
             }
             // rustls holds its own ciphertext buffer: nothing to save here.
-            Stream::Tls(_) => {
-                buf.reserve(want);
-                self.read_more(buf).await
-            }
+            Stream::Tls(_) => self.read_more(get()).await,
         }
     }
 

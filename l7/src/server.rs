@@ -194,7 +194,8 @@ impl Client {
                 let stream = &self.stream;
                 let read = async move {
                     if idle {
-                        stream.read_when_ready(buf, buffers::BUFFER).await
+                        buffers::give(buf);
+                        stream.read_when_ready(buffers::take).await
                     } else {
                         let mut buf = buf;
                         if buf.capacity() - buf.len() < 1024 {

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod dns;
+pub mod http;
 pub mod proxy;
 pub mod tcp;
 pub mod tls;
