@@ -806,3 +806,101 @@ fn connection_close_from_the_client_closes_after_the_response() {
     assert!(r.closes(), "{}", r.head);
     assert!(closed_within(&mut c, Duration::from_secs(2)));
 }
+
+#[test]
+fn an_https_listener_with_mtls_proxies_requests_and_logs_the_callers_identity() {
+    use helpers::tls::{self, Pki, Versions};
+    let pki = Pki::new();
+    pki.issue(
+        "product",
+        &["--spiffe", "spiffe://mesh.local/ns/shop/sa/product"],
+    );
+    // The upstream echoes the forwarding fields it received.
+    let up = Upstream::start(|r| {
+        Reply::ok(format!(
+            "proto={} xff={}",
+            r.header("x-forwarded-proto").unwrap_or("-"),
+            r.header("x-forwarded-for").unwrap_or("-")
+        ))
+    });
+    let listener = format!(
+        "{}\nauthz: {{ allow: [\"spiffe://mesh.local/ns/shop/sa/*\"] }}",
+        pki.listener_tls(true)
+    );
+    let proxy = Proxy::start("uring", &http_listener("web", &[up.addr], &listener, ""));
+    let config = tls::client_config(
+        &pki.path("ca.pem"),
+        Some(&pki.path("product")),
+        Versions::Both,
+    );
+    let mut c = std::io::BufReader::new(tls::connect(web(&proxy), config));
+    for i in 0..3 {
+        let req = format!("GET /tls/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        c.get_mut().write_all(req.as_bytes()).unwrap();
+        c.get_mut().flush().unwrap();
+        let r = read_response(&mut c, false).unwrap();
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert_eq!(r.text(), "proto=https xff=127.0.0.1");
+    }
+    assert_eq!(
+        up.accepted(),
+        1,
+        "keep-alive over TLS reuses one upstream connection"
+    );
+    let line = proxy
+        .wait_log(Duration::from_secs(5), |v| {
+            v["message"] == "request" && v["path"] == "/tls/2"
+        })
+        .unwrap_or_else(|| panic!("no access-log line:\n{}", proxy.log_text()));
+    assert_eq!(
+        line["identity"], "spiffe://mesh.local/ns/shop/sa/product",
+        "{line}"
+    );
+}
+
+#[test]
+fn the_route_timeout_answers_504_ut() {
+    let up = Upstream::start(|_| Reply::ok("late").delay(Duration::from_secs(3)));
+    let proxy = Proxy::start(
+        "epoll",
+        &http_listener("web", &[up.addr], "timeout: 300ms", ""),
+    );
+    let mut c = http::connect(web(&proxy));
+    let started = Instant::now();
+    let r = http::get(&mut c, "/slow").unwrap();
+    assert_eq!(r.status, 504, "{}", r.head);
+    assert!(r.text().contains("(UT)"), "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at the timeout, not when the upstream answered: {:?}",
+        started.elapsed()
+    );
+    let line = proxy
+        .wait_log(Duration::from_secs(5), |v| {
+            v["message"] == "request" && v["path"] == "/slow"
+        })
+        .expect("access-log line");
+    assert_eq!(line["flags"], "UT", "{line}");
+    // The connection still serves (the timed-out upstream connection is
+    // discarded, not reused).
+    assert_eq!(http::get(&mut c, "/slow").unwrap().status, 504);
+}
+
+#[test]
+fn unreachable_and_missing_endpoints_are_answered_502_uf_and_503_uh() {
+    // Port 1 on loopback refuses connections.
+    let refused: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let proxy = Proxy::start("uring", &http_listener("web", &[refused], "", ""));
+    let mut c = http::connect(web(&proxy));
+    let r = http::get(&mut c, "/").unwrap();
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(r.text().contains("(UF)"), "{}", r.text());
+    // A bodiless request keeps its connection after the proxy's answer.
+    assert!(!r.closes(), "{}", r.head);
+    assert_eq!(http::get(&mut c, "/").unwrap().status, 502);
+    let empty = Proxy::start("uring", &http_listener("web", &[], "", ""));
+    let mut c = http::connect(web(&empty));
+    let r = http::get(&mut c, "/").unwrap();
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert!(r.text().contains("(UH)"), "{}", r.text());
+}

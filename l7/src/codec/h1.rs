@@ -19,6 +19,7 @@
 //! upstream's fault (502, connection discarded).
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 /// Most header fields any head may carry (the parse array's size).
 pub const HEADER_SLOTS: usize = 256;
@@ -504,10 +505,17 @@ pub fn parse_request(
 ) -> Result<Option<RequestHead>, HeadError> {
     fields.clear();
     nominated.clear();
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+    // Uninitialised slots: initialising 256 of them would copy 8 KiB per
+    // request for nothing.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
     let max = limits.max_headers.min(HEADER_SLOTS);
-    let mut req = httparse::Request::new(&mut slots[..max]);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut slots[..max],
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(map_httparse(e)),
@@ -612,9 +620,11 @@ pub fn parse_response(
 ) -> Result<Option<ResponseHead>, HeadError> {
     fields.clear();
     nominated.clear();
-    let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
-    let mut res = httparse::Response::new(&mut slots);
-    let len = match res.parse(buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > max_head => {
             return Err(HeadError::HeadTooLarge);
