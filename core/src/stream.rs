@@ -103,7 +103,10 @@ impl Stream {
     /// appends them to the buffer `get` returns (called once, when bytes
     /// are there). For idle keep-alive connections: thousands of them then
     /// hold no buffer each. `Ok(0)` at EOF.
-    pub async fn read_when_ready(&self, get: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    pub async fn read_when_ready(
+        &self,
+        get: impl FnOnce() -> Vec<u8>,
+    ) -> (io::Result<usize>, Vec<u8>) {
         match self {
             Stream::Plain(s) if runtime::current_is_uring() => {
                 match runtime::recv_ring(s, crate::forward::RING_BUFFER).await {

@@ -35,7 +35,14 @@ pub struct Span {
 
 impl Span {
     fn of(buf: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        let base = buf.as_ptr() as usize;
+        let at = part.as_ptr() as usize;
+        // httparse hands back a static "" (not a slice of the buffer) for a
+        // missing or obs-text reason phrase: an empty span then.
+        if at < base || at + part.len() > base + buf.len() {
+            return Span::default();
+        }
+        let start = at - base;
         Span {
             start: start as u32,
             end: (start + part.len()) as u32,
@@ -641,6 +648,10 @@ pub fn parse_response(
     let (Some(status), Some(minor)) = (res.code, res.version) else {
         return Err(HeadError::Malformed);
     };
+    // RFC 9110 §15: status codes are 100..=599.
+    if !(100..=599).contains(&status) {
+        return Err(HeadError::Malformed);
+    }
     let reason = res
         .reason
         .map(|r| Span::of(buf, r.as_bytes()))
