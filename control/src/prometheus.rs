@@ -844,7 +844,11 @@ mod tests {
         };
         let health = HealthRegistry::new(2);
         health.cluster("pg");
-        let text = render(&info, &stats, &health, &ProcessStats::default());
+        let http = HttpStatsRegistry::new(2);
+        http.route("web", "app");
+        http.listener("web");
+        http.upstream("app");
+        let text = render(&info, &stats, &health, &http, &ProcessStats::default());
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
             let base = name
@@ -858,6 +862,12 @@ mod tests {
             );
         }
         assert!(text.contains("ringmesh_info{version=\"0.1.0\",io_engine=\"epoll\"} 1"));
+        assert!(text.contains(
+            "ringmesh_http_requests_total{listener=\"web\",cluster=\"app\",code=\"5xx\"} 0"
+        ));
+        assert!(
+            text.contains("ringmesh_http_rejected_total{listener=\"web\",reason=\"bare_lf\"} 0")
+        );
         assert!(text.contains(
             "ringmesh_downstream_connection_duration_seconds_bucket{listener=\"db\",le=\"+Inf\"} 0"
         ));

@@ -583,10 +583,8 @@ pub fn parse_request(
                 }
             }
             FieldKind::Upgrade => upgrade_value = Some(value),
-            FieldKind::Expect => {
-                if h.value.eq_ignore_ascii_case(b"100-continue") {
-                    head.expect_continue = true;
-                }
+            FieldKind::Expect if h.value.eq_ignore_ascii_case(b"100-continue") => {
+                head.expect_continue = true;
             }
             FieldKind::Te => head.te_trailers |= has_token(h.value, "trailers"),
             FieldKind::XForwardedFor => head.last_xff = Some(fields.len()),
