@@ -48,7 +48,7 @@ fn the_default_limit_is_envoys_and_http_breakers_are_refused() {
         "l",
         &[echo.addr],
         "",
-        "circuit_breakers: { max_connections: 0, max_requests: 10 }",
+        "circuit_breakers: { max_connections: 0, max_retries: 10 }",
     );
     let r = proxy.put_config(&bad);
     assert_eq!(r.status, 400, "{}", r.body);
@@ -57,7 +57,7 @@ fn the_default_limit_is_envoys_and_http_breakers_are_refused() {
         paths,
         [
             "clusters[0].circuit_breakers.max_connections",
-            "clusters[0].circuit_breakers.max_requests"
+            "clusters[0].circuit_breakers.max_retries"
         ]
     );
 }
