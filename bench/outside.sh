@@ -15,7 +15,12 @@
 # over rounds of the proxy's CPU (utime+stime from /proc) per request or per
 # GiB, and the ratio is against the better peer of the same run.
 #
-# Usage: ROUNDS=3 bench/outside.sh [seconds per cell (default 8)] [idle connections (default 9900)]
+# MODE=http runs the proxies in HTTP mode instead (ringmesh `protocol: http`,
+# HAProxy `mode http` with `http-reuse always`, nginx `proxy_pass` with an
+# upstream keepalive pool): request/response and churn, then RSS per idle
+# keep-alive client connection (each sent one request first); no bulk cell.
+#
+# Usage: ROUNDS=3 [MODE=tcp|http] bench/outside.sh [seconds per cell (default 8)] [idle connections (default 9900)]
 # Needs wrk, iperf3, nginx (+ stream module), haproxy; installed with apt-get
 # when run as root. RINGMESH=path overrides the binary (A/B runs).
 set -euo pipefail
@@ -23,6 +28,7 @@ cd "$(dirname "$0")/.."
 DUR=${1:-8}
 IDLE=${2:-9900}
 ROUNDS=${ROUNDS:-3}
+MODE=${MODE:-tcp}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 TICKS=$(getconf CLK_TCK)
@@ -74,20 +80,23 @@ wait_port "$HTTP_BACKEND"; wait_port "$IPERF_BACKEND"
 start_proxy() {
   case "$1" in
     ringmesh)
+      # Like for like with the peers: no access log, no forwarding fields.
+      local http=""
+      [ "$MODE" = http ] && http=", protocol: http, generate_request_id: false, append_x_forwarded_for: false"
       cat > "$WORK/rm-$2.yaml" <<YAML
 admin: { listen: "127.0.0.1:$(( $2 + 1000 ))" }
 listeners:
-  - { name: l, listen: "127.0.0.1:$2", cluster: c, access_log: false }
+  - { name: l, listen: "127.0.0.1:$2", cluster: c, access_log: false$http }
 clusters:
-  - { name: c, endpoints: ["127.0.0.1:$3"], circuit_breakers: { max_connections: 100000 } }
+  - { name: c, endpoints: ["127.0.0.1:$3"], circuit_breakers: { max_connections: 100000, max_requests: 100000 } }
 YAML
       RUST_LOG=warn taskset -c "$PROXY_CPU" "$RINGMESH" run -c "$WORK/rm-$2.yaml" --workers 1 >"$WORK/rm.log" 2>&1 & ;;
     haproxy)
-      sed -e "s/__LISTEN__/127.0.0.1:$2/" -e "s/__BACKEND__/127.0.0.1:$3/" bench/peers/haproxy-tcp.cfg > "$WORK/haproxy-$2.cfg"
+      sed -e "s/__LISTEN__/127.0.0.1:$2/" -e "s/__BACKEND__/127.0.0.1:$3/" "bench/peers/haproxy-$MODE.cfg" > "$WORK/haproxy-$2.cfg"
       taskset -c "$PROXY_CPU" haproxy -f "$WORK/haproxy-$2.cfg" -db >"$WORK/haproxy.log" 2>&1 & ;;
     nginx)
       sed -e "s|{{WORK}}|$WORK|g" -e "s|{{LISTEN}}|127.0.0.1:$2|" -e "s|{{BACKEND}}|127.0.0.1:$3|" \
-          -e "s|{{LOAD_STREAM_MODULE}}|$STREAM_MODULE|" bench/peers/nginx-tcp.conf > "$WORK/nginx-$2.conf"
+          -e "s|{{LOAD_STREAM_MODULE}}|$STREAM_MODULE|" "bench/peers/nginx-$MODE.conf" > "$WORK/nginx-$2.conf"
       taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx-$2.conf" -p "$WORK" -e stderr >"$WORK/nginx.log" 2>&1 & ;;
   esac
   local pid=$!; echo "$pid" >> "$WORK/pids"
@@ -122,9 +131,10 @@ cell() {
 HAPROXY_NAME="HAProxy $(haproxy -v | head -1 | awk '{print $3}')"
 NGINX_NAME="nginx $(nginx -v 2>&1 | sed 's|.*/||' | awk '{print $1}')"
 : > "$WORK/samples"
-echo "# outside ruler: $ROUNDS interleaved rounds of ${DUR}s cells, proxy on CPU $PROXY_CPU, load and backends on CPU $LOAD_CPU" >&2
+WORKLOADS="rr churn bulk"; [ "$MODE" = http ] && WORKLOADS="rr churn"
+echo "# outside ruler ($MODE mode): $ROUNDS interleaved rounds of ${DUR}s cells, proxy on CPU $PROXY_CPU, load and backends on CPU $LOAD_CPU" >&2
 for round in $(seq "$ROUNDS"); do
-  for w in rr churn bulk; do
+  for w in $WORKLOADS; do
     backend=$HTTP_BACKEND; [ "$w" = bulk ] && backend=$IPERF_BACKEND
     cell "$w" direct 0 "$backend"
     port=18600
@@ -150,6 +160,8 @@ titles = {"rr": "request/response (wrk -c50, keep-alive)", "churn": "churn (wrk 
 print("| workload | path | throughput (median) | proxy CPU per unit (median, min-max) | vs better peer | per proxy core | wrk p99 |")
 print("|---|---|---|---|---|---|---|")
 for w in ("rr", "churn", "bulk"):
+    if not any(ww == w for (ww, _) in rows):
+        continue
     paths = [p for (ww, p) in rows if ww == w]
     per = {}
     for p in paths:
@@ -189,13 +201,20 @@ echo "|---|---|---|---|---|"
 port=18700
 for kind in ringmesh haproxy nginx; do
   port=$((port + 2))
-  python3 bench/idle_connections.py backend $((port + 1)) & b=$!; PIDS+=("$b"); wait_port $((port + 1))
-  pid=$(start_proxy "$kind" "$port" $((port + 1)))
-  sleep 0.5; base=$(rss_kib "$pid")
-  python3 bench/idle_connections.py client "$port" "$IDLE" > "$WORK/client.out" & c=$!
+  if [ "$MODE" = http ]; then
+    # Keep-alive clients that each had one response, via the nginx backend.
+    b=0; pid=$(start_proxy "$kind" "$port" "$HTTP_BACKEND")
+    sleep 0.5; base=$(rss_kib "$pid")
+    python3 bench/http_idle_connections.py "$port" "$IDLE" > "$WORK/client.out" & c=$!
+  else
+    python3 bench/idle_connections.py backend $((port + 1)) & b=$!; PIDS+=("$b"); wait_port $((port + 1))
+    pid=$(start_proxy "$kind" "$port" $((port + 1)))
+    sleep 0.5; base=$(rss_kib "$pid")
+    python3 bench/idle_connections.py client "$port" "$IDLE" > "$WORK/client.out" & c=$!
+  fi
   for _ in $(seq 600); do grep -q open "$WORK/client.out" 2>/dev/null && break; sleep 0.1; done
   sleep 2; after=$(rss_kib "$pid")
-  stop "$c"; stop "$pid"; stop "$b"
+  stop "$c"; stop "$pid"; [ "$b" = 0 ] || stop "$b"
   case $kind in ringmesh) name=ringmesh ;; haproxy) name=$HAPROXY_NAME ;; nginx) name=$NGINX_NAME ;; esac
   python3 -c 'import sys
 name,base,after,n=sys.argv[1],int(sys.argv[2]),int(sys.argv[3]),int(sys.argv[4])
