@@ -120,12 +120,7 @@ impl Duplex for TcpStream {
     }
 
     async fn read_append(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
-        use compio::buf::IntoInner;
-        let mut s = self;
-        let len = buf.len();
-        // A slice from the current length: compio reads a Vec at offset 0.
-        let BufResult(res, slice) = s.read(buf.slice(len..)).await;
-        BufResult(res, slice.into_inner())
+        runtime::recv_append(self, buf).await
     }
 
     async fn write_all_from<B: IoBuf>(&self, buf: B) -> BufResult<(), B> {

@@ -21,18 +21,21 @@ pub fn spawn<F: Future + 'static>(future: F) -> Task<F::Output> {
 }
 
 /// Sleeps for `duration`.
-pub async fn sleep(duration: Duration) {
-    crate::runtime::sleep(duration).await
+pub fn sleep(duration: Duration) -> impl Future<Output = ()> {
+    crate::runtime::sleep(duration)
 }
 
 /// Sleeps until `deadline`.
-pub async fn sleep_until(deadline: Instant) {
-    crate::runtime::sleep_until(deadline).await
+pub fn sleep_until(deadline: Instant) -> impl Future<Output = ()> {
+    crate::runtime::sleep_until(deadline)
 }
 
 /// Runs `future` for at most `duration`; `None` when time ran out (the
 /// future is dropped: only for work that may be abandoned, e.g. a read
 /// whose connection is then closed).
-pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
-    crate::runtime::timeout(duration, future).await
+pub fn timeout<F: Future>(
+    duration: Duration,
+    future: F,
+) -> impl Future<Output = Option<F::Output>> {
+    crate::runtime::timeout(duration, future)
 }

@@ -475,7 +475,9 @@ async fn run(
             ustats.codes[crate::metrics::code_class(response.status)].inc();
             let upgraded = response.status == 101 && head.upgrade.is_some() && request_done;
             if upgraded {
-                let after = tunnel(
+                // Boxed: the tunnel state is large and rare; inline it would be
+                // carried by every idle keep-alive connection.
+                let after = Box::pin(tunnel(
                     c,
                     &mut cbuf,
                     consumed,
@@ -486,7 +488,7 @@ async fn run(
                     &rnominated,
                     record,
                     idle,
-                )
+                ))
                 .await;
                 Run::Answered {
                     after,
