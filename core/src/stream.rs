@@ -156,6 +156,11 @@ impl Stream {
         self.shutdown_write().await
     }
 
+    /// Whether this is plain TCP (no TLS session to close).
+    pub fn is_plain(&self) -> bool {
+        matches!(self, Stream::Plain(_))
+    }
+
     /// Makes the coming close a TCP reset (for a broken exchange).
     pub fn reset(&self) {
         self.reset_on_close()

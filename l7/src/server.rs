@@ -149,7 +149,15 @@ impl Client {
             match after {
                 After::KeepAlive => {}
                 After::Close => {
-                    let _ = self.stream.finish().await;
+                    // A client that asked to close sends nothing more: close(2)
+                    // alone sends the FIN, one system call fewer per connection
+                    // (a tenth of the proxy's CPU under churn). Otherwise
+                    // shut down first, so that bytes the client may still
+                    // send cannot turn the close into a reset that destroys
+                    // the response in flight (and TLS sends close_notify).
+                    if head.keep_alive || !self.buf.is_empty() || !self.stream.is_plain() {
+                        let _ = self.stream.finish().await;
+                    }
                     return end(CloseReason::Completed, None);
                 }
                 After::Abort => {
