@@ -638,31 +638,39 @@ async fn write_or(to: &Stream, out: Vec<u8>) -> io::Result<Vec<u8>> {
     res.map(|()| out)
 }
 
-/// Reads more from the client into `buf` (from empty), within `idle`.
+/// Reads the next bytes of a body from `from` into `buf` (emptied first,
+/// grown to the body buffer size), within `idle`; `None` when nothing came.
+async fn read_body_bytes(
+    from: &Stream,
+    buf: &mut Vec<u8>,
+    idle: Duration,
+) -> Option<io::Result<usize>> {
+    let mut b = std::mem::take(buf);
+    b.clear();
+    if b.capacity() < BODY_BUFFER {
+        b.reserve(BODY_BUFFER);
+    }
+    let (res, b) = rt::timeout(idle, from.read_more(b)).await?;
+    *buf = b;
+    Some(res)
+}
+
+/// Reads more of the request body from the client; its end is an error
+/// (the body is not complete yet).
 async fn refill(
     from: &Stream,
     buf: &mut Vec<u8>,
     bytes: &ByteCounts,
     idle: Duration,
 ) -> Result<usize, SendError> {
-    let mut b = std::mem::take(buf);
-    b.clear();
-    if b.capacity() < BODY_BUFFER {
-        b.reserve(BODY_BUFFER);
-    }
-    match rt::timeout(idle, from.read_more(b)).await {
+    match read_body_bytes(from, buf, idle).await {
         None => Err(SendError::ClientIdle),
-        Some((res, b)) => {
-            *buf = b;
-            match res {
-                Ok(0) => Err(SendError::Client(io::ErrorKind::UnexpectedEof.into())),
-                Ok(n) => {
-                    bytes.add_received(n);
-                    Ok(n)
-                }
-                Err(e) => Err(SendError::Client(e)),
-            }
+        Some(Ok(0)) => Err(SendError::Client(io::ErrorKind::UnexpectedEof.into())),
+        Some(Ok(n)) => {
+            bytes.add_received(n);
+            Ok(n)
         }
+        Some(Err(e)) => Err(SendError::Client(e)),
     }
 }
 
@@ -906,26 +914,15 @@ async fn flush(client: &Stream, out: &mut Vec<u8>, bytes: &ByteCounts) -> Result
     Ok(())
 }
 
-/// Reads more of the response into `rbuf` (from empty) within `idle`.
+/// Reads more of the response body from the upstream; `Ok(0)` at its end.
 async fn refill_upstream(
     up: &Stream,
     rbuf: &mut Vec<u8>,
     idle: Duration,
 ) -> Result<usize, BodyFailure> {
-    let mut b = std::mem::take(rbuf);
-    b.clear();
-    if b.capacity() < BODY_BUFFER {
-        b.reserve(BODY_BUFFER);
-    }
-    match rt::timeout(idle, up.read_more(b)).await {
+    match read_body_bytes(up, rbuf, idle).await {
         None => Err(BodyFailure::UpstreamIdle),
-        Some((res, b)) => {
-            *rbuf = b;
-            match res {
-                Ok(n) => Ok(n),
-                Err(e) => Err(BodyFailure::Upstream(Some(e))),
-            }
-        }
+        Some(res) => res.map_err(|e| BodyFailure::Upstream(Some(e))),
     }
 }
 

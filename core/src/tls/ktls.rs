@@ -386,23 +386,13 @@ impl KtlsStream {
 }
 
 impl Duplex for KtlsStream {
-    async fn read_into(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
-        let mut buf = buf;
-        loop {
-            buf.clear();
-            let BufResult(res, b) = self.sock.read_into(buf).await;
-            buf = b;
-            match res {
-                Err(e) if e.raw_os_error() == Some(libc::EIO) => match self.control_record() {
-                    Ok(ControlRecord::CloseNotify) => return BufResult(Ok(0), buf),
-                    Ok(ControlRecord::Skip) => continue,
-                    Err(e) => return BufResult(Err(e), buf),
-                },
-                other => return BufResult(other, buf),
-            }
-        }
+    async fn read_into(&self, mut buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        buf.clear();
+        self.read_append(buf).await
     }
 
+    /// Reads records' plaintext after `buf`'s contents; control records
+    /// (the kernel reports them as EIO) are handled here.
     async fn read_append(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
         let mut buf = buf;
         let len = buf.len();

@@ -352,6 +352,11 @@ struct FramingFields {
 }
 
 impl FramingFields {
+    fn transfer_encoding(&mut self, value: Span) {
+        self.te = Some(value);
+        self.te_count += 1;
+    }
+
     fn content_length(&mut self, value: &[u8]) -> Result<(), HeadError> {
         let n = parse_content_length(value).ok_or(HeadError::ContentLength)?;
         match self.length {
@@ -421,6 +426,31 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
         s = rest;
     }
     s
+}
+
+/// What a `Connection` field says.
+struct ConnectionTokens {
+    close: bool,
+    upgrade: bool,
+}
+
+/// Reads a `Connection` value: `close`, `upgrade`, and the names it
+/// nominates as hop-by-hop (pushed to `nominated`; `keep-alive` is not one).
+fn connection_tokens(buf: &[u8], value: &[u8], nominated: &mut Vec<Span>) -> ConnectionTokens {
+    let mut tokens = ConnectionTokens {
+        close: false,
+        upgrade: false,
+    };
+    for token in value.split(|&b| b == b',').map(trim_ows) {
+        if token.eq_ignore_ascii_case(b"close") {
+            tokens.close = true;
+        } else if token.eq_ignore_ascii_case(b"upgrade") {
+            tokens.upgrade = true;
+        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+            nominated.push(Span::of(buf, token));
+        }
+    }
+    tokens
 }
 
 /// Whether `value` lists `token` (a comma-separated list, case-insensitive).
@@ -567,20 +597,11 @@ pub fn parse_request(
                 head.host = Some(value);
             }
             FieldKind::ContentLength => framing.content_length(h.value)?,
-            FieldKind::TransferEncoding => {
-                framing.te = Some(value);
-                framing.te_count += 1;
-            }
+            FieldKind::TransferEncoding => framing.transfer_encoding(value),
             FieldKind::Connection => {
-                for token in h.value.split(|&b| b == b',').map(trim_ows) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        head.keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        connection_upgrade = true;
-                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                        nominated.push(Span::of(buf, token));
-                    }
-                }
+                let tokens = connection_tokens(buf, h.value, nominated);
+                head.keep_alive &= !tokens.close;
+                connection_upgrade |= tokens.upgrade;
             }
             FieldKind::Upgrade => upgrade_value = Some(value),
             FieldKind::Expect if h.value.eq_ignore_ascii_case(b"100-continue") => {
@@ -670,21 +691,9 @@ pub fn parse_response(
         let value = Span::of(buf, h.value);
         match kind {
             FieldKind::ContentLength => framing.content_length(h.value)?,
-            FieldKind::TransferEncoding => {
-                framing.te = Some(value);
-                framing.te_count += 1;
-            }
+            FieldKind::TransferEncoding => framing.transfer_encoding(value),
             FieldKind::Connection => {
-                for token in h.value.split(|&b| b == b',').map(trim_ows) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        head.keep_alive = false;
-                    } else if !token.is_empty()
-                        && !token.eq_ignore_ascii_case(b"keep-alive")
-                        && !token.eq_ignore_ascii_case(b"upgrade")
-                    {
-                        nominated.push(Span::of(buf, token));
-                    }
-                }
+                head.keep_alive &= !connection_tokens(buf, h.value, nominated).close;
             }
             FieldKind::Upgrade => head.upgrade = Some(value),
             _ => {}
