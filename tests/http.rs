@@ -904,3 +904,45 @@ fn unreachable_and_missing_endpoints_are_answered_502_uf_and_503_uh() {
     assert_eq!(r.status, 503, "{}", r.head);
     assert!(r.text().contains("(UH)"), "{}", r.text());
 }
+
+#[test]
+fn a_refused_request_with_an_unread_body_still_gets_its_answer() {
+    // The 503 goes out before the 1 MiB body is read: a lingering close
+    // keeps the unread bytes from turning the close into a reset that
+    // would destroy the answer.
+    let up = Upstream::start(|_| Reply::ok("slow").delay(Duration::from_secs(2)));
+    let proxy = Proxy::start(
+        "uring",
+        &http_listener(
+            "web",
+            &[up.addr],
+            "",
+            "circuit_breakers: { max_requests: 1 }",
+        ),
+    );
+    let addr = web(&proxy);
+    let first = thread::spawn(move || http::get(&mut http::connect(addr), "/first").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.request_count() == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let body = vec![b'x'; MIB];
+    let mut raw = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let mut c = http::connect(addr);
+    // The proxy may answer before it has read everything: write from a
+    // thread so the answer can be read meanwhile.
+    let mut writer = c.get_ref().try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let _ = writer.write_all(&raw);
+    });
+    let r = read_response(&mut c, false).unwrap();
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert!(r.text().contains("(UO)"), "{}", r.text());
+    let _ = sender.join();
+    assert_eq!(first.join().unwrap().status, 200);
+}

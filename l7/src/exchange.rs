@@ -137,8 +137,10 @@ pub(crate) async fn forward(
         }
         _ => false,
     };
-    let replayable = head.framing == Framing::None || inline;
-    if head.expect_continue && head.framing != Framing::None && !inline {
+    // RFC 9110 §9.2.2: only idempotent requests may be sent again.
+    let replayable = (head.framing == Framing::None || inline) && head.method.is_idempotent();
+    // HTTP/1.0 clients get no interim responses (RFC 9110 §15.2).
+    if head.expect_continue && head.minor == 1 && head.framing != Framing::None && !inline {
         let mut cont = buffers::take();
         cont.extend_from_slice(write::CONTINUE);
         let (res, cont) = c.stream.write_all(cont).await;
@@ -165,7 +167,10 @@ pub(crate) async fn forward(
         };
         let stats = route.target.stats.cores.get(core);
         let (conn, reused) = match pooled {
-            Some(conn) => {
+            Some(mut conn) => {
+                // The pool outlives snapshots (it is keyed by address):
+                // the endpoint's index is the one in this snapshot.
+                conn.conn.index = pick.index;
                 stats.reused.inc();
                 (conn, true)
             }
@@ -226,6 +231,7 @@ pub(crate) async fn local(
     let close =
         !head.keep_alive || head.framing != Framing::None || ringmesh_core::drain::is_draining();
     let mut out = buffers::take();
+    c.body_unread |= head.framing != Framing::None;
     crate::local_reply::for_flag(&mut out, flag, close);
     record.status = flag.status();
     record.flag = Some(flag);
@@ -288,7 +294,9 @@ async fn attempt_once(
             outcome,
             replay,
         } => {
-            if let Some(outcome) = outcome {
+            // A pooled connection the server closed as we sent (a
+            // keep-alive race) says nothing about the endpoint's health.
+            if let (Some(outcome), false) = (outcome, replay) {
                 cluster.record_outcome(core, index, outcome);
             }
             if replay {
@@ -497,6 +505,7 @@ async fn run(
                     response_started,
                 }
             } else {
+                c.body_unread |= !request_done;
                 let close = !head.keep_alive
                     || !request_done
                     || ringmesh_core::drain::is_draining()
@@ -531,7 +540,11 @@ async fn run(
                         };
                         Run::Answered {
                             after,
-                            reusable: reusable && response.keep_alive && request_done,
+                            // A 101 switched protocols: never pooled.
+                            reusable: reusable
+                                && response.keep_alive
+                                && request_done
+                                && response.status != 101,
                             status: response.status,
                             response_started,
                         }

@@ -27,6 +27,8 @@ pub enum ResponseFlag {
     /// The proxy ran out of a local resource (descriptors, ports) while
     /// connecting (`LR`, 503).
     LocalResource,
+    /// No route matched the request (`NR`, 404).
+    NoRoute,
 }
 
 impl ResponseFlag {
@@ -42,6 +44,7 @@ impl ResponseFlag {
             ResponseFlag::DownstreamConnectionTermination => "DC",
             ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::LocalResource => "LR",
+            ResponseFlag::NoRoute => "NR",
         }
     }
 
@@ -55,6 +58,7 @@ impl ResponseFlag {
             | ResponseFlag::UpstreamOverflow
             | ResponseFlag::LocalResource => 503,
             ResponseFlag::UpstreamTimeout => 504,
+            ResponseFlag::NoRoute => 404,
             ResponseFlag::DownstreamConnectionTermination
             | ResponseFlag::DownstreamProtocolError => 400,
         }
@@ -73,6 +77,7 @@ impl ResponseFlag {
             ResponseFlag::DownstreamConnectionTermination => "client went away",
             ResponseFlag::DownstreamProtocolError => "bad request",
             ResponseFlag::LocalResource => "proxy out of local resources",
+            ResponseFlag::NoRoute => "no route",
         }
     }
 }

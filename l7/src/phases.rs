@@ -66,10 +66,15 @@ async fn refuse(
     status: u16,
     text: &str,
 ) -> After {
-    let flag = if status == 404 { "NR" } else { "DPE" };
+    let flag = if status == 404 {
+        ResponseFlag::NoRoute
+    } else {
+        ResponseFlag::DownstreamProtocolError
+    };
     let mut out = crate::buffers::take();
-    crate::local_reply::write(&mut out, status, text, flag, true);
+    crate::local_reply::write(&mut out, status, text, flag.as_str(), true);
     record.status = status;
+    record.flag = Some(flag);
     let (res, out) = c.stream.write_all(out).await;
     if res.is_ok() {
         c.bytes.add_sent(out.len());

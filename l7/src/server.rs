@@ -54,6 +54,9 @@ pub(crate) struct Client {
     pub resp_nominated: Vec<Span>,
     /// Access-log text of the current request (reused).
     pub log: crate::record::LogText,
+    /// The last request's body was not read to its end (the connection
+    /// closes with a lingering close).
+    pub body_unread: bool,
 }
 
 /// What the connection does after a request.
@@ -66,6 +69,11 @@ pub(crate) enum After {
     /// Close with a reset: the exchange broke mid-message.
     Abort,
 }
+
+/// How long a lingering close waits for a client's unread bytes.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+/// How many unread bytes a lingering close discards at most.
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// How one wait for bytes between or within heads ended.
 enum Waited {
@@ -109,6 +117,7 @@ pub(crate) async fn serve(conn: Connection) -> ConnectionEnd {
         resp_fields: Vec::with_capacity(16),
         resp_nominated: Vec::new(),
         log: Default::default(),
+        body_unread: false,
     };
     let end = client.run().await;
     buffers::give(std::mem::take(&mut client.buf));
@@ -137,6 +146,7 @@ impl Client {
                 }
             };
             self.requests += 1;
+            self.body_unread = false;
             // The request runs on the config current now, start to end.
             let listener = self.watch.current();
             let Some(http) = http_of(&listener) else {
@@ -155,7 +165,9 @@ impl Client {
                     // shut down first, so that bytes the client may still
                     // send cannot turn the close into a reset that destroys
                     // the response in flight (and TLS sends close_notify).
-                    if head.keep_alive || !self.buf.is_empty() || !self.stream.is_plain() {
+                    if self.body_unread {
+                        self.linger().await;
+                    } else if head.keep_alive || !self.buf.is_empty() || !self.stream.is_plain() {
                         let _ = self.stream.finish().await;
                     }
                     return end(CloseReason::Completed, None);
@@ -274,6 +286,42 @@ impl Client {
         buffers::give(out);
         let _ = self.stream.finish().await;
         NextHead::Rejected
+    }
+
+    /// Closes after a response to a request whose body was not read: send
+    /// the FIN, then read and discard what the client still sends (up to
+    /// [`LINGER_TIME`] and [`LINGER_BYTES`]), so that closing with unread
+    /// bytes does not reset the connection and destroy the response on its
+    /// way (nginx's lingering close).
+    async fn linger(&mut self) {
+        if self.stream.finish().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut discarded = 0;
+        let mut buf = std::mem::take(&mut self.buf);
+        while discarded < LINGER_BYTES {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            buf.clear();
+            if buf.capacity() < buffers::BUFFER {
+                buf.reserve(buffers::BUFFER);
+            }
+            match rt::timeout(left, self.stream.read_more(buf)).await {
+                Some((Ok(n), b)) if n > 0 => {
+                    buf = b;
+                    discarded += n;
+                }
+                Some((_, b)) => {
+                    buf = b;
+                    break;
+                }
+                // Timed out: the read was abandoned with its buffer.
+                None => return,
+            }
+        }
+        buffers::give(buf);
     }
 
     /// Removes the bytes of a finished request (head and body) from the
