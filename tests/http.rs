@@ -946,3 +946,43 @@ fn a_refused_request_with_an_unread_body_still_gets_its_answer() {
     let _ = sender.join();
     assert_eq!(first.join().unwrap().status, 200);
 }
+
+#[test]
+fn a_client_that_never_reads_its_response_releases_its_request_slot_after_the_idle_timeout() {
+    let up = Upstream::start(|r| {
+        if r.path == "/big" {
+            Reply::pattern(7, 64 * MIB)
+        } else {
+            Reply::ok("small")
+        }
+    });
+    let proxy = Proxy::start(
+        "epoll",
+        &http_listener(
+            "web",
+            &[up.addr],
+            "idle_timeout: 1s",
+            "circuit_breakers: { max_requests: 1 }",
+        ),
+    );
+    let addr = web(&proxy);
+    // Sends, then never reads: the proxy's writes stall on a full socket.
+    let mut stuck = http::connect(addr);
+    send(&mut stuck, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http::get(&mut http::connect(addr), "/small").unwrap();
+        if r.status == 200 {
+            assert_eq!(r.text(), "small");
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.head);
+        assert!(
+            Instant::now() < deadline,
+            "the stalled response still holds max_requests"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    drop(stuck);
+}

@@ -608,11 +608,11 @@ async fn send_request(
 ) -> (Result<usize, SendError>, Vec<u8>) {
     let mut out = out;
     let result = match head.framing {
-        Framing::None | Framing::Close => write_kept(up, &mut out).await.map(|()| head.len),
-        Framing::Length(n) if inline => write_kept(up, &mut out)
+        Framing::None | Framing::Close => write_kept(up, &mut out, idle).await.map(|()| head.len),
+        Framing::Length(n) if inline => write_kept(up, &mut out, idle)
             .await
             .map(|()| head.len + n as usize),
-        Framing::Length(n) => match write_kept(up, &mut out).await {
+        Framing::Length(n) => match write_kept(up, &mut out, idle).await {
             Ok(()) => copy_length(client, buf, head.len, n, up, bytes, idle).await,
             Err(e) => Err(e),
         },
@@ -639,16 +639,41 @@ async fn send_request(
 
 /// Writes `out` to the upstream; the buffer stays with the caller (a
 /// replay sends it again).
-async fn write_kept(up: &Stream, out: &mut Vec<u8>) -> Result<(), SendError> {
-    let (res, o) = up.write_all(std::mem::take(out)).await;
+async fn write_kept(up: &Stream, out: &mut Vec<u8>, idle: Duration) -> Result<(), SendError> {
+    let len = out.len();
+    let (res, o) = write_within(up, std::mem::take(out), 0..len, idle).await;
     *out = o;
     res.map_err(SendError::Upstream)
 }
 
 /// Writes `out`, giving it back on success.
-async fn write_or(to: &Stream, out: Vec<u8>) -> io::Result<Vec<u8>> {
-    let (res, out) = to.write_all(out).await;
+async fn write_or(to: &Stream, out: Vec<u8>, idle: Duration) -> io::Result<Vec<u8>> {
+    let len = out.len();
+    let (res, out) = write_within(to, out, 0..len, idle).await;
     res.map(|()| out)
+}
+
+/// Writes `buf[range]` unless the peer takes nothing for `idle` (a server
+/// that never reads an upload, a client that never reads its response):
+/// the exchange then ends instead of holding its breaker slots forever.
+/// On a timeout the buffer is abandoned with the write (an empty one comes
+/// back); the connection is closed anyway.
+async fn write_within(
+    to: &Stream,
+    buf: Vec<u8>,
+    range: std::ops::Range<usize>,
+    idle: Duration,
+) -> (io::Result<()>, Vec<u8>) {
+    match rt::timeout(idle, to.write_range(buf, range)).await {
+        Some(done) => done,
+        None => (
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer took no bytes within the idle timeout",
+            )),
+            Vec::new(),
+        ),
+    }
 }
 
 /// Reads the next bytes of a body from `from` into `buf` (emptied first,
@@ -705,7 +730,7 @@ async fn copy_length(
             pos = 0;
         }
         let take = remaining.min((buf.len() - pos) as u64) as usize;
-        let (res, b) = up.write_range(std::mem::take(buf), pos..pos + take).await;
+        let (res, b) = write_within(up, std::mem::take(buf), pos..pos + take, idle).await;
         *buf = b;
         res.map_err(SendError::Upstream)?;
         pos += take;
@@ -731,7 +756,7 @@ async fn copy_chunked(
         if pos >= buf.len() {
             // Send what is ready before waiting for more.
             if !out.is_empty() {
-                match write_or(up, out).await {
+                match write_or(up, out, idle).await {
                     Ok(o) => out = o,
                     Err(e) => return (Err(SendError::Upstream(e)), Vec::new()),
                 }
@@ -749,7 +774,7 @@ async fn copy_chunked(
                 out.extend_from_slice(CHUNK_END);
                 pos += used;
                 if out.len() >= BODY_BUFFER {
-                    match write_or(up, out).await {
+                    match write_or(up, out, idle).await {
                         Ok(o) => out = o,
                         Err(e) => return (Err(SendError::Upstream(e)), Vec::new()),
                     }
@@ -759,7 +784,7 @@ async fn copy_chunked(
             Ok((used, Some(Chunk::Done))) => {
                 encode_last_chunk(decoder.trailers(), &mut out);
                 pos += used;
-                return match write_or(up, out).await {
+                return match write_or(up, out, idle).await {
                     Ok(o) => (Ok(pos), o),
                     Err(e) => (Err(SendError::Upstream(e)), Vec::new()),
                 };
@@ -871,17 +896,17 @@ async fn respond(
     let mut pos = response.len;
     let reusable = match response.framing {
         Framing::None => {
-            flush(client, out, bytes).await?;
+            flush(client, out, bytes, idle).await?;
             rbuf.len() == pos
         }
         Framing::Length(n) => {
             let available = rbuf.len() - pos;
             if n as usize <= available && n as usize <= INLINE_BODY {
                 out.extend_from_slice(&rbuf[pos..pos + n as usize]);
-                flush(client, out, bytes).await?;
+                flush(client, out, bytes, idle).await?;
                 pos += n as usize;
             } else {
-                flush(client, out, bytes).await?;
+                flush(client, out, bytes, idle).await?;
                 pos = stream_length(client, up, rbuf, pos, n, bytes, idle).await?;
             }
             rbuf.len() == pos
@@ -918,8 +943,14 @@ async fn respond(
 }
 
 /// Writes `out` to the client and counts it.
-async fn flush(client: &Stream, out: &mut Vec<u8>, bytes: &ByteCounts) -> Result<(), BodyFailure> {
-    let (res, o) = client.write_all(std::mem::take(out)).await;
+async fn flush(
+    client: &Stream,
+    out: &mut Vec<u8>,
+    bytes: &ByteCounts,
+    idle: Duration,
+) -> Result<(), BodyFailure> {
+    let len = out.len();
+    let (res, o) = write_within(client, std::mem::take(out), 0..len, idle).await;
     *out = o;
     res.map_err(BodyFailure::Client)?;
     bytes.add_sent(out.len());
@@ -960,9 +991,7 @@ async fn stream_length(
             pos = 0;
         }
         let take = remaining.min((rbuf.len() - pos) as u64) as usize;
-        let (res, b) = client
-            .write_range(std::mem::take(rbuf), pos..pos + take)
-            .await;
+        let (res, b) = write_within(client, std::mem::take(rbuf), pos..pos + take, idle).await;
         *rbuf = b;
         res.map_err(BodyFailure::Client)?;
         bytes.add_sent(take);
@@ -990,7 +1019,7 @@ async fn stream_chunked(
     loop {
         if pos >= rbuf.len() {
             if !out.is_empty() {
-                flush(client, out, bytes).await?;
+                flush(client, out, bytes, idle).await?;
             }
             if refill_upstream(up, rbuf, idle).await? == 0 {
                 return Err(BodyFailure::Upstream(None));
@@ -1008,7 +1037,7 @@ async fn stream_chunked(
                 }
                 pos += used;
                 if out.len() >= BODY_BUFFER {
-                    flush(client, out, bytes).await?;
+                    flush(client, out, bytes, idle).await?;
                 }
             }
             Ok((used, Some(Chunk::Done))) => {
@@ -1016,7 +1045,7 @@ async fn stream_chunked(
                     encode_last_chunk(decoder.trailers(), out);
                 }
                 pos += used;
-                flush(client, out, bytes).await?;
+                flush(client, out, bytes, idle).await?;
                 return Ok(rbuf.len() == pos);
             }
             Ok((used, None)) => pos += used,
@@ -1048,12 +1077,12 @@ async fn stream_to_close(
                 out.extend_from_slice(CHUNK_END);
             }
         }
-        flush(client, out, bytes).await?;
+        flush(client, out, bytes, idle).await?;
         pos = 0;
         if refill_upstream(up, rbuf, idle).await? == 0 {
             if chunked_out {
                 out.extend_from_slice(LAST_CHUNK);
-                flush(client, out, bytes).await?;
+                flush(client, out, bytes, idle).await?;
             }
             return Ok(());
         }
