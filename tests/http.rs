@@ -469,6 +469,17 @@ fn a_slowloris_head_gets_408_within_the_header_timeout() {
     );
 }
 
+/// Sends `GET /first` from a thread and waits until it is at the (slow)
+/// upstream, holding the cluster's only `max_requests` slot.
+fn hold_the_request_slot(addr: SocketAddr, up: &Upstream) -> thread::JoinHandle<http::Response> {
+    let first = thread::spawn(move || http::get(&mut http::connect(addr), "/first").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.request_count() == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    first
+}
+
 #[test]
 fn max_requests_breaker_answers_503_uo_to_the_second_concurrent_request() {
     let up = Upstream::start(|_| Reply::ok("slow").delay(Duration::from_secs(1)));
@@ -482,15 +493,7 @@ fn max_requests_breaker_answers_503_uo_to_the_second_concurrent_request() {
         ),
     );
     let addr = web(&proxy);
-    let first = thread::spawn(move || {
-        let mut c = http::connect(addr);
-        http::get(&mut c, "/first").unwrap()
-    });
-    // Wait until the first request is at the upstream.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.request_count() == 0 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
+    let first = hold_the_request_slot(addr, &up);
     let mut c = http::connect(addr);
     let started = Instant::now();
     let r = http::get(&mut c, "/second").unwrap();
@@ -921,11 +924,7 @@ fn a_refused_request_with_an_unread_body_still_gets_its_answer() {
         ),
     );
     let addr = web(&proxy);
-    let first = thread::spawn(move || http::get(&mut http::connect(addr), "/first").unwrap());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.request_count() == 0 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
+    let first = hold_the_request_slot(addr, &up);
     let body = vec![b'x'; MIB];
     let mut raw = format!(
         "POST /upload HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",

@@ -8,7 +8,8 @@
 //! `ringmesh_http_requests_active{listener}`,
 //! `ringmesh_http_rejected_total{listener,reason}`,
 //! `ringmesh_upstream_requests_total{cluster,code}`,
-//! `ringmesh_upstream_pool_connections_total{cluster,result}`,
+//! `ringmesh_upstream_pool_requests_total{cluster,connection}`,
+//! `ringmesh_upstream_replayed_total{cluster}`,
 //! `ringmesh_upstream_bad_responses_total{cluster}`.
 
 use std::collections::BTreeMap;

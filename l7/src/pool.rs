@@ -168,8 +168,3 @@ async fn sweep() {
         }
     }
 }
-
-/// Idle connections on this worker (tests, and the pool gauge).
-pub fn idle_count() -> usize {
-    POOLS.with(|p| p.borrow().lists.values().map(VecDeque::len).sum())
-}

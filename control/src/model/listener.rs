@@ -95,13 +95,6 @@ const KEYS: &[&str] = &[
     "tls",
     "authz",
     "sni_routes",
-    "request_headers_timeout",
-    "timeout",
-    "max_request_headers_bytes",
-    "max_request_line_bytes",
-    "max_headers",
-    "generate_request_id",
-    "append_x_forwarded_for",
 ];
 
 /// The keys of an HTTP listener (`protocol: http`); defaults are Envoy's.
@@ -346,7 +339,8 @@ impl ListenerDoc {
                 "an HTTP listener cannot route TLS passthrough by SNI (`sni_routes`); use `protocol: tcp`",
             );
         }
-        f.finish(d, KEYS);
+        let known: Vec<&str> = KEYS.iter().chain(HTTP_KEYS).copied().collect();
+        f.finish(d, &known);
         // Fields that failed keep a placeholder so that cross-resource checks
         // still run and every error is reported in one pass; any error
         // rejects the whole document, so placeholders never run.
