@@ -14,7 +14,12 @@ use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 use ringmesh_l7::codec::h1::Limits;
 use ringmesh_l7::metrics::HttpStatsRegistry;
 use ringmesh_l7::pool::PoolSettings;
-use ringmesh_l7::route::{Route, RouteTable, Target};
+use ringmesh_l7::headers::HeaderOps;
+use ringmesh_l7::route::matcher::{RequestMatch, compile_regex};
+use ringmesh_l7::route::{
+    Action, DirectResponse, Forward, HostRewrite, Mirror, PathRewrite, Redirect, RedirectPath,
+    Rewrite, Route, RouteTable, Sticky, Target, WeightedTarget,
+};
 use ringmesh_l7::{HttpHandler, HttpListener, HttpSettings};
 
 use crate::decode::{ConfigErrors, Decoder};
@@ -25,7 +30,9 @@ use ringmesh_core::tls::{
     ServerTlsMaterial,
 };
 
-use crate::model::{AuthzDoc, ClusterTlsDoc, Document, ListenerTlsDoc};
+use crate::model::{
+    ActionDoc, AuthzDoc, ClusterTlsDoc, Document, ListenerTlsDoc, StickyDoc, per_million,
+};
 
 /// Builds snapshot `version` of `doc` for an engine with `workers` cores.
 /// Host names of static clusters are resolved now (blocking
@@ -111,12 +118,25 @@ pub fn compile(
     }
     let mut listeners = Vec::with_capacity(doc.listeners.len());
     for l in &doc.listeners {
+        // An HTTP listener with routes names no cluster of its own: core's
+        // listener config takes its first route's (it is used only to
+        // label connections that never reach the HTTP handler).
+        let named = if l.cluster.is_empty() {
+            l.http
+                .as_ref()
+                .and_then(|h| h.routes.iter().flat_map(|r| r.clusters()).next())
+                .map(|(c, _)| c)
+                .or(ordered.first().map(|c| &*c.name))
+                .unwrap_or_default()
+        } else {
+            l.cluster.as_str()
+        };
         // Validation guarantees the reference; stay defensive anyway.
-        let Some(cluster) = clusters.get(l.cluster.as_str()) else {
+        let Some(cluster) = clusters.get(named) else {
             d.error(
                 l.cluster_origin.mark,
                 &l.cluster_origin.path,
-                format!("unknown cluster `{}`", l.cluster),
+                format!("unknown cluster `{named}`"),
             );
             continue;
         };
@@ -136,9 +156,12 @@ pub fn compile(
             })
             .collect();
         let protocol = l.http.as_ref().map(|h| {
-            let doc = doc.clusters.iter().find(|c| c.name == l.cluster);
-            let pool = doc.map(|c| c.pool).unwrap_or_default();
-            http_handler(l, h, cluster, pool, tls.is_some(), registries.http)
+            let targets = Targets {
+                doc,
+                clusters: &clusters,
+                http: registries.http,
+            };
+            http_handler(&mut d, l, h, &targets, tls.is_some())
         });
         listeners.push(Arc::new(ListenerConfig {
             name: Arc::from(l.name.as_str()),
@@ -163,15 +186,46 @@ pub fn compile(
     })
 }
 
-/// The protocol handler of an HTTP listener.
+/// What an HTTP listener's routes resolve cluster names with.
+struct Targets<'a> {
+    doc: &'a Document,
+    clusters: &'a HashMap<&'a str, Arc<Cluster>>,
+    http: &'a HttpStatsRegistry,
+}
+
+impl Targets<'_> {
+    /// The cluster `name` with its HTTP stats and pool settings.
+    fn target(&self, name: &str) -> Option<Target> {
+        let cluster = self.clusters.get(name)?;
+        let pool = self
+            .doc
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.pool)
+            .unwrap_or_default();
+        Some(Target {
+            cluster: cluster.clone(),
+            stats: self.http.upstream(name),
+            pool: PoolSettings {
+                max_idle_per_endpoint: pool.max_idle_per_endpoint,
+                idle_timeout: pool.idle_timeout,
+            },
+        })
+    }
+}
+
+/// The protocol handler of an HTTP listener: its settings and compiled
+/// route table (a listener with `cluster` has one route, `default`, that
+/// takes every request there).
 fn http_handler(
+    d: &mut Decoder,
     l: &crate::model::ListenerDoc,
     h: &crate::model::HttpDoc,
-    cluster: &Arc<Cluster>,
-    pool: crate::model::PoolDoc,
+    targets: &Targets<'_>,
     tls: bool,
-    http: &HttpStatsRegistry,
 ) -> Arc<dyn ringmesh_core::protocol::ProtocolHandler> {
+    let http = targets.http;
     let settings = HttpSettings {
         limits: Limits {
             max_request_line: h.max_request_line_bytes,
@@ -184,30 +238,140 @@ fn http_handler(
         append_x_forwarded_for: h.append_x_forwarded_for,
         access_log: l.access_log,
     };
-    let route = Route {
-        name: Arc::from("default"),
-        target: Target {
-            cluster: cluster.clone(),
-            stats: http.upstream(&cluster.name),
-            pool: PoolSettings {
-                max_idle_per_endpoint: pool.max_idle_per_endpoint,
-                idle_timeout: pool.idle_timeout,
-            },
-        },
-        timeout: h.timeout,
-        stats: http.route(&l.name, &cluster.name),
+    let listener_request = h.request_headers.as_ref().map(|o| o.spec()).unwrap_or_default();
+    let listener_response = h.response_headers.as_ref().map(|o| o.spec()).unwrap_or_default();
+    let forward = |name: &str, route: &str, weight: u32| {
+        targets.target(name).map(|target| WeightedTarget {
+            target,
+            weight,
+            stats: http.route(&l.name, route, name),
+        })
     };
+    let mut routes = Vec::with_capacity(h.routes.len().max(1));
+    if h.routes.is_empty() {
+        if let Some(t) = forward(&l.cluster, "default", 1) {
+            routes.push(Route {
+                name: Arc::from("default"),
+                matcher: RequestMatch::default(),
+                action: Action::Forward(Forward {
+                    targets: vec![t],
+                    total_weight: 1,
+                    sticky: None,
+                    timeout: h.timeout,
+                    rewrite: Rewrite::default(),
+                    mirror: None,
+                }),
+                request_headers: HeaderOps::fold(&[&listener_request]),
+                response_headers: HeaderOps::fold(&[&listener_response]),
+                local_stats: http.route(&l.name, "default", "-"),
+            });
+        }
+    }
+    for (i, r) in h.routes.iter().enumerate() {
+        let name: Arc<str> = match &r.name {
+            Some(n) => Arc::from(n.as_str()),
+            None => Arc::from(i.to_string()),
+        };
+        let Some(matcher) = r.request_match() else {
+            d.error(r.origin.mark, &r.origin.path, "route match does not compile");
+            continue;
+        };
+        let action = match &r.action {
+            ActionDoc::Cluster(_) | ActionDoc::Split(_) => {
+                let weighted: Vec<(&str, u32)> = match &r.action {
+                    ActionDoc::Cluster(c) => vec![(c.as_str(), 1)],
+                    ActionDoc::Split(s) => s.iter().map(|s| (s.cluster.as_str(), s.weight)).collect(),
+                    _ => Vec::new(),
+                };
+                let list: Vec<WeightedTarget> = weighted
+                    .iter()
+                    .filter_map(|(c, w)| forward(c, &name, *w))
+                    .collect();
+                let total_weight: u64 = list.iter().map(|t| u64::from(t.weight)).sum();
+                if list.len() != weighted.len() || total_weight == 0 {
+                    d.error(r.origin.mark, &r.origin.path, "route clusters do not resolve");
+                    continue;
+                }
+                let mirror = r.mirror.as_ref().and_then(|m| {
+                    targets.target(&m.cluster).map(|target| Mirror {
+                        target,
+                        per_million: per_million(m.percent),
+                        stats: http.mirror(&l.name, &name, &m.cluster),
+                    })
+                });
+                Action::Forward(Forward {
+                    targets: list,
+                    total_weight,
+                    sticky: r.sticky.as_ref().map(|s| match s {
+                        StickyDoc::Header(h) => Sticky::Header(h.as_bytes().into()),
+                        StickyDoc::Cookie(c) => Sticky::Cookie(c.as_bytes().into()),
+                    }),
+                    timeout: r.timeout.unwrap_or(h.timeout),
+                    rewrite: rewrite(r.rewrite.as_ref()),
+                    mirror,
+                })
+            }
+            ActionDoc::Redirect(rd) => Action::Redirect(Redirect {
+                scheme: rd.scheme.as_deref().map(|s| if s == "https" { "https" } else { "http" }),
+                host: rd.host.as_deref().map(Box::from),
+                port: rd.port,
+                path: match (&rd.path, &rd.prefix) {
+                    (Some(p), _) => Some(RedirectPath::Path(p.as_str().into())),
+                    (None, Some(p)) => Some(RedirectPath::Prefix(p.as_str().into())),
+                    (None, None) => None,
+                },
+                strip_query: rd.strip_query,
+                status: rd.status,
+            }),
+            ActionDoc::DirectResponse(dr) => Action::Direct(DirectResponse {
+                status: dr.status,
+                body: dr.body.as_bytes().into(),
+            }),
+        };
+        let route_request = r.request_headers.as_ref().map(|o| o.spec()).unwrap_or_default();
+        let route_response = r.response_headers.as_ref().map(|o| o.spec()).unwrap_or_default();
+        routes.push(Route {
+            local_stats: http.route(&l.name, &name, "-"),
+            name,
+            matcher,
+            action,
+            request_headers: HeaderOps::fold(&[&listener_request, &route_request]),
+            response_headers: HeaderOps::fold(&[&listener_response, &route_response]),
+        });
+    }
     Arc::new(HttpHandler {
         config: HttpListener {
             name: Arc::from(l.name.as_str()),
             settings,
-            routes: RouteTable {
-                routes: vec![route],
-            },
+            routes: RouteTable::new(routes),
             tls,
             stats: http.listener(&l.name),
+            unrouted: http.route(&l.name, "-", "-"),
         },
     })
+}
+
+/// The runtime form of a route's `rewrite`.
+fn rewrite(doc: Option<&crate::model::RewriteDoc>) -> Rewrite {
+    let Some(doc) = doc else {
+        return Rewrite::default();
+    };
+    let path = match (&doc.path_prefix, &doc.path_regex) {
+        (Some(p), _) => Some(PathRewrite::Prefix(p.as_bytes().into())),
+        (None, Some(r)) => compile_regex(&r.pattern, false)
+            .ok()
+            .map(|regex| PathRewrite::Regex {
+                regex,
+                substitution: r.substitution.as_bytes().into(),
+            }),
+        (None, None) => None,
+    };
+    let host = match (&doc.host, doc.host_from_cluster) {
+        (Some(h), _) => Some(HostRewrite::Literal(h.as_bytes().into())),
+        (None, true) => Some(HostRewrite::FromCluster),
+        (None, false) => None,
+    };
+    Rewrite { path, host }
 }
 
 /// The long-lived registries a snapshot takes its shared state from.

@@ -210,14 +210,15 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
     o.header(
         "ringmesh_http_requests_total",
         "counter",
-        "HTTP requests answered, by listener, cluster and status class (answers the proxy made itself included).",
+        "HTTP requests answered, by listener, route, cluster and status class (answers the proxy made itself included; route `-`: no route matched; cluster `-`: answered by the route itself).",
     );
-    for ((listener, cluster), r) in &routes {
+    for ((listener, route, cluster), r) in &routes {
         for (class, n) in CODE_CLASSES.iter().zip(r.codes()) {
             o.sample(
                 "ringmesh_http_requests_total",
                 &[
                     ("listener", listener),
+                    ("route", route),
                     ("cluster", cluster),
                     ("code", class),
                 ],
@@ -228,14 +229,33 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
     o.header(
         "ringmesh_http_request_duration_seconds",
         "histogram",
-        "Time from a request's first head byte to the end of its response, by listener and cluster.",
+        "Time from a request's first head byte to the end of its response, by listener, route and cluster.",
     );
-    for ((listener, cluster), r) in &routes {
+    for ((listener, route, cluster), r) in &routes {
         o.histogram(
             "ringmesh_http_request_duration_seconds",
-            &[("listener", listener), ("cluster", cluster)],
+            &[("listener", listener), ("route", route), ("cluster", cluster)],
             &r.duration(),
         );
+    }
+    o.header(
+        "ringmesh_http_mirror_requests_total",
+        "counter",
+        "Copies of requests mirrored to a shadow cluster, by listener, route, shadow cluster and result (`sent`: the shadow answered; `failed`: no answer; `overflow`: the shadow's breaker was full; `skipped`: the body was not in the buffer).",
+    );
+    for ((listener, route, cluster), m) in http.mirrors() {
+        for (result, n) in ringmesh_l7::metrics::MIRROR_RESULTS.iter().zip(m.results()) {
+            o.sample(
+                "ringmesh_http_mirror_requests_total",
+                &[
+                    ("listener", &listener),
+                    ("route", &route),
+                    ("cluster", &cluster),
+                    ("result", result),
+                ],
+                n,
+            );
+        }
     }
     let listeners = http.listeners();
     o.header(
@@ -845,7 +865,7 @@ mod tests {
         let health = HealthRegistry::new(2);
         health.cluster("pg");
         let http = HttpStatsRegistry::new(2);
-        http.route("web", "app");
+        http.route("web", "default", "app");
         http.listener("web");
         http.upstream("app");
         let text = render(&info, &stats, &health, &http, &ProcessStats::default());

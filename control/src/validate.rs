@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use crate::decode::Decoder;
+use ringmesh_l7::route::matcher::PathMatch;
 use crate::model::Document;
 
 /// Records every duplicate and dangling reference in `doc`.
@@ -75,6 +76,9 @@ pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {
                 );
             }
         }
+        if let Some(http) = &l.http {
+            routes(d, l, http, &cluster_names);
+        }
         if l.cluster.is_empty() {
             continue;
         }
@@ -92,6 +96,93 @@ pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {
                     } else {
                         known.join(", ")
                     }
+                ),
+            );
+        }
+    }
+}
+
+/// An HTTP listener's routes: clusters exist, names are unique, and no
+/// route is shadowed by an earlier one that matches every request it would.
+fn routes(
+    d: &mut Decoder,
+    l: &crate::model::ListenerDoc,
+    http: &crate::model::HttpDoc,
+    cluster_names: &HashMap<&str, &crate::model::Origin>,
+) {
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut compiled = Vec::with_capacity(http.routes.len());
+    for (i, r) in http.routes.iter().enumerate() {
+        for (cluster, origin) in r.clusters() {
+            if !cluster_names.contains_key(cluster) {
+                d.error(
+                    origin.mark,
+                    &origin.path,
+                    format!(
+                        "route {i} of listener `{}` references unknown cluster `{cluster}`",
+                        l.name
+                    ),
+                );
+            }
+        }
+        if let Some(name) = &r.name {
+            if let Some(first) = names.insert(name.clone(), i) {
+                d.error(
+                    r.name_origin.mark,
+                    &r.name_origin.path,
+                    format!(
+                        "duplicate route name `{name}` (route {first}, line {}, has it)",
+                        http.routes[first].origin.mark.line
+                    ),
+                );
+            }
+        }
+        compiled.push(r.request_match());
+    }
+    // Unnamed routes are named by their index: a name that is another
+    // route's index would mix their metrics.
+    for (i, r) in http.routes.iter().enumerate() {
+        if let Some(name) = &r.name {
+            if let Ok(n) = name.parse::<usize>() {
+                if n != i && n < http.routes.len() && http.routes[n].name.is_none() {
+                    d.error(
+                        r.name_origin.mark,
+                        &r.name_origin.path,
+                        format!("route name `{name}` is the default name of unnamed route {n}"),
+                    );
+                }
+            }
+        }
+    }
+    // An earlier route with an exact path can only shadow a later one with
+    // the same exact path: those are looked up by path, the rest compared
+    // one by one (quadratic only in the routes without an exact path).
+    let mut exact: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    let mut others: Vec<usize> = Vec::new();
+    for (j, later) in compiled.iter().enumerate() {
+        let Some(later) = later else { continue };
+        let same_path = match &later.path {
+            Some(PathMatch::Exact(p)) => exact.get(&p[..]).map(|v| &v[..]).unwrap_or_default(),
+            _ => &[],
+        };
+        let shadow = same_path
+            .iter()
+            .chain(&others)
+            .copied()
+            .filter(|&i| compiled[i].as_ref().is_some_and(|e| later.shadowed_by(e)))
+            .min();
+        match &later.path {
+            Some(PathMatch::Exact(p)) => exact.entry(&p[..]).or_default().push(j),
+            _ => others.push(j),
+        }
+        if let Some(i) = shadow {
+            let (a, b) = (&http.routes[i], &http.routes[j]);
+            d.error(
+                b.origin.mark,
+                &b.origin.path,
+                format!(
+                    "route {j} can never match: route {i} (line {}, column {}) matches every request it would; reorder them or narrow route {i}",
+                    a.origin.mark.line, a.origin.mark.col
                 ),
             );
         }

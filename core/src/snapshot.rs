@@ -126,6 +126,29 @@ pub struct Cluster {
     pub panic_threshold: u32,
 }
 
+impl Cluster {
+    /// A cluster named `name` with no endpoints and default breakers, for
+    /// tests and benchmarks of code that only names or counts clusters.
+    pub fn empty(name: &str) -> Cluster {
+        Cluster {
+            name: Arc::from(name),
+            endpoints: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            connect_attempts: 1,
+            balancer: Balancer::new(crate::balance::LbPolicy::RoundRobin, &[], &[], 1, 1),
+            tls: None,
+            max_connections: 1024,
+            max_pending: 1024,
+            max_requests: 1024,
+            stats: crate::metrics::StatsRegistry::new(1).cluster(name),
+            health: crate::health::HealthRegistry::new(1).cluster(name),
+            outlier: None,
+            health_check: None,
+            panic_threshold: 50,
+        }
+    }
+}
+
 /// One upstream address.
 #[derive(Debug, Clone)]
 pub struct Endpoint {

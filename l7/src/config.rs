@@ -53,4 +53,6 @@ pub struct HttpListener {
     pub tls: bool,
     /// The listener's statistics.
     pub stats: std::sync::Arc<crate::metrics::HttpListenerStats>,
+    /// Requests no route matched (route and cluster `-`).
+    pub unrouted: std::sync::Arc<crate::metrics::RouteStats>,
 }

@@ -35,12 +35,13 @@ use crate::config::HttpListener;
 use crate::local_reply::ResponseFlag;
 use crate::pool::{self, PooledConnection};
 use crate::record::RequestRecord;
-use crate::route::Route;
+use crate::headers::HeaderOps;
+use crate::route::{Forward, Route, Target};
 use crate::server::{After, Client};
 
 /// A body that arrived with its head is sent in the same write (and can be
 /// replayed) up to this size.
-const INLINE_BODY: usize = 64 * 1024;
+pub(crate) const INLINE_BODY: usize = 64 * 1024;
 
 /// How the request side of an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,11 +94,20 @@ enum Attempt {
     Replay,
 }
 
-/// Forwards the request to `route`'s cluster and its response back.
+/// Where one request goes: its route, the route's forwarding settings,
+/// and the cluster picked for it.
+#[derive(Clone, Copy)]
+pub(crate) struct Leg<'a> {
+    pub route: &'a Route,
+    pub forward: &'a Forward,
+    pub target: &'a Target,
+}
+
+/// Forwards the request to the leg's cluster and its response back.
 pub(crate) async fn forward(
     c: &mut Client,
     http: &HttpListener,
-    route: &Route,
+    route: Leg<'_>,
     head: &RequestHead,
     record: &mut RequestRecord,
 ) -> After {
@@ -128,7 +138,15 @@ pub(crate) async fn forward(
     } else {
         fwd
     };
-    write::request_head(&mut out, &c.buf, head, &c.fields, &c.nominated, &fwd);
+    let mut rewritten = None;
+    let edits = edits_for(route, c, head, &mut rewritten);
+    write::request_head(&mut out, &c.buf, head, &c.fields, &c.nominated, &fwd, &edits);
+    if let Some(mirror) = &route.forward.mirror {
+        crate::mirror::send(c, mirror, head, &fwd, &edits, route.forward.timeout);
+    }
+    if let Some(b) = rewritten {
+        buffers::give(b);
+    }
     let buffered = c.buf.len() - head.len;
     let inline = match head.framing {
         Framing::Length(n) if n as usize <= buffered && n as usize <= INLINE_BODY => {
@@ -207,6 +225,45 @@ pub(crate) async fn forward(
     after
 }
 
+/// The route's changes to the request: a rewritten target and host are
+/// written into `scratch` (a pooled buffer, only when the route rewrites).
+fn edits_for<'a>(
+    leg: Leg<'a>,
+    c: &Client,
+    head: &RequestHead,
+    scratch: &'a mut Option<Vec<u8>>,
+) -> write::Edits<'a> {
+    let rewrite = &leg.forward.rewrite;
+    let mut edits = write::Edits {
+        ops: &leg.route.request_headers,
+        ..write::Edits::NONE
+    };
+    if rewrite.path.is_none() && rewrite.host.is_none() {
+        return edits;
+    }
+    let req = crate::route::matcher::RequestView::new(&c.buf, head, &c.fields);
+    let b = scratch.insert(buffers::take());
+    let target_end = match &rewrite.path {
+        Some(p) => {
+            crate::rewrite::path(b, &leg.route.matcher, p, &req);
+            Some(b.len())
+        }
+        None => None,
+    };
+    let host_start = b.len();
+    match &rewrite.host {
+        Some(crate::route::HostRewrite::Literal(h)) => b.extend_from_slice(h),
+        Some(crate::route::HostRewrite::FromCluster) => {
+            b.extend_from_slice(leg.target.cluster.name.as_bytes())
+        }
+        None => {}
+    }
+    let b: &'a Vec<u8> = b;
+    edits.target = target_end.map(|end| &b[..end]);
+    edits.host = rewrite.host.is_some().then(|| &b[host_start..]);
+    edits
+}
+
 /// The flag for a failed pick or connect.
 fn connect_flag(e: &ConnectError) -> ResponseFlag {
     match e {
@@ -257,7 +314,7 @@ pub(crate) async fn local(
 async fn attempt_once(
     c: &mut Client,
     http: &HttpListener,
-    route: &Route,
+    route: Leg<'_>,
     head: &RequestHead,
     record: &mut RequestRecord,
     conn: PooledConnection,
@@ -332,7 +389,7 @@ enum Run {
 async fn run(
     c: &mut Client,
     http: &HttpListener,
-    route: &Route,
+    route: Leg<'_>,
     head: &RequestHead,
     record: &mut RequestRecord,
     conn: &PooledConnection,
@@ -369,7 +426,7 @@ async fn run(
             http.settings.limits.max_head,
             &mut rfields,
             &mut rnominated,
-            route.timeout,
+            route.forward.timeout,
             &sent_at,
         );
         pin_mut!(send, recv);
@@ -494,6 +551,7 @@ async fn run(
                     &response,
                     &rfields,
                     &rnominated,
+                    &route.route.response_headers,
                     record,
                     idle,
                 ))
@@ -517,6 +575,7 @@ async fn run(
                     &response,
                     &rfields,
                     &rnominated,
+                    &route.route.response_headers,
                     head.minor,
                     close,
                     out,
@@ -867,6 +926,7 @@ async fn respond(
     response: &ResponseHead,
     fields: &[Field],
     nominated: &[Span],
+    ops: &HeaderOps,
     client_minor: u8,
     close: bool,
     out: &mut Vec<u8>,
@@ -892,7 +952,7 @@ async fn respond(
         close,
         keep_length,
     };
-    write::response_head(out, rbuf, response, fields, nominated, how);
+    write::response_head(out, rbuf, response, fields, nominated, how, ops);
     let mut pos = response.len;
     let reusable = match response.framing {
         Framing::None => {
@@ -1102,6 +1162,7 @@ async fn tunnel(
     response: &ResponseHead,
     fields: &[Field],
     nominated: &[Span],
+    ops: &HeaderOps,
     record: &mut RequestRecord,
     idle: Duration,
 ) -> After {
@@ -1111,7 +1172,7 @@ async fn tunnel(
         close: false,
         keep_length: false,
     };
-    write::response_head(&mut out, rbuf, response, fields, nominated, how);
+    write::response_head(&mut out, rbuf, response, fields, nominated, how, ops);
     out.extend_from_slice(&rbuf[response.len..]);
     let (res, o) = c.stream.write_all(out).await;
     c.bytes.add_sent(o.len());

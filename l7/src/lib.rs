@@ -1,5 +1,5 @@
-//! ringmesh's data plane above TCP: HTTP/1.1 proxying on `core`'s
-//! thread-per-core engine.
+//! ringmesh's data plane above TCP: HTTP/1.1 proxying and routing on
+//! `core`'s thread-per-core engine.
 //!
 //! `core` accepts, admits and terminates TLS, then hands each connection of
 //! a `protocol: http` listener to [`HttpHandler`] (its
@@ -15,21 +15,29 @@
 //!
 //! Below them: [`codec`] (our HTTP/1.1 head checks on httparse, our strict
 //! chunked decoder, head writing), [`pool`] (per-core upstream pools),
-//! [`route`], [`local_reply`] (answers the proxy makes itself, with their
-//! response flags) and [`metrics`]. Endpoint picking, connect, breakers,
+//! [`route`] (matches, the route index, splits), [`rewrite`] and
+//! [`headers`] (what a route changes in a request and its response),
+//! `direct` (redirects and direct responses), `mirror` (shadow copies),
+//! [`random`] (the per-worker generator), [`local_reply`] (answers the
+//! proxy makes itself, with their response flags) and [`metrics`]. Endpoint picking, connect, breakers,
 //! outlier detection and the runtime are `core`'s; `l7` never depends on
 //! `control` and knows nothing of YAML.
 
 pub mod buffers;
 pub mod codec;
 pub mod config;
+mod direct;
 mod exchange;
+pub mod headers;
 pub mod local_reply;
 pub mod metrics;
+mod mirror;
 mod phases;
 pub mod pool;
+pub mod random;
 mod record;
 pub mod request_id;
+pub mod rewrite;
 pub mod route;
 mod server;
 

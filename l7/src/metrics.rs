@@ -126,7 +126,9 @@ pub struct RouteCore {
     pub(crate) duration: Histogram,
 }
 
-/// Requests of one listener that went to (or were meant for) one cluster.
+/// Requests of one listener and route that went to (or were meant for)
+/// one cluster (`-` for the route's own answers; route `-` for requests
+/// no route matched).
 #[derive(Debug)]
 pub struct RouteStats {
     pub(crate) cores: PerCore<RouteCore>,
@@ -197,8 +199,55 @@ impl UpstreamStats {
 pub struct HttpStatsRegistry {
     workers: usize,
     listeners: Mutex<BTreeMap<String, Arc<HttpListenerStats>>>,
-    routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
+    routes: Mutex<BTreeMap<RouteKey, Arc<RouteStats>>>,
+    mirrors: Mutex<BTreeMap<RouteKey, Arc<MirrorStats>>>,
     upstreams: Mutex<BTreeMap<String, Arc<UpstreamStats>>>,
+}
+
+/// (listener, route, cluster) names.
+pub type RouteKey = (String, String, String);
+
+fn key(listener: &str, route: &str, cluster: &str) -> RouteKey {
+    (listener.to_owned(), route.to_owned(), cluster.to_owned())
+}
+
+/// What became of a mirrored copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorResult {
+    /// The shadow answered (its response was discarded).
+    Sent,
+    /// No answer: connect failure, reset, timeout.
+    Failed,
+    /// The shadow cluster's breaker was full: not sent.
+    Overflow,
+    /// The request's body was not all in the buffer: not copied.
+    Skipped,
+}
+
+/// Labels of [`MirrorResult`], in index order.
+pub const MIRROR_RESULTS: [&str; 4] = ["sent", "failed", "overflow", "skipped"];
+
+/// One worker's mirror counters.
+#[derive(Debug, Default)]
+pub struct MirrorCore {
+    pub(crate) results: [Counter; 4],
+}
+
+/// Copies of one route's requests to one shadow cluster.
+#[derive(Debug)]
+pub struct MirrorStats {
+    pub(crate) cores: PerCore<MirrorCore>,
+}
+
+impl MirrorStats {
+    pub(crate) fn count(&self, core: usize, result: MirrorResult) {
+        self.cores.get(core).results[result as usize].inc();
+    }
+
+    /// Copies by result, in [`MIRROR_RESULTS`] order.
+    pub fn results(&self) -> [u64; 4] {
+        std::array::from_fn(|i| sum(&self.cores, |c| c.results[i].get()))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -212,6 +261,7 @@ impl HttpStatsRegistry {
             workers,
             listeners: Mutex::new(BTreeMap::new()),
             routes: Mutex::new(BTreeMap::new()),
+            mirrors: Mutex::new(BTreeMap::new()),
             upstreams: Mutex::new(BTreeMap::new()),
         }
     }
@@ -228,10 +278,10 @@ impl HttpStatsRegistry {
             .clone()
     }
 
-    /// The stats of requests from `listener` to `cluster`.
-    pub fn route(&self, listener: &str, cluster: &str) -> Arc<RouteStats> {
+    /// The stats of requests from `listener` through `route` to `cluster`.
+    pub fn route(&self, listener: &str, route: &str, cluster: &str) -> Arc<RouteStats> {
         lock(&self.routes)
-            .entry((listener.to_owned(), cluster.to_owned()))
+            .entry(key(listener, route, cluster))
             .or_insert_with(|| {
                 Arc::new(RouteStats {
                     cores: PerCore::new(self.workers),
@@ -260,8 +310,28 @@ impl HttpStatsRegistry {
             .collect()
     }
 
-    /// Every (listener, cluster) pair's stats.
-    pub fn routes(&self) -> Vec<((String, String), Arc<RouteStats>)> {
+    /// The counters of copies mirrored from `listener`'s `route` to `cluster`.
+    pub fn mirror(&self, listener: &str, route: &str, cluster: &str) -> Arc<MirrorStats> {
+        lock(&self.mirrors)
+            .entry(key(listener, route, cluster))
+            .or_insert_with(|| {
+                Arc::new(MirrorStats {
+                    cores: PerCore::new(self.workers),
+                })
+            })
+            .clone()
+    }
+
+    /// Every mirror's counters.
+    pub fn mirrors(&self) -> Vec<(RouteKey, Arc<MirrorStats>)> {
+        lock(&self.mirrors)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every (listener, route, cluster) triple's stats.
+    pub fn routes(&self) -> Vec<(RouteKey, Arc<RouteStats>)> {
         lock(&self.routes)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))

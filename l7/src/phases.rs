@@ -7,22 +7,32 @@
 //!    checked against the size and smuggling rules (`codec::h1`), before
 //!    this runs;
 //! 2. **method**: CONNECT is refused (405) until tunnelling is configured;
-//! 3. **route**: the listener's route table picks a route (today: its one
-//!    route to the listener's cluster); no route: 404, flag `NR`;
+//! 3. **route** (`route.rs`): the listener's route table finds the first
+//!    route whose match holds; no route: 404, flag `NR`;
 //! 4. *(route authorization, rate limit, fault injection: later issues)*;
-//! 5. **breakers**: the cluster's `max_requests` (503, flag `UO`);
-//! 6. **upstream exchange** (`exchange.rs`): pick an endpoint (core's
-//!    balancer, health, ejection, panic mode) -> pooled or new connection
-//!    (`max_connections`, connect timeout, failover, TLS origination) ->
-//!    send head and body -> response head within the route `timeout` ->
-//!    stream the body back -> pool the connection when reusable;
-//! 7. **record** (`record.rs`): metrics and one access-log line, once.
+//! 5. **answer or split**: a `redirect` or `direct_response` route answers
+//!    here (`direct.rs`); a forwarding route picks its cluster (the split,
+//!    sticky or drawn);
+//! 6. **breakers**: the cluster's `max_requests` (503, flag `UO`);
+//! 7. **upstream exchange** (`exchange.rs`): the request head is written
+//!    with the route's rewrites and request header operations, and a copy
+//!    goes to the mirror (`mirror.rs`, fire and forget) -> pick an
+//!    endpoint (core's balancer, health, ejection, panic mode) -> pooled or
+//!    new connection (`max_connections`, connect timeout, failover, TLS
+//!    origination) -> send head and body -> response head within the route
+//!    `timeout` -> response header operations -> stream the body back ->
+//!    pool the connection when reusable;
+//! 8. **record** (`record.rs`): metrics (per listener, route and cluster)
+//!    and one access-log line, once.
 
 use ringmesh_core::protocol::ListenerRef;
 use ringmesh_core::upstream::RequestSlot;
 
 use crate::codec::h1::{Method, RequestHead};
 use crate::config::HttpListener;
+use crate::exchange::Leg;
+use crate::route::Action;
+use crate::route::matcher::RequestView;
 use crate::local_reply::ResponseFlag;
 use crate::metrics::Rejection;
 use crate::record::RequestRecord;
@@ -43,17 +53,34 @@ pub(crate) async fn run(
         return refuse(c, head, record, 405, "CONNECT is not supported").await;
     }
     // 3. route
-    let Some(route) = http.routes.route() else {
-        return refuse(c, head, record, 404, "no route").await;
+    let req = RequestView::new(&c.buf, head, &c.fields);
+    let Some((index, route)) = http.routes.find(&req) else {
+        return crate::exchange::local(c, head, record, ResponseFlag::NoRoute, None).await;
     };
-    // 5. breakers
-    let Some(_active) = RequestSlot::acquire(&route.target.cluster, core) else {
+    record.route = Some(index);
+    // 5. answer or split
+    let forward = match &route.action {
+        Action::Forward(f) => f,
+        Action::Redirect(_) | Action::Direct(_) => {
+            return crate::direct::answer(c, http, route, head, record).await;
+        }
+    };
+    let pick = forward.pick(&req);
+    record.target = Some(pick);
+    let target = &forward.targets[pick].target;
+    // 6. breakers
+    let Some(_active) = RequestSlot::acquire(&target.cluster, core) else {
         return crate::exchange::local(c, head, record, ResponseFlag::UpstreamOverflow, None).await;
     };
     let gauge = &http.stats.cores.get(core).active;
     gauge.add(1);
-    // 6. upstream exchange
-    let after = crate::exchange::forward(c, http, route, head, record).await;
+    // 7. upstream exchange
+    let leg = Leg {
+        route,
+        forward,
+        target,
+    };
+    let after = crate::exchange::forward(c, http, leg, head, record).await;
     gauge.add(-1);
     after
 }
@@ -66,11 +93,7 @@ async fn refuse(
     status: u16,
     text: &str,
 ) -> After {
-    let flag = if status == 404 {
-        ResponseFlag::NoRoute
-    } else {
-        ResponseFlag::DownstreamProtocolError
-    };
+    let flag = ResponseFlag::DownstreamProtocolError;
     let mut out = crate::buffers::take();
     crate::local_reply::write(&mut out, status, text, flag.as_str(), true);
     record.status = status;

@@ -31,6 +31,10 @@ pub(crate) struct RequestRecord {
     pub endpoint: Option<SocketAddr>,
     /// Upstream attempts made.
     pub attempts: u32,
+    /// The index of the route that took the request.
+    pub route: Option<usize>,
+    /// The index of the cluster the route's split picked.
+    pub target: Option<usize>,
     /// What went wrong, for the log.
     pub error: Option<String>,
     /// The id sent upstream when the proxy generated one.
@@ -78,6 +82,8 @@ impl RequestRecord {
             flag: None,
             endpoint: None,
             attempts: 0,
+            route: None,
+            target: None,
             error: None,
             request_id,
             minor: head.minor,
@@ -97,20 +103,28 @@ impl RequestRecord {
     pub fn finish(self, http: &HttpListener, c: &Client) {
         let elapsed = self.started.elapsed();
         let core = c.facts.core;
-        if let Some(route) = http.routes.route() {
-            route.stats.record(core, self.status.max(100), elapsed);
-        }
+        let route = self.route.and_then(|i| http.routes.routes().get(i));
+        let stats = match route {
+            Some(r) => r.stats(self.target),
+            None => &http.unrouted,
+        };
+        stats.record(core, self.status.max(100), elapsed);
         if !http.settings.access_log {
             return;
         }
         let or_dash = |s: &str| if s.is_empty() { "-" } else { s }.to_owned();
         let endpoint = self.endpoint.map(|a| a.to_string());
-        let route = http.routes.route();
+        let cluster = match (route.map(|r| &r.action), self.target) {
+            (Some(crate::route::Action::Forward(f)), Some(t)) => {
+                f.targets.get(t).map(|t| &*t.target.cluster.name)
+            }
+            _ => None,
+        };
         tracing::info!(
             target: "ringmesh::access",
             listener = %http.name,
             route = route.map(|r| &*r.name).unwrap_or("-"),
-            cluster = route.map(|r| &*r.target.cluster.name).unwrap_or("-"),
+            cluster = cluster.unwrap_or("-"),
             peer = %c.facts.peer,
             method = %c.log.method,
             authority = %or_dash(&c.log.authority),

@@ -615,3 +615,47 @@ pub fn http_listener(
     let extra = format!("protocol: http\n{listener_extra}");
     super::proxy::one_listener(name, endpoints, &extra, cluster_extra)
 }
+
+/// Sends `method target HTTP/1.1` with exactly the fields `headers` (the
+/// caller gives `Host`), `Content-Length` when `body` is not empty, and
+/// `body`, in one write on the connection; reads the response (no body
+/// after a `HEAD`).
+pub fn request(
+    c: &mut BufReader<TcpStream>,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Response> {
+    let mut head = format!("{method} {target} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    send(c, &bytes)?;
+    read_response(c, method == "HEAD")
+}
+
+/// Like [`connect`], returning the error instead of panicking (for load
+/// clients that count failures).
+pub fn try_connect(addr: SocketAddr) -> io::Result<BufReader<TcpStream>> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let _ = s.set_nodelay(true);
+    Ok(BufReader::with_capacity(64 * 1024, s))
+}
+
+/// Every value of the fields named `name` (case-insensitive), in order.
+pub fn values(headers: &[(String, String)], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .collect()
+}

@@ -114,6 +114,7 @@ fn router(state: AdminState) -> Router {
         .route("/ready", get(ready))
         .route("/config", get(get_config).put(put_config))
         .route("/listeners", get(listeners))
+        .route("/routes", get(routes))
         .route("/clusters", get(clusters))
         .route(
             "/clusters/{name}/endpoints",
@@ -184,7 +185,7 @@ fn reload_error(e: ReloadError) -> Response {
 async fn not_found() -> Response {
     json_response(
         StatusCode::NOT_FOUND,
-        json!({"error": "no such endpoint; see GET /live /ready /config /listeners /clusters /metrics, PUT /config, PUT /clusters/{name}/endpoints, POST /drain"}),
+        json!({"error": "no such endpoint; see GET /live /ready /config /listeners /routes /clusters /metrics, PUT /config, PUT /clusters/{name}/endpoints, POST /drain"}),
     )
 }
 
@@ -290,6 +291,61 @@ async fn listeners(State(proxy): State<Arc<Proxy>>) -> Response {
                     "bytes_sent": t.bytes_sent,
                 },
             })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({"version": applied.version, "listeners": list}),
+    )
+}
+
+/// The compiled route table of every HTTP listener, in order, with the
+/// config of each route and its hits (requests it took, by cluster).
+async fn routes(State(proxy): State<Arc<Proxy>>) -> Response {
+    let applied = proxy.applied();
+    let list: Vec<_> = applied
+        .snapshot
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            let handler = l.protocol.as_ref()?.as_any().downcast_ref::<ringmesh_l7::HttpHandler>()?;
+            let http = &handler.config;
+            let doc = applied
+                .document
+                .listeners
+                .iter()
+                .find(|d| d.name == *l.name)
+                .and_then(|d| d.http.as_ref());
+            let routes: Vec<_> = http
+                .routes
+                .routes()
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let hits = |s: &ringmesh_l7::metrics::RouteStats| s.codes().iter().sum::<u64>();
+                    let by_cluster: serde_json::Map<_, _> = match &r.action {
+                        ringmesh_l7::route::Action::Forward(f) => f
+                            .targets
+                            .iter()
+                            .map(|t| (t.target.cluster.name.to_string(), json!(hits(&t.stats))))
+                            .collect(),
+                        _ => serde_json::Map::new(),
+                    };
+                    let config = doc
+                        .and_then(|d| d.routes.get(i))
+                        .map(|d| serde_json::to_value(d).unwrap_or_default())
+                        .unwrap_or_else(|| json!({"cluster": &*l.cluster.name}));
+                    json!({
+                        "index": i,
+                        "name": &*r.name,
+                        "hits": r.all_stats().map(|s| hits(s)).sum::<u64>(),
+                        "clusters": by_cluster,
+                        "config": config,
+                    })
+                })
+                .collect();
+            let unmatched: u64 = http.unrouted.codes().iter().sum();
+            Some(json!({"name": &*l.name, "routes": routes, "unmatched": unmatched}))
         })
         .collect();
     json_response(

@@ -118,6 +118,17 @@ pub struct HttpDoc {
     pub generate_request_id: bool,
     /// Append the client's address to `x-forwarded-for`. Default true.
     pub append_x_forwarded_for: bool,
+    /// Routes, first match wins (instead of `cluster`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<super::RouteDoc>,
+    /// Operations on every route's requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<super::HeaderOpsDoc>,
+    /// Operations on every route's responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<super::HeaderOpsDoc>,
+    #[serde(skip)]
+    pub(crate) routes_origin: Origin,
 }
 
 impl Default for HttpDoc {
@@ -131,6 +142,10 @@ impl Default for HttpDoc {
             max_headers: s.limits.max_headers,
             generate_request_id: s.generate_request_id,
             append_x_forwarded_for: s.append_x_forwarded_for,
+            routes: Vec::new(),
+            request_headers: None,
+            response_headers: None,
+            routes_origin: Origin::default(),
         }
     }
 }
@@ -146,6 +161,9 @@ const HTTP_KEYS: &[&str] = &[
     "max_headers",
     "generate_request_id",
     "append_x_forwarded_for",
+    "routes",
+    "request_headers",
+    "response_headers",
 ];
 
 impl HttpDoc {
@@ -187,6 +205,20 @@ impl HttpDoc {
                 }
                 "generate_request_id" => doc.generate_request_id = boolean(d, n, &p)?,
                 "append_x_forwarded_for" => doc.append_x_forwarded_for = boolean(d, n, &p)?,
+                "routes" => {
+                    doc.routes = crate::decode::list_of(d, n, &p, super::RouteDoc::decode)
+                        .unwrap_or_default();
+                    if doc.routes.is_empty() && matches!(n.value, crate::yaml::Value::Seq(ref v) if v.is_empty()) {
+                        d.error(n.mark, &p, "`routes` is empty: give at least one route, or `cluster` instead");
+                    }
+                    doc.routes_origin = Origin { mark: n.mark, path: p.clone() };
+                }
+                "request_headers" => {
+                    doc.request_headers = super::HeaderOpsDoc::decode(d, n, &p);
+                }
+                "response_headers" => {
+                    doc.response_headers = super::HeaderOpsDoc::decode(d, n, &p);
+                }
                 _ => {}
             }
         }
@@ -198,7 +230,7 @@ pub(crate) fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&format_duration(*d))
 }
 
-fn human_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn human_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => human(d, s),
         None => s.serialize_none(),
@@ -244,8 +276,10 @@ impl ListenerDoc {
                 }
             },
         };
-        let cluster = required(d, &mut f, node, path, "cluster")
-            .and_then(|(n, p)| name(d, n, &p).map(|c| (c, n.mark, p)));
+        let cluster_field = f.take("cluster");
+        let cluster = cluster_field
+            .as_ref()
+            .and_then(|(n, p)| name(d, n, p).map(|c| (c, n.mark, p.clone())));
         let max_connections = match f.take("max_connections") {
             None => Some(None),
             Some((n, p)) => integer(d, n, &p, 1, 10_000_000).map(Some),
@@ -332,6 +366,22 @@ impl ListenerDoc {
         }
         let is_http = protocol == Some(Protocol::Http);
         let http = HttpDoc::decode(d, &mut f, is_http);
+        // A TCP listener names its cluster; an HTTP one its cluster or its routes.
+        let has_routes = http.as_ref().is_some_and(|h| h.routes_origin.mark.line > 0);
+        match (&cluster_field, has_routes) {
+            (None, false) if is_http => d.error(
+                node.mark,
+                path,
+                "missing required key `cluster` (or `routes`)",
+            ),
+            (None, false) => d.error(node.mark, path, "missing required key `cluster`"),
+            (Some((n, p)), true) => d.error(
+                n.mark,
+                p,
+                "an HTTP listener takes either `cluster` (every request goes there) or `routes`, not both",
+            ),
+            _ => {}
+        }
         if is_http && !sni_routes.is_empty() {
             d.error(
                 node.mark,

@@ -7,6 +7,7 @@ mod cluster;
 mod discovery;
 mod health;
 mod listener;
+mod route;
 mod tls;
 
 use serde::Serialize;
@@ -16,6 +17,10 @@ pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy, PoolDoc};
 pub use discovery::{DiscoveryDoc, parse_endpoint_list};
 pub use health::{HealthCheckDoc, OutlierDetectionDoc};
 pub use listener::{HttpDoc, ListenerDoc, Protocol};
+pub use route::{
+    ActionDoc, ConditionDoc, DirectResponseDoc, HeaderOpsDoc, MatchDoc, MirrorDoc, PathDoc,
+    RedirectDoc, RewriteDoc, RouteDoc, SplitDoc, StickyDoc, TestDoc, per_million,
+};
 pub use tls::{AuthzDoc, ClusterTlsDoc, ListenerTlsDoc};
 
 use crate::decode::{ConfigErrors, Decoder, Fields};

@@ -6,6 +6,7 @@
 //! by the proxy from the framing it will actually use.
 
 use super::h1::{Field, FieldKind, Framing, RequestHead, ResponseHead, Span};
+use crate::headers::HeaderOps;
 
 /// What the proxy adds to a forwarded request.
 #[derive(Debug)]
@@ -19,6 +20,31 @@ pub struct Forwarded<'a> {
     pub request_id: Option<&'a str>,
     /// Host to send when the request has none (HTTP/1.0 clients).
     pub default_host: &'a str,
+}
+
+/// What a route changes in the request it forwards.
+#[derive(Debug, Clone, Copy)]
+pub struct Edits<'a> {
+    /// The target to send instead of the received one (path rewrite).
+    pub target: Option<&'a [u8]>,
+    /// The `Host` value to send instead of the received one.
+    pub host: Option<&'a [u8]>,
+    /// Header operations.
+    pub ops: &'a HeaderOps,
+    /// Ask the upstream to close after answering (mirrored copies).
+    pub close: bool,
+}
+
+static NO_OPS: HeaderOps = HeaderOps::EMPTY;
+
+impl Edits<'static> {
+    /// No change.
+    pub const NONE: Edits<'static> = Edits {
+        target: None,
+        host: None,
+        ops: &NO_OPS,
+        close: false,
+    };
 }
 
 /// Whether the field named by `name` is listed in `Connection`.
@@ -73,18 +99,30 @@ pub fn request_head(
     fields: &[Field],
     nominated_names: &[Span],
     fwd: &Forwarded<'_>,
+    edits: &Edits<'_>,
 ) {
+    let ops = edits.ops;
+    let dropped = |name: &[u8]| !ops.is_empty() && ops.drops(name);
     out.extend_from_slice(head.method_span.get(buf));
     out.push(b' ');
-    out.extend_from_slice(head.target.get(buf));
+    out.extend_from_slice(edits.target.unwrap_or(head.target.get(buf)));
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if head.host.is_none() {
         out.extend_from_slice(b"host: ");
-        out.extend_from_slice(fwd.default_host.as_bytes());
+        out.extend_from_slice(edits.host.unwrap_or(fwd.default_host.as_bytes()));
         out.extend_from_slice(b"\r\n");
     }
     for (i, f) in fields.iter().enumerate() {
+        if dropped(f.name.get(buf)) {
+            continue;
+        }
         match f.kind {
+            FieldKind::Host if edits.host.is_some() => {
+                out.extend_from_slice(f.name.get(buf));
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(edits.host.unwrap_or_default());
+                out.extend_from_slice(b"\r\n");
+            }
             FieldKind::Other | FieldKind::Host | FieldKind::XRequestId => {
                 if f.kind == FieldKind::Other && nominated(buf, f.name, nominated_names) {
                     continue;
@@ -114,18 +152,32 @@ pub fn request_head(
             | FieldKind::XForwardedProto => {}
         }
     }
-    if let (Some(ip), None) = (fwd.client_ip, head.last_xff) {
+    if let (Some(ip), None, false) = (
+        fwd.client_ip,
+        head.last_xff,
+        dropped(b"x-forwarded-for"),
+    ) {
         out.extend_from_slice(b"x-forwarded-for: ");
         out.extend_from_slice(ip.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"x-forwarded-proto: ");
-    out.extend_from_slice(fwd.proto.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if let (Some(id), false) = (fwd.request_id, head.has_request_id) {
+    if !dropped(b"x-forwarded-proto") {
+        out.extend_from_slice(b"x-forwarded-proto: ");
+        out.extend_from_slice(fwd.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let (Some(id), false, false) = (
+        fwd.request_id,
+        head.has_request_id,
+        dropped(b"x-request-id"),
+    ) {
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    ops.write_appended(out);
+    if edits.close {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     if let Some(upgrade) = head.upgrade {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
@@ -158,13 +210,18 @@ pub fn response_head(
     fields: &[Field],
     nominated_names: &[Span],
     how: ResponseOut,
+    ops: &HeaderOps,
 ) {
+    let dropped = |name: &[u8]| !ops.is_empty() && ops.drops(name);
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(head.status));
     out.push(b' ');
     out.extend_from_slice(head.reason.get(buf));
     out.extend_from_slice(b"\r\n");
     for f in fields {
+        if dropped(f.name.get(buf)) {
+            continue;
+        }
         match f.kind {
             FieldKind::ContentLength if how.keep_length => field_line(out, buf, f),
             FieldKind::Other
@@ -181,6 +238,7 @@ pub fn response_head(
             _ => {}
         }
     }
+    ops.write_appended(out);
     if let Some(upgrade) = head.upgrade {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
         out.extend_from_slice(upgrade.get(buf));
@@ -211,7 +269,15 @@ mod tests {
         .expect("valid")
         .expect("complete");
         let mut out = Vec::new();
-        request_head(&mut out, raw.as_bytes(), &head, &fields, &nominated, fwd);
+        request_head(
+            &mut out,
+            raw.as_bytes(),
+            &head,
+            &fields,
+            &nominated,
+            fwd,
+            &Edits::NONE,
+        );
         String::from_utf8(out).expect("ascii")
     }
 
@@ -286,7 +352,7 @@ mod tests {
             close: true,
             keep_length: false,
         };
-        response_head(&mut out, raw, &head, &fields, &nominated, how);
+        response_head(&mut out, raw, &head, &fields, &nominated, how, &NO_OPS);
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nServer: up\r\nconnection: close\r\n\r\n"

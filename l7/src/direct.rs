@@ -1,0 +1,143 @@
+//! Answers a route gives itself: redirects (`redirect`) and direct
+//! responses (`direct_response`). The route's response header operations
+//! apply to them. A request body is not read: the connection then closes
+//! after the answer (with a lingering close), as for the proxy's other
+//! own answers.
+
+use crate::buffers;
+use crate::codec::h1::{Framing, Method, RequestHead};
+use crate::codec::write::push_decimal;
+use crate::config::HttpListener;
+use crate::local_reply::reason;
+use crate::record::RequestRecord;
+use crate::rewrite::join_prefix;
+use crate::route::matcher::{RequestView, split_port};
+use crate::route::{Action, Redirect, RedirectPath, Route};
+use crate::server::{After, Client};
+
+/// Answers `head` as `route` says (its action is a redirect or a direct
+/// response).
+pub(crate) async fn answer(
+    c: &mut Client,
+    http: &HttpListener,
+    route: &Route,
+    head: &RequestHead,
+    record: &mut RequestRecord,
+) -> After {
+    let close =
+        !head.keep_alive || head.framing != Framing::None || ringmesh_core::drain::is_draining();
+    let mut out = buffers::take();
+    let status = match &route.action {
+        Action::Redirect(r) => {
+            let req = RequestView::new(&c.buf, head, &c.fields);
+            write_redirect(&mut out, r, route, &req, http.tls, close);
+            r.status
+        }
+        Action::Direct(d) => {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            push_decimal(&mut out, u64::from(d.status));
+            out.push(b' ');
+            out.extend_from_slice(reason(d.status).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            let bodyless = matches!(d.status, 204 | 304);
+            if !bodyless {
+                out.extend_from_slice(b"content-type: text/plain\r\ncontent-length: ");
+                push_decimal(&mut out, d.body.len() as u64);
+                out.extend_from_slice(b"\r\n");
+            }
+            finish_head(&mut out, route, close);
+            if head.method != Method::Head && !bodyless {
+                out.extend_from_slice(&d.body);
+            }
+            d.status
+        }
+        // Not reached: forwarding routes go upstream.
+        Action::Forward(_) => 500,
+    };
+    c.body_unread |= head.framing != Framing::None;
+    record.status = status;
+    let (res, out) = c.stream.write_all(out).await;
+    if res.is_ok() {
+        c.bytes.add_sent(out.len());
+    }
+    buffers::give(out);
+    if res.is_err() {
+        After::Abort
+    } else if close {
+        After::Close
+    } else {
+        c.consume(head.len);
+        After::KeepAlive
+    }
+}
+
+/// The route's response operations, `connection: close`, the empty line.
+fn finish_head(out: &mut Vec<u8>, route: &Route, close: bool) {
+    route.response_headers.write_appended(out);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a redirect: `location` is the request's URL with the parts the
+/// redirect names replaced.
+fn write_redirect(
+    out: &mut Vec<u8>,
+    r: &Redirect,
+    route: &Route,
+    req: &RequestView<'_>,
+    tls: bool,
+    close: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(r.status));
+    out.push(b' ');
+    out.extend_from_slice(reason(r.status).as_bytes());
+    out.extend_from_slice(b"\r\nlocation: ");
+    location(out, r, route, req, tls);
+    out.extend_from_slice(b"\r\ncontent-length: 0\r\n");
+    finish_head(out, route, close);
+}
+
+/// Appends the redirect's target URL.
+pub(crate) fn location(
+    out: &mut Vec<u8>,
+    r: &Redirect,
+    route: &Route,
+    req: &RequestView<'_>,
+    tls: bool,
+) {
+    let own_scheme = if tls { "https" } else { "http" };
+    let scheme = r.scheme.unwrap_or(own_scheme);
+    let (req_host, req_port) = split_port(req.host);
+    let port = match r.port {
+        Some(p) => Some(p),
+        None if scheme != own_scheme => None,
+        None => req_port,
+    };
+    out.extend_from_slice(scheme.as_bytes());
+    out.extend_from_slice(b"://");
+    match &r.host {
+        Some(h) => out.extend_from_slice(h.as_bytes()),
+        None => out.extend_from_slice(req_host),
+    }
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    if let Some(p) = port.filter(|p| *p != default_port) {
+        out.push(b':');
+        push_decimal(out, u64::from(p));
+    }
+    match &r.path {
+        Some(RedirectPath::Path(p)) => out.extend_from_slice(p.as_bytes()),
+        Some(RedirectPath::Prefix(p)) => {
+            let matched = route.matcher.matched_prefix_len(req.path);
+            join_prefix(out, p.as_bytes(), &req.path[matched..]);
+        }
+        None if req.path.is_empty() => out.push(b'/'),
+        None => out.extend_from_slice(req.path),
+    }
+    if !r.strip_query && !req.query.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(req.query);
+    }
+}
