@@ -12,9 +12,9 @@ use ringmesh_core::snapshot::SniRoute;
 use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 
 use ringmesh_l7::codec::h1::Limits;
+use ringmesh_l7::headers::HeaderOps;
 use ringmesh_l7::metrics::HttpStatsRegistry;
 use ringmesh_l7::pool::PoolSettings;
-use ringmesh_l7::headers::HeaderOps;
 use ringmesh_l7::route::matcher::{RequestMatch, compile_regex};
 use ringmesh_l7::route::{
     Action, DirectResponse, Forward, HostRewrite, Mirror, PathRewrite, Redirect, RedirectPath,
@@ -238,8 +238,16 @@ fn http_handler(
         append_x_forwarded_for: h.append_x_forwarded_for,
         access_log: l.access_log,
     };
-    let listener_request = h.request_headers.as_ref().map(|o| o.spec()).unwrap_or_default();
-    let listener_response = h.response_headers.as_ref().map(|o| o.spec()).unwrap_or_default();
+    let listener_request = h
+        .request_headers
+        .as_ref()
+        .map(|o| o.spec())
+        .unwrap_or_default();
+    let listener_response = h
+        .response_headers
+        .as_ref()
+        .map(|o| o.spec())
+        .unwrap_or_default();
     let forward = |name: &str, route: &str, weight: u32| {
         targets.target(name).map(|target| WeightedTarget {
             target,
@@ -273,14 +281,20 @@ fn http_handler(
             None => Arc::from(i.to_string()),
         };
         let Some(matcher) = r.request_match() else {
-            d.error(r.origin.mark, &r.origin.path, "route match does not compile");
+            d.error(
+                r.origin.mark,
+                &r.origin.path,
+                "route match does not compile",
+            );
             continue;
         };
         let action = match &r.action {
             ActionDoc::Cluster(_) | ActionDoc::Split(_) => {
                 let weighted: Vec<(&str, u32)> = match &r.action {
                     ActionDoc::Cluster(c) => vec![(c.as_str(), 1)],
-                    ActionDoc::Split(s) => s.iter().map(|s| (s.cluster.as_str(), s.weight)).collect(),
+                    ActionDoc::Split(s) => {
+                        s.iter().map(|s| (s.cluster.as_str(), s.weight)).collect()
+                    }
                     _ => Vec::new(),
                 };
                 let list: Vec<WeightedTarget> = weighted
@@ -289,7 +303,11 @@ fn http_handler(
                     .collect();
                 let total_weight: u64 = list.iter().map(|t| u64::from(t.weight)).sum();
                 if list.len() != weighted.len() || total_weight == 0 {
-                    d.error(r.origin.mark, &r.origin.path, "route clusters do not resolve");
+                    d.error(
+                        r.origin.mark,
+                        &r.origin.path,
+                        "route clusters do not resolve",
+                    );
                     continue;
                 }
                 let mirror = r.mirror.as_ref().and_then(|m| {
@@ -312,7 +330,10 @@ fn http_handler(
                 })
             }
             ActionDoc::Redirect(rd) => Action::Redirect(Redirect {
-                scheme: rd.scheme.as_deref().map(|s| if s == "https" { "https" } else { "http" }),
+                scheme: rd
+                    .scheme
+                    .as_deref()
+                    .map(|s| if s == "https" { "https" } else { "http" }),
                 host: rd.host.as_deref().map(Box::from),
                 port: rd.port,
                 path: match (&rd.path, &rd.prefix) {
@@ -328,8 +349,16 @@ fn http_handler(
                 body: dr.body.as_bytes().into(),
             }),
         };
-        let route_request = r.request_headers.as_ref().map(|o| o.spec()).unwrap_or_default();
-        let route_response = r.response_headers.as_ref().map(|o| o.spec()).unwrap_or_default();
+        let route_request = r
+            .request_headers
+            .as_ref()
+            .map(|o| o.spec())
+            .unwrap_or_default();
+        let route_response = r
+            .response_headers
+            .as_ref()
+            .map(|o| o.spec())
+            .unwrap_or_default();
         routes.push(Route {
             local_stats: http.route(&l.name, &name, "-"),
             name,

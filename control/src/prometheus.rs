@@ -234,7 +234,11 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
     for ((listener, route, cluster), r) in &routes {
         o.histogram(
             "ringmesh_http_request_duration_seconds",
-            &[("listener", listener), ("route", route), ("cluster", cluster)],
+            &[
+                ("listener", listener),
+                ("route", route),
+                ("cluster", cluster),
+            ],
             &r.duration(),
         );
     }
@@ -883,7 +887,7 @@ mod tests {
         }
         assert!(text.contains("ringmesh_info{version=\"0.1.0\",io_engine=\"epoll\"} 1"));
         assert!(text.contains(
-            "ringmesh_http_requests_total{listener=\"web\",cluster=\"app\",code=\"5xx\"} 0"
+            "ringmesh_http_requests_total{listener=\"web\",route=\"default\",cluster=\"app\",code=\"5xx\"} 0"
         ));
         assert!(
             text.contains("ringmesh_http_rejected_total{listener=\"web\",reason=\"bare_lf\"} 0")

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use crate::decode::Decoder;
-use ringmesh_l7::route::matcher::PathMatch;
 use crate::model::Document;
+use ringmesh_l7::route::matcher::PathMatch;
 
 /// Records every duplicate and dangling reference in `doc`.
 pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {

@@ -1,11 +1,12 @@
 //! Answers a route gives itself: redirects (`redirect`) and direct
 //! responses (`direct_response`). The route's response header operations
-//! apply to them. A request body is not read: the connection then closes
-//! after the answer (with a lingering close), as for the proxy's other
-//! own answers.
+//! apply to them. A request body is not forwarded: one that is all in the
+//! buffer is skipped and the connection kept; a longer one is not read,
+//! and the connection closes after the answer (with a lingering close), as
+//! for the proxy's other own answers.
 
 use crate::buffers;
-use crate::codec::h1::{Framing, Method, RequestHead};
+use crate::codec::h1::{Method, RequestHead};
 use crate::codec::write::push_decimal;
 use crate::config::HttpListener;
 use crate::local_reply::reason;
@@ -24,8 +25,8 @@ pub(crate) async fn answer(
     head: &RequestHead,
     record: &mut RequestRecord,
 ) -> After {
-    let close =
-        !head.keep_alive || head.framing != Framing::None || ringmesh_core::drain::is_draining();
+    let whole = c.whole_request(head);
+    let close = !head.keep_alive || whole.is_none() || ringmesh_core::drain::is_draining();
     let mut out = buffers::take();
     let status = match &route.action {
         Action::Redirect(r) => {
@@ -54,20 +55,20 @@ pub(crate) async fn answer(
         // Not reached: forwarding routes go upstream.
         Action::Forward(_) => 500,
     };
-    c.body_unread |= head.framing != Framing::None;
+    c.body_unread |= whole.is_none();
     record.status = status;
     let (res, out) = c.stream.write_all(out).await;
     if res.is_ok() {
         c.bytes.add_sent(out.len());
     }
     buffers::give(out);
-    if res.is_err() {
-        After::Abort
-    } else if close {
-        After::Close
-    } else {
-        c.consume(head.len);
-        After::KeepAlive
+    match whole {
+        _ if res.is_err() => After::Abort,
+        Some(len) if !close => {
+            c.consume(len);
+            After::KeepAlive
+        }
+        _ => After::Close,
     }
 }
 

@@ -32,10 +32,10 @@ use crate::codec::chunked::{
 use crate::codec::h1::{self, Field, Framing, HeadError, Method, RequestHead, ResponseHead, Span};
 use crate::codec::write::{self, Forwarded, ResponseOut};
 use crate::config::HttpListener;
+use crate::headers::HeaderOps;
 use crate::local_reply::ResponseFlag;
 use crate::pool::{self, PooledConnection};
 use crate::record::RequestRecord;
-use crate::headers::HeaderOps;
 use crate::route::{Forward, Route, Target};
 use crate::server::{After, Client};
 
@@ -140,7 +140,15 @@ pub(crate) async fn forward(
     };
     let mut rewritten = None;
     let edits = edits_for(route, c, head, &mut rewritten);
-    write::request_head(&mut out, &c.buf, head, &c.fields, &c.nominated, &fwd, &edits);
+    write::request_head(
+        &mut out,
+        &c.buf,
+        head,
+        &c.fields,
+        &c.nominated,
+        &fwd,
+        &edits,
+    );
     if let Some(mirror) = &route.forward.mirror {
         crate::mirror::send(c, mirror, head, &fwd, &edits, route.forward.timeout);
     }
@@ -175,7 +183,7 @@ pub(crate) async fn forward(
         record.attempts = attempt;
         let pick = match upstream::pick(cluster, core, c.hash_key) {
             Ok(p) => p,
-            Err(e) => break local(c, head, record, connect_flag(&e), None).await,
+            Err(e) => break local(c, head, record, connect_flag(&e), None, true).await,
         };
         let addr = cluster.endpoints[pick.index].addr;
         let pooled = if attempt == 1 {
@@ -194,7 +202,7 @@ pub(crate) async fn forward(
             }
             None => {
                 let Some(slot) = ConnectionSlot::acquire(cluster, core) else {
-                    break local(c, head, record, ResponseFlag::UpstreamOverflow, None).await;
+                    break local(c, head, record, ResponseFlag::UpstreamOverflow, None, true).await;
                 };
                 match upstream::connect(cluster, core, pick).await {
                     Ok(conn) => {
@@ -203,7 +211,7 @@ pub(crate) async fn forward(
                     }
                     Err(e) => {
                         let error = e.to_string();
-                        break local(c, head, record, connect_flag(&e), Some(error)).await;
+                        break local(c, head, record, connect_flag(&e), Some(error), true).await;
                     }
                 }
             }
@@ -217,7 +225,7 @@ pub(crate) async fn forward(
             }
             Attempt::Replay => {
                 let flag = ResponseFlag::UpstreamConnectionTermination;
-                break local(c, head, record, flag, None).await;
+                break local(c, head, record, flag, None, true).await;
             }
         }
     };
@@ -277,18 +285,25 @@ fn connect_flag(e: &ConnectError) -> ResponseFlag {
 }
 
 /// Answers the request itself with `flag`'s status. The request's body
-/// (if any) was not read, so the connection closes after the answer.
+/// (if any) was not read: when `intact` (nothing of the request was
+/// sent) and all of it is in the buffer, it is skipped and the connection
+/// stays open; otherwise the connection closes after the answer.
 pub(crate) async fn local(
     c: &mut Client,
     head: &RequestHead,
     record: &mut RequestRecord,
     flag: ResponseFlag,
     error: Option<String>,
+    intact: bool,
 ) -> After {
-    let close =
-        !head.keep_alive || head.framing != Framing::None || ringmesh_core::drain::is_draining();
+    let whole = match (intact, head.framing) {
+        (_, Framing::None) => Some(head.len),
+        (true, _) => c.whole_request(head),
+        (false, _) => None,
+    };
+    let close = !head.keep_alive || whole.is_none() || ringmesh_core::drain::is_draining();
     let mut out = buffers::take();
-    c.body_unread |= head.framing != Framing::None;
+    c.body_unread |= whole.is_none();
     crate::local_reply::for_flag(&mut out, flag, close);
     record.status = flag.status();
     record.flag = Some(flag);
@@ -301,11 +316,12 @@ pub(crate) async fn local(
     if res.is_err() {
         return After::Abort;
     }
-    if close {
-        After::Close
-    } else {
-        c.consume(head.len);
-        After::KeepAlive
+    match whole {
+        Some(len) if !close => {
+            c.consume(len);
+            After::KeepAlive
+        }
+        _ => After::Close,
     }
 }
 
@@ -465,7 +481,7 @@ async fn run(
                 .reject(c.facts.core, crate::metrics::Rejection::ChunkedBody);
             c.buf = cbuf;
             let flag = ResponseFlag::DownstreamProtocolError;
-            let after = local(c, head, record, flag, record.error.clone()).await;
+            let after = local(c, head, record, flag, record.error.clone(), false).await;
             cbuf = std::mem::take(&mut c.buf);
             Run::Failed {
                 after: After::Close.max_with(after),
@@ -516,7 +532,7 @@ async fn run(
                 }
             } else {
                 c.buf = cbuf;
-                let mut after = local(c, head, record, flag, record.error.clone()).await;
+                let mut after = local(c, head, record, flag, record.error.clone(), false).await;
                 cbuf = std::mem::take(&mut c.buf);
                 if send_pending {
                     after = After::Close.max_with(after);

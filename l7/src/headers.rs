@@ -31,13 +31,16 @@ pub const PROTECTED: &[&str] = &[
     "host",
 ];
 
+/// A field an operation appends: (name, value).
+type AppendedField = (Box<[u8]>, Box<[u8]>);
+
 /// Operations folded for one route and one direction.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
     /// Lowercase names whose received (or proxy-made) fields are dropped.
     drop: Vec<Box<[u8]>>,
-    /// Fields appended after the others: (name, value).
-    append: Vec<(Box<[u8]>, Box<[u8]>)>,
+    /// Fields appended after the others.
+    append: Vec<AppendedField>,
 }
 
 impl HeaderOps {
@@ -65,8 +68,7 @@ impl HeaderOps {
                 }
             }
             for (n, v) in layer.set.iter().chain(&layer.add) {
-                ops.append
-                    .push((n.as_bytes().into(), v.as_bytes().into()));
+                ops.append.push((n.as_bytes().into(), v.as_bytes().into()));
             }
         }
         ops
@@ -123,7 +125,10 @@ mod tests {
         let listener = spec(&[("x-env", "prod"), ("x-team", "a")], &[], &[]);
         let route = spec(&[("X-Env", "canary")], &[("x-extra", "1")], &[]);
         let ops = HeaderOps::fold(&[&listener, &route]);
-        assert_eq!(appended(&ops), "x-team: a\r\nX-Env: canary\r\nx-extra: 1\r\n");
+        assert_eq!(
+            appended(&ops),
+            "x-team: a\r\nX-Env: canary\r\nx-extra: 1\r\n"
+        );
         assert!(ops.drops(b"X-ENV") && ops.drops(b"x-team") && !ops.drops(b"x-extra"));
     }
 

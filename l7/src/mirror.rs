@@ -62,7 +62,15 @@ pub(crate) fn send(
         ..*edits
     };
     let mut copy = buffers::take();
-    write::request_head(&mut copy, &c.buf, head, &c.fields, &c.nominated, fwd, &edits);
+    write::request_head(
+        &mut copy,
+        &c.buf,
+        head,
+        &c.fields,
+        &c.nominated,
+        fwd,
+        &edits,
+    );
     copy.extend_from_slice(&c.buf[head.len..head.len + body]);
     buffers::give(host);
     rt::spawn(shadow(

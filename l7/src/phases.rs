@@ -31,11 +31,11 @@ use ringmesh_core::upstream::RequestSlot;
 use crate::codec::h1::{Method, RequestHead};
 use crate::config::HttpListener;
 use crate::exchange::Leg;
-use crate::route::Action;
-use crate::route::matcher::RequestView;
 use crate::local_reply::ResponseFlag;
 use crate::metrics::Rejection;
 use crate::record::RequestRecord;
+use crate::route::Action;
+use crate::route::matcher::RequestView;
 use crate::server::{After, Client};
 
 /// Runs one request through its phases; says what the connection does next.
@@ -55,7 +55,7 @@ pub(crate) async fn run(
     // 3. route
     let req = RequestView::new(&c.buf, head, &c.fields);
     let Some((index, route)) = http.routes.find(&req) else {
-        return crate::exchange::local(c, head, record, ResponseFlag::NoRoute, None).await;
+        return crate::exchange::local(c, head, record, ResponseFlag::NoRoute, None, true).await;
     };
     record.route = Some(index);
     // 5. answer or split
@@ -70,7 +70,8 @@ pub(crate) async fn run(
     let target = &forward.targets[pick].target;
     // 6. breakers
     let Some(_active) = RequestSlot::acquire(&target.cluster, core) else {
-        return crate::exchange::local(c, head, record, ResponseFlag::UpstreamOverflow, None).await;
+        return crate::exchange::local(c, head, record, ResponseFlag::UpstreamOverflow, None, true)
+            .await;
     };
     let gauge = &http.stats.cores.get(core).active;
     gauge.add(1);

@@ -46,7 +46,8 @@ pub const MILLION: u32 = 1_000_000;
 /// True with probability `per_million` / 1,000,000.
 #[inline]
 pub fn chance(per_million: u32) -> bool {
-    per_million >= MILLION || (per_million > 0 && below(u64::from(MILLION)) < u64::from(per_million))
+    per_million >= MILLION
+        || (per_million > 0 && below(u64::from(MILLION)) < u64::from(per_million))
 }
 
 #[cfg(test)]

@@ -76,13 +76,24 @@ mod tests {
         }
     }
 
-    fn rewritten(m: &RequestMatch, rw: &PathRewrite, path: &'static [u8], query: &'static [u8]) -> String {
+    fn rewritten(
+        m: &RequestMatch,
+        rw: &PathRewrite,
+        path: &'static [u8],
+        query: &'static [u8],
+    ) -> String {
         let mut out = Vec::new();
         path_into(&mut out, m, rw, path, query);
         String::from_utf8(out).expect("ascii")
     }
 
-    fn path_into(out: &mut Vec<u8>, m: &RequestMatch, rw: &PathRewrite, p: &'static [u8], q: &'static [u8]) {
+    fn path_into(
+        out: &mut Vec<u8>,
+        m: &RequestMatch,
+        rw: &PathRewrite,
+        p: &'static [u8],
+        q: &'static [u8],
+    ) {
         super::path(out, m, rw, &view(p, q));
     }
 
@@ -90,7 +101,10 @@ mod tests {
     fn a_prefix_rewrite_replaces_the_matched_prefix_and_keeps_the_query() {
         let m = prefix_match("/shop");
         let rw = PathRewrite::Prefix(b"/store".as_slice().into());
-        assert_eq!(rewritten(&m, &rw, b"/shop/items", b"a=1"), "/store/items?a=1");
+        assert_eq!(
+            rewritten(&m, &rw, b"/shop/items", b"a=1"),
+            "/store/items?a=1"
+        );
         assert_eq!(rewritten(&m, &rw, b"/shop", b""), "/store");
     }
 
@@ -111,7 +125,10 @@ mod tests {
             regex: compile_regex("^/v([0-9]+)/(.*)$", false).expect("valid"),
             substitution: b"/api/$2/version/$1".as_slice().into(),
         };
-        assert_eq!(rewritten(&m, &rw, b"/v2/users", b"q"), "/api/users/version/2?q");
+        assert_eq!(
+            rewritten(&m, &rw, b"/v2/users", b"q"),
+            "/api/users/version/2?q"
+        );
         let rw = PathRewrite::Regex {
             regex: compile_regex("-", false).expect("valid"),
             substitution: b"_".as_slice().into(),

@@ -246,7 +246,9 @@ impl Route {
     /// cluster's (forwarding), else the route's own.
     pub fn stats(&self, target: Option<usize>) -> &Arc<RouteStats> {
         match (&self.action, target) {
-            (Action::Forward(f), Some(t)) => f.targets.get(t).map_or(&self.local_stats, |t| &t.stats),
+            (Action::Forward(f), Some(t)) => {
+                f.targets.get(t).map_or(&self.local_stats, |t| &t.stats)
+            }
             _ => &self.local_stats,
         }
     }

@@ -324,6 +324,20 @@ impl Client {
         buffers::give(buf);
     }
 
+    /// The length of the request (head and body) when all of it is in the
+    /// buffer: a request the proxy answers itself can then be skipped and
+    /// the connection kept.
+    pub fn whole_request(&self, head: &RequestHead) -> Option<usize> {
+        match head.framing {
+            h1::Framing::None => Some(head.len),
+            h1::Framing::Length(n) => {
+                let end = head.len.checked_add(usize::try_from(n).ok()?)?;
+                (self.buf.len() >= end).then_some(end)
+            }
+            h1::Framing::Chunked | h1::Framing::Close => None,
+        }
+    }
+
     /// Removes the bytes of a finished request (head and body) from the
     /// buffer; gives the buffer back when nothing is left.
     pub fn consume(&mut self, n: usize) {

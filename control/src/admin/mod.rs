@@ -308,7 +308,11 @@ async fn routes(State(proxy): State<Arc<Proxy>>) -> Response {
         .listeners
         .iter()
         .filter_map(|l| {
-            let handler = l.protocol.as_ref()?.as_any().downcast_ref::<ringmesh_l7::HttpHandler>()?;
+            let handler = l
+                .protocol
+                .as_ref()?
+                .as_any()
+                .downcast_ref::<ringmesh_l7::HttpHandler>()?;
             let http = &handler.config;
             let doc = applied
                 .document

@@ -208,10 +208,19 @@ impl HttpDoc {
                 "routes" => {
                     doc.routes = crate::decode::list_of(d, n, &p, super::RouteDoc::decode)
                         .unwrap_or_default();
-                    if doc.routes.is_empty() && matches!(n.value, crate::yaml::Value::Seq(ref v) if v.is_empty()) {
-                        d.error(n.mark, &p, "`routes` is empty: give at least one route, or `cluster` instead");
+                    if doc.routes.is_empty()
+                        && matches!(n.value, crate::yaml::Value::Seq(ref v) if v.is_empty())
+                    {
+                        d.error(
+                            n.mark,
+                            &p,
+                            "`routes` is empty: give at least one route, or `cluster` instead",
+                        );
                     }
-                    doc.routes_origin = Origin { mark: n.mark, path: p.clone() };
+                    doc.routes_origin = Origin {
+                        mark: n.mark,
+                        path: p.clone(),
+                    };
                 }
                 "request_headers" => {
                     doc.request_headers = super::HeaderOpsDoc::decode(d, n, &p);

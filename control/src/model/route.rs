@@ -268,7 +268,11 @@ impl HeaderOpsDoc {
                     continue;
                 };
                 if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
-                    d.error(v.mark, &kp, "header values may not contain control characters");
+                    d.error(
+                        v.mark,
+                        &kp,
+                        "header values may not contain control characters",
+                    );
                     continue;
                 }
                 pairs.push((k.to_owned(), value.to_owned()));
@@ -330,9 +334,9 @@ fn map_entries<'n>(
 /// Checks a header name an operation may use.
 fn header_name(d: &mut Decoder, node: &Node, path: &str, name: &str) -> bool {
     let token = !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        });
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !token {
         d.error(
             node.mark,
@@ -451,7 +455,13 @@ impl RouteDoc {
             None => None,
             Some((n, p)) => {
                 forward_only(d, "timeout", n, &p);
-                duration(d, n, &p, Duration::from_millis(1), Duration::from_secs(86400))
+                duration(
+                    d,
+                    n,
+                    &p,
+                    Duration::from_millis(1),
+                    Duration::from_secs(86400),
+                )
             }
         };
         let rewrite = match f.take("rewrite") {
@@ -533,7 +543,9 @@ impl RouteDoc {
         let mut out = Vec::new();
         match &self.action {
             ActionDoc::Cluster(c) => out.push((c.as_str(), self.action_origin())),
-            ActionDoc::Split(s) => out.extend(s.iter().map(|s| (s.cluster.as_str(), &s.cluster_origin))),
+            ActionDoc::Split(s) => {
+                out.extend(s.iter().map(|s| (s.cluster.as_str(), &s.cluster_origin)))
+            }
             _ => {}
         }
         if let Some(m) = &self.mirror {
@@ -641,7 +653,11 @@ fn decode_sticky(d: &mut Decoder, n: &Node, p: &str) -> Option<StickyDoc> {
     match (header, cookie) {
         (Some((hn, hp)), None) => {
             let h = scalar(d, hn, &hp, "a header name")?;
-            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
                 d.error(hn.mark, &hp, format!("invalid header name `{}`", quote(h)));
                 return None;
             }
@@ -649,7 +665,10 @@ fn decode_sticky(d: &mut Decoder, n: &Node, p: &str) -> Option<StickyDoc> {
         }
         (None, Some((cn, cp))) => {
             let c = scalar(d, cn, &cp, "a cookie name")?;
-            if c.is_empty() || c.bytes().any(|b| b <= b' ' || b"=;,\"".contains(&b) || b >= 0x7f) {
+            if c.is_empty()
+                || c.bytes()
+                    .any(|b| b <= b' ' || b"=;,\"".contains(&b) || b >= 0x7f)
+            {
                 d.error(cn.mark, &cp, format!("invalid cookie name `{}`", quote(c)));
                 return None;
             }
@@ -676,7 +695,10 @@ fn regex_at(d: &mut Decoder, n: &Node, p: &str, pattern: &str, whole: bool) -> b
 /// A path value: starts with `/`, no whitespace or control bytes.
 fn path_value(d: &mut Decoder, n: &Node, p: &str, what: &str) -> Option<String> {
     let v = scalar(d, n, p, what)?;
-    if !v.starts_with('/') || v.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') {
+    if !v.starts_with('/')
+        || v.bytes()
+            .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
+    {
         d.error(
             n.mark,
             p,
@@ -714,16 +736,20 @@ impl MatchDoc {
                     d.error(
                         item.mark,
                         ip,
-                        format!("invalid host `{}`: a name, name:port, *.suffix or *", quote(v)),
+                        format!(
+                            "invalid host `{}`: a name, name:port, *.suffix or *",
+                            quote(v)
+                        ),
                     );
                     None
                 }
             });
         }
-        let paths: Vec<(&str, &Node, String)> = ["path", "path_prefix", "path_starts_with", "path_regex"]
-            .iter()
-            .filter_map(|k| f.take(k).map(|(n, p)| (*k, n, p)))
-            .collect();
+        let paths: Vec<(&str, &Node, String)> =
+            ["path", "path_prefix", "path_starts_with", "path_regex"]
+                .iter()
+                .filter_map(|k| f.take(k).map(|(n, p)| (*k, n, p)))
+                .collect();
         if let [(first, ..), (second, n, p), ..] = &paths[..] {
             d.error(
                 n.mark,
@@ -748,7 +774,8 @@ impl MatchDoc {
             m.method = one_or_many(d, n, &p, "a method", |d, item, ip, v| {
                 let token = !v.is_empty()
                     && v.len() <= 32
-                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
                 if token {
                     Some(v.to_owned())
                 } else {
@@ -803,7 +830,11 @@ impl MatchDoc {
             });
         }
         Some(RequestMatch {
-            hosts: self.host.iter().filter_map(|h| HostPattern::parse(h)).collect(),
+            hosts: self
+                .host
+                .iter()
+                .filter_map(|h| HostPattern::parse(h))
+                .collect(),
             path,
             methods: self.method.iter().map(|m| bytes(m)).collect(),
             headers,
@@ -829,7 +860,11 @@ fn one_or_many(
         _ => vec![(n, p.to_owned())],
     };
     if items.is_empty() {
-        d.error(n.mark, p, format!("expected {what} or a list of them, found an empty list"));
+        d.error(
+            n.mark,
+            p,
+            format!("expected {what} or a list of them, found an empty list"),
+        );
     }
     items
         .into_iter()
@@ -841,12 +876,7 @@ fn one_or_many(
 }
 
 /// Header (`headers: true`) or query conditions by name.
-fn conditions(
-    d: &mut Decoder,
-    n: &Node,
-    p: &str,
-    headers: bool,
-) -> BTreeMap<String, ConditionDoc> {
+fn conditions(d: &mut Decoder, n: &Node, p: &str, headers: bool) -> BTreeMap<String, ConditionDoc> {
     let mut out = BTreeMap::new();
     let Some(entries) = map_entries(d, n, p) else {
         return out;
@@ -855,18 +885,28 @@ fn conditions(
         let kp = crate::decode::child(p, &quote(k));
         let valid_name = !k.is_empty()
             && if headers {
-                k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
             } else {
-                k.bytes().all(|b| b > b' ' && b != 0x7f && !b"&=#".contains(&b))
+                k.bytes()
+                    .all(|b| b > b' ' && b != 0x7f && !b"&=#".contains(&b))
             };
         if !valid_name {
             let what = if headers { "header" } else { "query parameter" };
             d.error(kn.mark, &kp, format!("invalid {what} name `{}`", quote(k)));
             continue;
         }
-        let name = if headers { k.to_ascii_lowercase() } else { k.to_owned() };
+        let name = if headers {
+            k.to_ascii_lowercase()
+        } else {
+            k.to_owned()
+        };
         if out.contains_key(&name) {
-            d.error(kn.mark, &kp, "duplicate condition (header names are case-insensitive)");
+            d.error(
+                kn.mark,
+                &kp,
+                "duplicate condition (header names are case-insensitive)",
+            );
             continue;
         }
         if let Some(c) = condition(d, v, &kp, headers) {
@@ -960,7 +1000,11 @@ impl RedirectDoc {
             match scalar(d, vn, &vp, "http or https") {
                 Some(s @ ("http" | "https")) => r.scheme = Some(s.to_owned()),
                 Some(other) => {
-                    d.error(vn.mark, &vp, format!("unknown scheme `{}` (expected http or https)", quote(other)));
+                    d.error(
+                        vn.mark,
+                        &vp,
+                        format!("unknown scheme `{}` (expected http or https)", quote(other)),
+                    );
                     ok = false;
                 }
                 None => ok = false,
@@ -968,11 +1012,21 @@ impl RedirectDoc {
         }
         if let Some((vn, vp)) = f.take("host") {
             match scalar(d, vn, &vp, "a host name") {
-                Some(h) if HostPattern::parse(h).is_some_and(|p| matches!(p, HostPattern::Exact { port: None, .. })) => {
+                Some(h)
+                    if HostPattern::parse(h)
+                        .is_some_and(|p| matches!(p, HostPattern::Exact { port: None, .. })) =>
+                {
                     r.host = Some(h.to_owned())
                 }
                 Some(h) => {
-                    d.error(vn.mark, &vp, format!("invalid host `{}` (a host name without port; set `port` for the port)", quote(h)));
+                    d.error(
+                        vn.mark,
+                        &vp,
+                        format!(
+                            "invalid host `{}` (a host name without port; set `port` for the port)",
+                            quote(h)
+                        ),
+                    );
                     ok = false;
                 }
                 None => ok = false,
@@ -1006,13 +1060,28 @@ impl RedirectDoc {
             match integer(d, vn, &vp, 300, 399) {
                 Some(s @ (301 | 302 | 303 | 307 | 308)) => r.status = s as u16,
                 Some(s) => {
-                    d.error(vn.mark, &vp, format!("redirect status {s} is not one of 301, 302, 303, 307, 308"));
+                    d.error(
+                        vn.mark,
+                        &vp,
+                        format!("redirect status {s} is not one of 301, 302, 303, 307, 308"),
+                    );
                     ok = false;
                 }
                 None => ok = false,
             }
         }
-        f.finish(d, &["scheme", "host", "port", "path", "prefix", "strip_query", "status"]);
+        f.finish(
+            d,
+            &[
+                "scheme",
+                "host",
+                "port",
+                "path",
+                "prefix",
+                "strip_query",
+                "status",
+            ],
+        );
         ok.then_some(r)
     }
 }
@@ -1025,12 +1094,22 @@ impl RewriteDoc {
         let prefix = f.take("path_prefix");
         let regex = f.take("path_regex");
         if let (Some(_), Some((vn, vp))) = (&prefix, &regex) {
-            d.error(vn.mark, vp, "`path_regex` conflicts with `path_prefix`: one path rewrite per route");
+            d.error(
+                vn.mark,
+                vp,
+                "`path_regex` conflicts with `path_prefix`: one path rewrite per route",
+            );
             ok = false;
         }
         if let Some((vn, vp)) = prefix {
             match scalar(d, vn, &vp, "a path prefix") {
-                Some(v) if v.is_empty() || v.starts_with('/') && !v.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') => {
+                Some(v)
+                    if v.is_empty()
+                        || v.starts_with('/')
+                            && !v
+                                .bytes()
+                                .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') =>
+                {
                     r.path_prefix = Some(v.to_owned())
                 }
                 Some(v) => {
@@ -1052,7 +1131,11 @@ impl RewriteDoc {
                     match (pat, sub) {
                         (Some(pat), Some(sub)) if regex_at(d, pn, &pp, pat, false) => {
                             if sub.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                                d.error(sn.mark, &sp, "the substitution may not contain spaces or control characters");
+                                d.error(
+                                    sn.mark,
+                                    &sp,
+                                    "the substitution may not contain spaces or control characters",
+                                );
                                 ok = false;
                             } else {
                                 r.path_regex = Some(RegexRewriteDoc {
@@ -1065,7 +1148,11 @@ impl RewriteDoc {
                     }
                 }
                 _ => {
-                    d.error(vn.mark, &vp, "`path_regex` needs `pattern` and `substitution`");
+                    d.error(
+                        vn.mark,
+                        &vp,
+                        "`path_regex` needs `pattern` and `substitution`",
+                    );
                     ok = false;
                 }
             }
@@ -1078,7 +1165,10 @@ impl RewriteDoc {
         }
         if let Some((vn, vp)) = host {
             match scalar(d, vn, &vp, "a host") {
-                Some(h) if HostPattern::parse(h).is_some_and(|p| matches!(p, HostPattern::Exact { .. })) => {
+                Some(h)
+                    if HostPattern::parse(h)
+                        .is_some_and(|p| matches!(p, HostPattern::Exact { .. })) =>
+                {
                     r.host = Some(h.to_owned())
                 }
                 Some(h) => {
@@ -1091,7 +1181,10 @@ impl RewriteDoc {
         if let Some((vn, vp)) = from_cluster {
             r.host_from_cluster = boolean(d, vn, &vp).unwrap_or(false);
         }
-        f.finish(d, &["path_prefix", "path_regex", "host", "host_from_cluster"]);
+        f.finish(
+            d,
+            &["path_prefix", "path_regex", "host", "host_from_cluster"],
+        );
         ok.then_some(r)
     }
 }

@@ -152,11 +152,7 @@ pub fn request_head(
             | FieldKind::XForwardedProto => {}
         }
     }
-    if let (Some(ip), None, false) = (
-        fwd.client_ip,
-        head.last_xff,
-        dropped(b"x-forwarded-for"),
-    ) {
+    if let (Some(ip), None, false) = (fwd.client_ip, head.last_xff, dropped(b"x-forwarded-for")) {
         out.extend_from_slice(b"x-forwarded-for: ");
         out.extend_from_slice(ip.as_bytes());
         out.extend_from_slice(b"\r\n");

@@ -142,9 +142,11 @@ impl Index {
             }
             for h in &m.hosts {
                 match h {
-                    HostPattern::Exact { name, .. } => {
-                        index.exact_hosts.entry(name.clone()).or_default().file(i, path)
-                    }
+                    HostPattern::Exact { name, .. } => index
+                        .exact_hosts
+                        .entry(name.clone())
+                        .or_default()
+                        .file(i, path),
                     HostPattern::Suffix { suffix, .. } => index
                         .suffix_hosts
                         .entry(suffix.clone())

@@ -102,15 +102,13 @@ impl<'a> RequestView<'a> {
 
     /// Values of the query parameters named `name` (as sent).
     fn query_values(&self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.query
-            .split(|&b| b == b'&')
-            .filter_map(move |pair| {
-                let (k, v) = match pair.iter().position(|&b| b == b'=') {
-                    Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-                    None => (pair, &[][..]),
-                };
-                (k == name).then_some(v)
-            })
+        self.query.split(|&b| b == b'&').filter_map(move |pair| {
+            let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+                None => (pair, &[][..]),
+            };
+            (k == name).then_some(v)
+        })
     }
 }
 
@@ -432,7 +430,8 @@ impl RequestMatch {
             (Some(_), None) => false,
         };
         let methods = earlier.methods.is_empty()
-            || (!self.methods.is_empty() && self.methods.iter().all(|m| earlier.methods.contains(m)));
+            || (!self.methods.is_empty()
+                && self.methods.iter().all(|m| earlier.methods.contains(m)));
         let headers = earlier.headers.iter().all(|e| {
             self.headers
                 .iter()

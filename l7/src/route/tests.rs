@@ -20,19 +20,30 @@ fn direct(name: &str, matcher: RequestMatch) -> Route {
 
 fn find(table: &RouteTable, raw: &str) -> Option<usize> {
     let (mut fields, mut nominated) = (Vec::new(), Vec::new());
-    let head = parse_request(raw.as_bytes(), &Limits::default(), &mut fields, &mut nominated)
-        .expect("valid")
-        .expect("complete");
+    let head = parse_request(
+        raw.as_bytes(),
+        &Limits::default(),
+        &mut fields,
+        &mut nominated,
+    )
+    .expect("valid")
+    .expect("complete");
     let view = RequestView::new(raw.as_bytes(), &head, &fields);
     let found = table.find(&view).map(|(i, _)| i);
     let linear = table.routes().iter().position(|r| r.matcher.matches(&view));
-    assert_eq!(found, linear, "the index disagrees with trying every route in order: {raw:?}");
+    assert_eq!(
+        found, linear,
+        "the index disagrees with trying every route in order: {raw:?}"
+    );
     found
 }
 
 fn host_path(host: Option<&str>, p: Option<PathMatch>) -> RequestMatch {
     RequestMatch {
-        hosts: host.map(|h| HostPattern::parse(h).expect("valid")).into_iter().collect(),
+        hosts: host
+            .map(|h| HostPattern::parse(h).expect("valid"))
+            .into_iter()
+            .collect(),
         path: p,
         ..Default::default()
     }
@@ -45,10 +56,27 @@ fn b(s: &str) -> Box<[u8]> {
 #[test]
 fn the_first_matching_route_wins_whatever_bucket_it_is_filed_in() {
     let table = RouteTable::new(vec![
-        direct("regex", host_path(None, Some(PathMatch::Regex(compile_regex("/r/[0-9]+", true).expect("valid"))))),
-        direct("shop-exact", host_path(Some("shop"), Some(PathMatch::Exact(b("/cart"))))),
-        direct("wild-prefix", host_path(Some("*.example.com"), Some(PathMatch::Prefix(b("/api"))))),
-        direct("any-prefix", host_path(None, Some(PathMatch::Prefix(b("/api"))))),
+        direct(
+            "regex",
+            host_path(
+                None,
+                Some(PathMatch::Regex(
+                    compile_regex("/r/[0-9]+", true).expect("valid"),
+                )),
+            ),
+        ),
+        direct(
+            "shop-exact",
+            host_path(Some("shop"), Some(PathMatch::Exact(b("/cart")))),
+        ),
+        direct(
+            "wild-prefix",
+            host_path(Some("*.example.com"), Some(PathMatch::Prefix(b("/api")))),
+        ),
+        direct(
+            "any-prefix",
+            host_path(None, Some(PathMatch::Prefix(b("/api")))),
+        ),
         direct("shop-any", host_path(Some("shop"), None)),
         direct("catch-all", RequestMatch::default()),
     ]);
@@ -73,12 +101,20 @@ fn no_match_is_none() {
 /// index always finds what trying each route in order finds.
 #[test]
 fn the_index_agrees_with_a_linear_scan_on_generated_tables() {
-    let hosts = [None, Some("a.com"), Some("*.a.com"), Some("b.a.com:8080"), Some("*")];
+    let hosts = [
+        None,
+        Some("a.com"),
+        Some("*.a.com"),
+        Some("b.a.com:8080"),
+        Some("*"),
+    ];
     let paths = ["/", "/x", "/x/y", "/xy", "/x/y/z"];
     let mut routes = Vec::new();
     let mut seed = 7u64;
     let mut next = |n: usize| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) as usize % n
     };
     for i in 0..300 {
@@ -88,7 +124,9 @@ fn the_index_agrees_with_a_linear_scan_on_generated_tables() {
             1 => Some(PathMatch::Exact(b(p))),
             2 => Some(PathMatch::Prefix(b(p))),
             3 => Some(PathMatch::StartsWith(b(p))),
-            _ => Some(PathMatch::Regex(compile_regex(&format!("{p}.*"), true).expect("valid"))),
+            _ => Some(PathMatch::Regex(
+                compile_regex(&format!("{p}.*"), true).expect("valid"),
+            )),
         };
         let mut m = host_path(hosts[next(hosts.len())], path);
         if next(4) == 0 {
@@ -97,13 +135,27 @@ fn the_index_agrees_with_a_linear_scan_on_generated_tables() {
         routes.push(direct(&i.to_string(), m));
     }
     let table = RouteTable::new(routes);
-    let req_hosts = ["a.com", "b.a.com:8080", "b.a.com", "c.b.a.com", "z.org", "A.COM:1"];
+    let req_hosts = [
+        "a.com",
+        "b.a.com:8080",
+        "b.a.com",
+        "c.b.a.com",
+        "z.org",
+        "A.COM:1",
+    ];
     let req_paths = ["/", "/x", "/x/", "/x/y", "/xy", "/x/y/z", "/q", "/x/y/z/w"];
     for h in req_hosts {
         for p in req_paths {
             for m in ["GET", "POST"] {
-                let len = if m == "POST" { "Content-Length: 0\r\n" } else { "" };
-                find(&table, &format!("{m} {p} HTTP/1.1\r\nHost: {h}\r\n{len}\r\n"));
+                let len = if m == "POST" {
+                    "Content-Length: 0\r\n"
+                } else {
+                    ""
+                };
+                find(
+                    &table,
+                    &format!("{m} {p} HTTP/1.1\r\nHost: {h}\r\n{len}\r\n"),
+                );
             }
         }
     }
@@ -140,9 +192,14 @@ fn split(weights: &[u32], sticky: Option<Sticky>) -> Forward {
 fn pick(f: &Forward, extra: &str) -> usize {
     let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
     let (mut fields, mut nominated) = (Vec::new(), Vec::new());
-    let head = parse_request(raw.as_bytes(), &Limits::default(), &mut fields, &mut nominated)
-        .expect("valid")
-        .expect("complete");
+    let head = parse_request(
+        raw.as_bytes(),
+        &Limits::default(),
+        &mut fields,
+        &mut nominated,
+    )
+    .expect("valid")
+    .expect("complete");
     f.pick(&RequestView::new(raw.as_bytes(), &head, &fields))
 }
 

@@ -1481,7 +1481,15 @@ fn write_response(raw: &[u8], head: &ResponseHead, method: Method) -> Vec<u8> {
             && head.status != 204,
     };
     let mut out = Vec::new();
-    write::response_head(&mut out, raw, head, &fields, &nominated, how, &crate::headers::HeaderOps::EMPTY);
+    write::response_head(
+        &mut out,
+        raw,
+        head,
+        &fields,
+        &nominated,
+        how,
+        &crate::headers::HeaderOps::EMPTY,
+    );
     out
 }
 
@@ -1533,7 +1541,15 @@ fn write_plain(raw: &[u8], head: &RequestHead, fields: &[Field], nominated: &[Sp
         default_host: "default.invalid:80",
     };
     let mut out = Vec::new();
-    write::request_head(&mut out, raw, head, fields, nominated, &fwd, &write::Edits::NONE);
+    write::request_head(
+        &mut out,
+        raw,
+        head,
+        fields,
+        nominated,
+        &fwd,
+        &write::Edits::NONE,
+    );
     out
 }
 

@@ -4,9 +4,14 @@ use crate::codec::h1::{Limits, parse_request};
 /// Parses `raw` and runs `f` on its view.
 fn with_view<T>(raw: &str, f: impl FnOnce(&RequestView<'_>) -> T) -> T {
     let (mut fields, mut nominated) = (Vec::new(), Vec::new());
-    let head = parse_request(raw.as_bytes(), &Limits::default(), &mut fields, &mut nominated)
-        .expect("valid")
-        .expect("complete");
+    let head = parse_request(
+        raw.as_bytes(),
+        &Limits::default(),
+        &mut fields,
+        &mut nominated,
+    )
+    .expect("valid")
+    .expect("complete");
     let view = RequestView::new(raw.as_bytes(), &head, &fields);
     f(&view)
 }
@@ -43,10 +48,16 @@ fn b(s: &str) -> Box<[u8]> {
 #[test]
 fn the_view_splits_path_and_query_and_takes_the_authority_of_an_absolute_target() {
     with_view(&get("/a/b?x=1&y", "Shop:8080", ""), |v| {
-        assert_eq!((v.host, v.path, v.query), (&b"Shop:8080"[..], &b"/a/b"[..], &b"x=1&y"[..]));
+        assert_eq!(
+            (v.host, v.path, v.query),
+            (&b"Shop:8080"[..], &b"/a/b"[..], &b"x=1&y"[..])
+        );
     });
     with_view(&get("http://api.example.com:81/p?q", "other", ""), |v| {
-        assert_eq!((v.host, v.path, v.query), (&b"api.example.com:81"[..], &b"/p"[..], &b"q"[..]));
+        assert_eq!(
+            (v.host, v.path, v.query),
+            (&b"api.example.com:81"[..], &b"/p"[..], &b"q"[..])
+        );
     });
     with_view(&get("http://api.example.com", "other", ""), |v| {
         assert_eq!((v.host, v.path), (&b"api.example.com"[..], &b"/"[..]));
@@ -86,7 +97,9 @@ fn ipv6_hosts_keep_their_brackets() {
 
 #[test]
 fn host_patterns_refuse_what_is_not_a_host() {
-    for bad in ["", "a b", "*a.com", "a.*.com", "*.", "a:0", "a:x", "a:99999", "**.a"] {
+    for bad in [
+        "", "a b", "*a.com", "a.*.com", "*.", "a:0", "a:x", "a:99999", "**.a",
+    ] {
         assert!(HostPattern::parse(bad).is_none(), "{bad:?}");
     }
     for good in ["a", "a.b", "*.a.b", "a:1", "*", "[::1]:80", "10.0.0.1"] {
@@ -115,7 +128,10 @@ fn path_prefixes_match_on_segment_boundaries() {
     let m = path(PathMatch::Prefix(b("/api/")));
     assert!(matches(&m, &get("/api/x", "x", "")));
     assert!(!matches(&m, &get("/api", "x", "")));
-    assert!(matches(&path(PathMatch::Prefix(b("/"))), &get("/anything", "x", "")));
+    assert!(matches(
+        &path(PathMatch::Prefix(b("/"))),
+        &get("/anything", "x", "")
+    ));
 }
 
 #[test]
@@ -128,7 +144,9 @@ fn raw_prefixes_match_any_continuation() {
 
 #[test]
 fn a_path_regex_must_match_the_whole_path() {
-    let m = path(PathMatch::Regex(compile_regex("/users/[0-9]+", true).expect("valid")));
+    let m = path(PathMatch::Regex(
+        compile_regex("/users/[0-9]+", true).expect("valid"),
+    ));
     assert!(matches(&m, &get("/users/42", "x", "")));
     assert!(matches(&m, &get("/users/42?x=a", "x", "")));
     assert!(!matches(&m, &get("/users/42/x", "x", "")));
@@ -141,8 +159,14 @@ fn regexes_over_the_limits_are_refused() {
         compile_regex(&"a".repeat(MAX_REGEX_LEN + 1), true),
         Err(RegexError::TooLong { .. })
     ));
-    assert!(matches!(compile_regex("a{1000}{1000}", true), Err(RegexError::Invalid(_))));
-    assert!(matches!(compile_regex("(", true), Err(RegexError::Invalid(_))));
+    assert!(matches!(
+        compile_regex("a{1000}{1000}", true),
+        Err(RegexError::Invalid(_))
+    ));
+    assert!(matches!(
+        compile_regex("(", true),
+        Err(RegexError::Invalid(_))
+    ));
     // Alternation is not a way around anchoring.
     let r = compile_regex("a|b", true).expect("valid");
     assert!(r.is_match(b"a") && !r.is_match(b"ab"));
@@ -156,7 +180,10 @@ fn methods_match_case_sensitively_from_a_list() {
     };
     assert!(matches(&m, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
     assert!(matches(&m, "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"));
-    assert!(!matches(&m, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"));
+    assert!(!matches(
+        &m,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    ));
     assert!(!matches(&m, "get / HTTP/1.1\r\nHost: x\r\n\r\n"));
 }
 
@@ -183,7 +210,11 @@ fn header_conditions_each_hold_and_fail() {
     assert!(matches(&prefix, &req("true")) && !matches(&prefix, &req("false")));
     let suffix = header("x-canary", ValueTest::Suffix(b("ue")), false);
     assert!(matches(&suffix, &req("true")) && !matches(&suffix, &req("truex")));
-    let regex = header("x-canary", ValueTest::Regex(compile_regex("t.*e", true).expect("valid")), false);
+    let regex = header(
+        "x-canary",
+        ValueTest::Regex(compile_regex("t.*e", true).expect("valid")),
+        false,
+    );
     assert!(matches(&regex, &req("true")) && !matches(&regex, &req("truex")));
     let present = header("x-canary", ValueTest::Present, false);
     assert!(matches(&present, &req("")) && !matches(&present, &none));
@@ -218,7 +249,10 @@ fn query_conditions_each_hold_and_fail() {
     assert!(!matches(&exact, &get("/?debug=10", "x", "")));
     assert!(!matches(&exact, &get("/?xdebug=1", "x", "")));
     assert!(!matches(&exact, &get("/", "x", "")));
-    let regex = query("id", ValueTest::Regex(compile_regex("[0-9]+", true).expect("valid")));
+    let regex = query(
+        "id",
+        ValueTest::Regex(compile_regex("[0-9]+", true).expect("valid")),
+    );
     assert!(matches(&regex, &get("/?id=42", "x", "")));
     assert!(!matches(&regex, &get("/?id=4a", "x", "")));
     let present = query("flag", ValueTest::Present);
@@ -254,7 +288,10 @@ fn shadowing_is_found_when_an_earlier_match_accepts_everything_a_later_one_does(
     let apix = path(PathMatch::Prefix(b("/apix")));
     assert!(api.shadowed_by(&any));
     assert!(api_users.shadowed_by(&api));
-    assert!(!apix.shadowed_by(&api), "segment prefixes: /api does not cover /apix");
+    assert!(
+        !apix.shadowed_by(&api),
+        "segment prefixes: /api does not cover /apix"
+    );
     assert!(apix.shadowed_by(&path(PathMatch::StartsWith(b("/api")))));
     assert!(!any.shadowed_by(&api));
     let canary = RequestMatch {
@@ -266,7 +303,10 @@ fn shadowing_is_found_when_an_earlier_match_accepts_everything_a_later_one_does(
         ..api.clone()
     };
     assert!(canary.shadowed_by(&api), "api takes canary requests too");
-    assert!(!api.shadowed_by(&canary), "a header canary before its base route is the normal order");
+    assert!(
+        !api.shadowed_by(&canary),
+        "a header canary before its base route is the normal order"
+    );
     assert!(hosts(&["a.example.com"]).shadowed_by(&hosts(&["*.example.com"])));
     assert!(!hosts(&["*.example.com"]).shadowed_by(&hosts(&["a.example.com"])));
     assert!(hosts(&["a.com:80"]).shadowed_by(&hosts(&["a.com"])));
