@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::decode::Decoder;
 use crate::model::Document;
-use ringmesh_l7::route::matcher::PathMatch;
+use ringmesh_l7::route::matcher::{HostPattern, PathMatch, RequestMatch};
 
 /// Records every duplicate and dangling reference in `doc`.
 pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {
@@ -154,27 +154,21 @@ fn routes(
             }
         }
     }
-    // An earlier route with an exact path can only shadow a later one with
-    // the same exact path: those are looked up by path, the rest compared
-    // one by one (quadratic only in the routes without an exact path).
-    let mut exact: HashMap<&[u8], Vec<usize>> = HashMap::new();
-    let mut others: Vec<usize> = Vec::new();
+    // Earlier routes are filed by host and path the way the route index
+    // files them, so each route is compared only with the earlier ones
+    // that could cover it (not quadratic for host, path and prefix tables).
+    let mut earlier = Shadows::default();
+    let mut candidates = Vec::new();
     for (j, later) in compiled.iter().enumerate() {
         let Some(later) = later else { continue };
-        let same_path = match &later.path {
-            Some(PathMatch::Exact(p)) => exact.get(&p[..]).map(|v| &v[..]).unwrap_or_default(),
-            _ => &[],
-        };
-        let shadow = same_path
+        candidates.clear();
+        earlier.candidates(later, &mut candidates);
+        let shadow = candidates
             .iter()
-            .chain(&others)
             .copied()
             .filter(|&i| compiled[i].as_ref().is_some_and(|e| later.shadowed_by(e)))
             .min();
-        match &later.path {
-            Some(PathMatch::Exact(p)) => exact.entry(&p[..]).or_default().push(j),
-            _ => others.push(j),
-        }
+        earlier.file(j, later);
         if let Some(i) = shadow {
             let (a, b) = (&http.routes[i], &http.routes[j]);
             d.error(
@@ -185,6 +179,100 @@ fn routes(
                     a.origin.mark.line, a.origin.mark.col
                 ),
             );
+        }
+    }
+}
+
+/// Earlier routes by path: exact paths and prefixes by value, the rest listed.
+#[derive(Default)]
+struct ByPath<'a> {
+    exact: HashMap<&'a [u8], Vec<usize>>,
+    prefixes: HashMap<&'a [u8], Vec<usize>>,
+    others: Vec<usize>,
+}
+
+impl<'a> ByPath<'a> {
+    fn file(&mut self, i: usize, m: &'a RequestMatch) {
+        match &m.path {
+            Some(PathMatch::Exact(p)) => self.exact.entry(&p[..]).or_default().push(i),
+            Some(PathMatch::Prefix(p) | PathMatch::StartsWith(p)) => {
+                self.prefixes.entry(&p[..]).or_default().push(i)
+            }
+            _ => self.others.push(i),
+        }
+    }
+
+    /// Routes whose path condition could cover `m`'s.
+    fn candidates(&self, m: &RequestMatch, out: &mut Vec<usize>) {
+        let mut prefixes_of = |p: &[u8]| {
+            for len in 1..=p.len() {
+                if let Some(v) = self.prefixes.get(&p[..len]) {
+                    out.extend(v);
+                }
+            }
+        };
+        match &m.path {
+            Some(PathMatch::Exact(p)) => {
+                prefixes_of(p);
+                if let Some(v) = self.exact.get(&p[..]) {
+                    out.extend(v);
+                }
+            }
+            Some(PathMatch::Prefix(p) | PathMatch::StartsWith(p)) => prefixes_of(p),
+            _ => {}
+        }
+        out.extend(&self.others);
+    }
+}
+
+/// Earlier routes by host, then path.
+#[derive(Default)]
+struct Shadows<'a> {
+    any: ByPath<'a>,
+    exact: HashMap<&'a [u8], ByPath<'a>>,
+    suffix: HashMap<&'a [u8], ByPath<'a>>,
+}
+
+impl<'a> Shadows<'a> {
+    fn file(&mut self, i: usize, m: &'a RequestMatch) {
+        if m.hosts.is_empty() || m.hosts.contains(&HostPattern::Any) {
+            return self.any.file(i, m);
+        }
+        for h in &m.hosts {
+            match h {
+                HostPattern::Exact { name, .. } => {
+                    self.exact.entry(&name[..]).or_default().file(i, m)
+                }
+                HostPattern::Suffix { suffix, .. } => {
+                    self.suffix.entry(&suffix[..]).or_default().file(i, m)
+                }
+                HostPattern::Any => {}
+            }
+        }
+    }
+
+    /// Routes that could cover `m`: those for any host, and those whose
+    /// hosts could cover `m`'s first host (a cover must cover them all).
+    fn candidates(&self, m: &RequestMatch, out: &mut Vec<usize>) {
+        self.any.candidates(m, out);
+        let (name, from) = match m.hosts.first() {
+            Some(HostPattern::Exact { name, .. }) if !m.hosts.contains(&HostPattern::Any) => {
+                if let Some(b) = self.exact.get(&name[..]) {
+                    b.candidates(m, out);
+                }
+                (&name[..], 1)
+            }
+            Some(HostPattern::Suffix { suffix, .. }) if !m.hosts.contains(&HostPattern::Any) => {
+                (&suffix[..], 0)
+            }
+            _ => return,
+        };
+        for (at, _) in name.iter().enumerate().filter(|(_, b)| **b == b'.') {
+            if at >= from {
+                if let Some(b) = self.suffix.get(&name[at..]) {
+                    b.candidates(m, out);
+                }
+            }
         }
     }
 }

@@ -78,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(f.name.end as usize <= head.len && f.value.end as usize <= head.len);
         }
         out.clear();
-        write::request_head(&mut out, rest, &head, &fields, &nominated, &FWD);
+        write::request_head(&mut out, rest, &head, &fields, &nominated, &FWD, &write::Edits::NONE);
         let again = match h1::parse_request(&out, &relaxed, &mut fields2, &mut nominated2) {
             Ok(Some(again)) => again,
             other => panic!(
