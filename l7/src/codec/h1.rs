@@ -725,5 +725,16 @@ pub fn parse_response(
     Ok(Some(head))
 }
 
+/// Parses a complete, valid request head (unit tests of the modules that
+/// take parsed requests).
+#[cfg(test)]
+pub(crate) fn parse_valid(raw: &[u8]) -> (RequestHead, Vec<Field>, Vec<Span>) {
+    let (mut fields, mut nominated) = (Vec::new(), Vec::new());
+    let head = parse_request(raw, &Limits::default(), &mut fields, &mut nominated)
+        .expect("valid")
+        .expect("complete");
+    (head, fields, nominated)
+}
+
 #[cfg(test)]
 mod tests;

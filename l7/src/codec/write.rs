@@ -252,18 +252,10 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::h1::{Limits, Method, parse_request, parse_response};
+    use crate::codec::h1::{Method, parse_response};
 
     fn forwarded(raw: &str, fwd: &Forwarded<'_>) -> String {
-        let (mut fields, mut nominated) = (Vec::new(), Vec::new());
-        let head = parse_request(
-            raw.as_bytes(),
-            &Limits::default(),
-            &mut fields,
-            &mut nominated,
-        )
-        .expect("valid")
-        .expect("complete");
+        let (head, fields, nominated) = crate::codec::h1::parse_valid(raw.as_bytes());
         let mut out = Vec::new();
         request_head(
             &mut out,

@@ -1,6 +1,6 @@
 use super::matcher::{HostPattern, PathMatch, RequestMatch, RequestView, compile_regex};
 use super::*;
-use crate::codec::h1::{Limits, parse_request};
+use crate::codec::h1::parse_valid;
 use crate::metrics::HttpStatsRegistry;
 
 fn direct(name: &str, matcher: RequestMatch) -> Route {
@@ -19,15 +19,7 @@ fn direct(name: &str, matcher: RequestMatch) -> Route {
 }
 
 fn find(table: &RouteTable, raw: &str) -> Option<usize> {
-    let (mut fields, mut nominated) = (Vec::new(), Vec::new());
-    let head = parse_request(
-        raw.as_bytes(),
-        &Limits::default(),
-        &mut fields,
-        &mut nominated,
-    )
-    .expect("valid")
-    .expect("complete");
+    let (head, fields, _) = parse_valid(raw.as_bytes());
     let view = RequestView::new(raw.as_bytes(), &head, &fields);
     let found = table.find(&view).map(|(i, _)| i);
     let linear = table.routes().iter().position(|r| r.matcher.matches(&view));
@@ -191,15 +183,7 @@ fn split(weights: &[u32], sticky: Option<Sticky>) -> Forward {
 
 fn pick(f: &Forward, extra: &str) -> usize {
     let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
-    let (mut fields, mut nominated) = (Vec::new(), Vec::new());
-    let head = parse_request(
-        raw.as_bytes(),
-        &Limits::default(),
-        &mut fields,
-        &mut nominated,
-    )
-    .expect("valid")
-    .expect("complete");
+    let (head, fields, _) = parse_valid(raw.as_bytes());
     f.pick(&RequestView::new(raw.as_bytes(), &head, &fields))
 }
 

@@ -1,17 +1,9 @@
 use super::*;
-use crate::codec::h1::{Limits, parse_request};
+use crate::codec::h1::parse_valid;
 
 /// Parses `raw` and runs `f` on its view.
 fn with_view<T>(raw: &str, f: impl FnOnce(&RequestView<'_>) -> T) -> T {
-    let (mut fields, mut nominated) = (Vec::new(), Vec::new());
-    let head = parse_request(
-        raw.as_bytes(),
-        &Limits::default(),
-        &mut fields,
-        &mut nominated,
-    )
-    .expect("valid")
-    .expect("complete");
+    let (head, fields, _) = parse_valid(raw.as_bytes());
     let view = RequestView::new(raw.as_bytes(), &head, &fields);
     f(&view)
 }
