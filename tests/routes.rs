@@ -1680,14 +1680,14 @@ fn a_slow_or_dead_shadow_leaves_the_primary_fast_and_successful() {
     let slow = Upstream::start(|_| Reply::ok("slow").delay(Duration::from_secs(5)));
     let dead = helpers::tcp::closed_port();
     let routes = "
-        - { name: slow, match: { path_prefix: /slow }, cluster: primary, mirror: { cluster: slow-shadow } }
+        - { name: slow, match: { path_prefix: /slow }, cluster: primary, mirror: { cluster: slow-shadow, max_in_flight: 2 } }
         - { name: dead, match: { path_prefix: /dead }, cluster: primary, mirror: { cluster: dead-shadow } }
     ";
-    let cluster_yaml = format!(
-        "{}    circuit_breakers: {{ max_requests: 2 }}\n{}",
-        clusters(&[("primary", primary.addr), ("slow-shadow", slow.addr)]),
-        clusters(&[("dead-shadow", dead)])
-    );
+    let cluster_yaml = clusters(&[
+        ("primary", primary.addr),
+        ("slow-shadow", slow.addr),
+        ("dead-shadow", dead),
+    ]);
     let proxy = Proxy::start("epoll", &config("", routes, &cluster_yaml));
     let mut c = http::connect(proxy.listener("web"));
     let mut slowest = Duration::ZERO;
@@ -1714,7 +1714,7 @@ fn a_slow_or_dead_shadow_leaves_the_primary_fast_and_successful() {
     let labels = |route: &'static str, result: &'static str| {
         [("listener", "web"), ("route", route), ("result", result)]
     };
-    // The slow shadow's own breaker (max_requests 2) bounds the copies in
+    // The mirror's own breaker (max_in_flight 2) bounds the copies in
     // flight; the rest are dropped as overflow, never queued.
     let overflow = wait_metric_sum(&proxy, family, &labels("slow", "overflow"), |v| v >= 1.0);
     assert!(overflow >= 1.0, "{}", proxy.metrics());
@@ -2066,11 +2066,12 @@ fn a_route_needs_exactly_one_action() {
     let yaml = with_routes(
         "- { name: r0, match: { path: /a }, redirect: { path: /b }, split: [ { cluster: v1, weight: 1 } ] }",
     );
+    // Reported on the later of the two in the file.
     assert_error(
         &yaml,
-        "{ path: /b }",
-        "listeners[0].routes[0].redirect",
-        "conflicts with `split`",
+        "[ { cluster: v1",
+        "listeners[0].routes[0].split",
+        "conflicts with `redirect`",
     );
     let yaml = with_routes("- { name: r0, match: { path: /a } }");
     assert_error(
@@ -2119,7 +2120,7 @@ fn a_prefix_rewrite_or_redirect_without_a_prefix_or_path_match_is_an_error() {
     );
     assert_error(
         &yaml,
-        "{ name: r0",
+        "/b }",
         "listeners[0].routes[0].rewrite.path_prefix",
         "path_prefix",
     );
@@ -2128,7 +2129,7 @@ fn a_prefix_rewrite_or_redirect_without_a_prefix_or_path_match_is_an_error() {
     );
     assert_error(
         &yaml,
-        "{ name: r0",
+        "/b }",
         "listeners[0].routes[0].rewrite.path_prefix",
         "path_prefix",
     );
@@ -2136,7 +2137,7 @@ fn a_prefix_rewrite_or_redirect_without_a_prefix_or_path_match_is_an_error() {
         with_routes("- { name: r0, match: { headers: { x-a: b } }, redirect: { prefix: /b } }");
     assert_error(
         &yaml,
-        "{ name: r0",
+        "/b }",
         "listeners[0].routes[0].redirect.prefix",
         "path_prefix",
     );
@@ -2399,4 +2400,81 @@ fn routes_on_a_tcp_listener_are_an_error() {
         "listeners[0].routes",
         "`routes` applies to HTTP listeners only",
     );
+}
+
+// ---------------------------------------------------------------------------
+// Absolute-form targets and a route's own content type
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_absolute_form_request_is_routed_and_forwarded_by_its_target_authority() {
+    let (public, admin) = (echo_upstream("public"), echo_upstream("admin"));
+    let routes = "
+        - { name: public, match: { host: public.example.com }, cluster: public }
+        - { name: admin, match: { host: admin.example.com }, cluster: admin }
+    ";
+    let proxy = Proxy::start(
+        "epoll",
+        &config(
+            "",
+            routes,
+            &clusters(&[("public", public.addr), ("admin", admin.addr)]),
+        ),
+    );
+    let mut c = http::connect(proxy.listener("web"));
+    // RFC 9112 §3.2.2: the target's authority wins over a different Host,
+    // for routing and for what the upstream is told.
+    let r = ask(
+        &mut c,
+        "GET",
+        "http://public.example.com/a?x=1",
+        &[("Host", "admin.example.com")],
+        b"",
+    )
+    .expect("answer");
+    let seen = Seen::of(&r);
+    assert_eq!(seen.upstream(), "public");
+    assert_eq!(seen.path(), "/a?x=1", "sent upstream in origin form");
+    assert_eq!(seen.values("host"), vec!["public.example.com".to_owned()]);
+    // `http://host?q` means the path `/`.
+    let r = ask(
+        &mut c,
+        "GET",
+        "http://public.example.com?x=1",
+        &[("Host", "public.example.com")],
+        b"",
+    )
+    .expect("answer");
+    assert_eq!(Seen::of(&r).path(), "/?x=1");
+    // An authority with userinfo is not a host to route by.
+    let r = ask(
+        &mut c,
+        "GET",
+        "http://public.example.com@admin.example.com/",
+        &[("Host", "x")],
+        b"",
+    )
+    .expect("answer");
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert_eq!(public.request_count() + admin.request_count(), 2);
+}
+
+#[test]
+fn a_direct_response_takes_the_content_type_its_route_sets() {
+    let routes = r#"
+        - name: json
+          match: { path: /status }
+          direct_response: { status: 200, body: "{}" }
+          response_headers: { set: { content-type: application/json } }
+    "#;
+    let proxy = Proxy::start("epoll", &config("", routes, ""));
+    let mut c = http::connect(proxy.listener("web"));
+    let r = ask(&mut c, "GET", "/status", &[], b"").expect("answer");
+    assert_eq!((r.status, r.text()), (200, "{}".to_owned()));
+    let types: Vec<&str> = r
+        .head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("content-type:"))
+        .collect();
+    assert_eq!(types, vec!["content-type: application/json"], "{}", r.head);
 }

@@ -119,27 +119,27 @@ pub fn compile(
     let mut listeners = Vec::with_capacity(doc.listeners.len());
     for l in &doc.listeners {
         // An HTTP listener with routes names no cluster of its own: core's
-        // listener config takes its first route's (it is used only to
-        // label connections that never reach the HTTP handler).
-        let named = if l.cluster.is_empty() {
+        // listener config takes its first route's (it only labels
+        // connections that never reach the HTTP handler), or a placeholder
+        // when every route answers by itself.
+        let cluster = if l.cluster.is_empty() && l.http.is_some() {
             l.http
                 .as_ref()
                 .and_then(|h| h.routes.iter().flat_map(|r| r.clusters()).next())
-                .map(|(c, _)| c)
-                .or(ordered.first().map(|c| &*c.name))
-                .unwrap_or_default()
+                .and_then(|(c, _)| clusters.get(c).cloned())
+                .unwrap_or_else(|| Arc::new(Cluster::empty("-")))
+        } else if let Some(c) = clusters.get(l.cluster.as_str()) {
+            c.clone()
         } else {
-            l.cluster.as_str()
-        };
-        // Validation guarantees the reference; stay defensive anyway.
-        let Some(cluster) = clusters.get(named) else {
+            // Validation guarantees the reference; stay defensive anyway.
             d.error(
                 l.cluster_origin.mark,
                 &l.cluster_origin.path,
-                format!("unknown cluster `{named}`"),
+                format!("unknown cluster `{}`", l.cluster),
             );
             continue;
         };
+        let cluster = &cluster;
         let stats = stats.listener(&l.name);
         let tls = match &l.tls {
             None => None,
@@ -314,6 +314,7 @@ fn http_handler(
                     targets.target(&m.cluster).map(|target| Mirror {
                         target,
                         per_million: per_million(m.percent),
+                        max_in_flight: m.max_in_flight,
                         stats: http.mirror(&l.name, &name, &m.cluster),
                     })
                 });

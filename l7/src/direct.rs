@@ -11,7 +11,7 @@ use crate::codec::write::push_decimal;
 use crate::config::HttpListener;
 use crate::local_reply::reason;
 use crate::record::RequestRecord;
-use crate::rewrite::join_prefix;
+use crate::rewrite::replace_prefix;
 use crate::route::matcher::{RequestView, split_port};
 use crate::route::{Action, Redirect, RedirectPath, Route};
 use crate::server::{After, Client};
@@ -42,7 +42,11 @@ pub(crate) async fn answer(
             out.extend_from_slice(b"\r\n");
             let bodyless = matches!(d.status, 204 | 304);
             if !bodyless {
-                out.extend_from_slice(b"content-type: text/plain\r\ncontent-length: ");
+                // A route may set its own content type.
+                if !route.response_headers.drops(b"content-type") {
+                    out.extend_from_slice(b"content-type: text/plain\r\n");
+                }
+                out.extend_from_slice(b"content-length: ");
                 push_decimal(&mut out, d.body.len() as u64);
                 out.extend_from_slice(b"\r\n");
             }
@@ -95,9 +99,13 @@ fn write_redirect(
     push_decimal(out, u64::from(r.status));
     out.push(b' ');
     out.extend_from_slice(reason(r.status).as_bytes());
-    out.extend_from_slice(b"\r\nlocation: ");
-    location(out, r, route, req, tls);
-    out.extend_from_slice(b"\r\ncontent-length: 0\r\n");
+    out.extend_from_slice(b"\r\n");
+    if !route.response_headers.drops(b"location") {
+        out.extend_from_slice(b"location: ");
+        location(out, r, route, req, tls);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-length: 0\r\n");
     finish_head(out, route, close);
 }
 
@@ -109,6 +117,7 @@ pub(crate) fn location(
     req: &RequestView<'_>,
     tls: bool,
 ) {
+    let start = out.len();
     let own_scheme = if tls { "https" } else { "http" };
     let scheme = r.scheme.unwrap_or(own_scheme);
     let (req_host, req_port) = split_port(req.host);
@@ -128,11 +137,14 @@ pub(crate) fn location(
         out.push(b':');
         push_decimal(out, u64::from(p));
     }
+    // Without a host (HTTP/1.0 without `Host`) the location is relative.
+    if r.host.is_none() && req_host.is_empty() {
+        out.truncate(start);
+    }
     match &r.path {
         Some(RedirectPath::Path(p)) => out.extend_from_slice(p.as_bytes()),
         Some(RedirectPath::Prefix(p)) => {
-            let matched = route.matcher.matched_prefix_len(req.path);
-            join_prefix(out, p.as_bytes(), &req.path[matched..]);
+            replace_prefix(out, &route.matcher, p.as_bytes(), req.path)
         }
         None if req.path.is_empty() => out.push(b'/'),
         None => out.extend_from_slice(req.path),

@@ -107,12 +107,12 @@ pub(crate) struct Leg<'a> {
 pub(crate) async fn forward(
     c: &mut Client,
     http: &HttpListener,
-    route: Leg<'_>,
+    leg: Leg<'_>,
     head: &RequestHead,
     record: &mut RequestRecord,
 ) -> After {
     let core = c.facts.core;
-    let cluster = &*route.target.cluster;
+    let cluster = &*leg.target.cluster;
     let mut out = buffers::take();
     let fwd = Forwarded {
         client_ip: http
@@ -139,7 +139,7 @@ pub(crate) async fn forward(
         fwd
     };
     let mut rewritten = None;
-    let edits = edits_for(route, c, head, &mut rewritten);
+    let edits = edits_for(leg, c, head, &mut rewritten);
     write::request_head(
         &mut out,
         &c.buf,
@@ -149,8 +149,8 @@ pub(crate) async fn forward(
         &fwd,
         &edits,
     );
-    if let Some(mirror) = &route.forward.mirror {
-        crate::mirror::send(c, mirror, head, &fwd, &edits, route.forward.timeout);
+    if let Some(mirror) = &leg.forward.mirror {
+        crate::mirror::send(c, mirror, head, &fwd, &edits, leg.forward.timeout);
     }
     if let Some(b) = rewritten {
         buffers::give(b);
@@ -191,7 +191,7 @@ pub(crate) async fn forward(
         } else {
             None
         };
-        let stats = route.target.stats.cores.get(core);
+        let stats = leg.target.stats.cores.get(core);
         let (conn, reused) = match pooled {
             Some(mut conn) => {
                 // The pool outlives snapshots (it is keyed by address):
@@ -217,15 +217,18 @@ pub(crate) async fn forward(
             }
         };
         record.endpoint = Some(conn.conn.addr);
-        match attempt_once(c, http, route, head, record, conn, &mut out, inline).await {
+        match attempt_once(c, http, leg, head, record, conn, &mut out, inline).await {
             Attempt::Done(after) => break after,
             Attempt::Replay if reused && replayable && attempt == 1 => {
                 stats.replayed.inc();
                 continue;
             }
             Attempt::Replay => {
+                // A streamed body left the buffer: only a request that was
+                // all in it (no body, or an inline one) may be skipped.
+                let intact = head.framing == Framing::None || inline;
                 let flag = ResponseFlag::UpstreamConnectionTermination;
-                break local(c, head, record, flag, None, true).await;
+                break local(c, head, record, flag, None, intact).await;
             }
         }
     };
@@ -235,9 +238,12 @@ pub(crate) async fn forward(
 
 /// The route's changes to the request: a rewritten target and host are
 /// written into `scratch` (a pooled buffer, only when the route rewrites).
+/// An absolute-form target (`GET http://a.com/p`) goes upstream in origin
+/// form with its authority as `Host` (RFC 9112 §3.2.2: the target's
+/// authority wins over the client's `Host`, and routing used it).
 fn edits_for<'a>(
     leg: Leg<'a>,
-    c: &Client,
+    c: &'a Client,
     head: &RequestHead,
     scratch: &'a mut Option<Vec<u8>>,
 ) -> write::Edits<'a> {
@@ -246,19 +252,25 @@ fn edits_for<'a>(
         ops: &leg.route.request_headers,
         ..write::Edits::NONE
     };
-    if rewrite.path.is_none() && rewrite.host.is_none() {
+    let target = head.target.get(&c.buf);
+    let absolute = target.first() != Some(&b'/') && target != b"*";
+    if rewrite.path.is_none() && rewrite.host.is_none() && !absolute {
         return edits;
     }
     let req = crate::route::matcher::RequestView::new(&c.buf, head, &c.fields);
     let b = scratch.insert(buffers::take());
-    let target_end = match &rewrite.path {
-        Some(p) => {
-            crate::rewrite::path(b, &leg.route.matcher, p, &req);
-            Some(b.len())
+    match &rewrite.path {
+        Some(p) => crate::rewrite::path(b, &leg.route.matcher, p, &req),
+        None if absolute => {
+            b.extend_from_slice(req.path);
+            if !req.query.is_empty() {
+                b.push(b'?');
+                b.extend_from_slice(req.query);
+            }
         }
-        None => None,
-    };
-    let host_start = b.len();
+        None => {}
+    }
+    let target_end = b.len();
     match &rewrite.host {
         Some(crate::route::HostRewrite::Literal(h)) => b.extend_from_slice(h),
         Some(crate::route::HostRewrite::FromCluster) => {
@@ -267,8 +279,14 @@ fn edits_for<'a>(
         None => {}
     }
     let b: &'a Vec<u8> = b;
-    edits.target = target_end.map(|end| &b[..end]);
-    edits.host = rewrite.host.is_some().then(|| &b[host_start..]);
+    if rewrite.path.is_some() || absolute {
+        edits.target = Some(&b[..target_end]);
+    }
+    edits.host = match &rewrite.host {
+        Some(_) => Some(&b[target_end..]),
+        None if absolute => Some(req.host),
+        None => None,
+    };
     edits
 }
 
@@ -330,7 +348,7 @@ pub(crate) async fn local(
 async fn attempt_once(
     c: &mut Client,
     http: &HttpListener,
-    route: Leg<'_>,
+    leg: Leg<'_>,
     head: &RequestHead,
     record: &mut RequestRecord,
     conn: PooledConnection,
@@ -338,11 +356,11 @@ async fn attempt_once(
     inline: bool,
 ) -> Attempt {
     let core = c.facts.core;
-    let cluster = &*route.target.cluster;
+    let cluster = &*leg.target.cluster;
     let index = conn.conn.index;
     let started = Instant::now();
     cluster.balancer.opened(core, index);
-    let result = run(c, http, route, head, record, &conn, out, inline).await;
+    let result = run(c, http, leg, head, record, &conn, out, inline).await;
     cluster.balancer.closed(core, index);
     match result {
         Run::Answered {
@@ -358,7 +376,7 @@ async fn attempt_once(
             }
             cluster.record_outcome(core, index, Outcome::of_status(status));
             if reusable && after != After::Abort {
-                pool::put(cluster, conn, &route.target.pool);
+                pool::put(cluster, conn, &leg.target.pool);
             }
             Attempt::Done(after)
         }
@@ -405,7 +423,7 @@ enum Run {
 async fn run(
     c: &mut Client,
     http: &HttpListener,
-    route: Leg<'_>,
+    leg: Leg<'_>,
     head: &RequestHead,
     record: &mut RequestRecord,
     conn: &PooledConnection,
@@ -442,7 +460,7 @@ async fn run(
             http.settings.limits.max_head,
             &mut rfields,
             &mut rnominated,
-            route.forward.timeout,
+            leg.forward.timeout,
             &sent_at,
         );
         pin_mut!(send, recv);
@@ -500,13 +518,7 @@ async fn run(
                     Outcome::LocalOriginFailure,
                 ),
                 HeadFailure::Malformed(e) => {
-                    route
-                        .target
-                        .stats
-                        .cores
-                        .get(c.facts.core)
-                        .bad_responses
-                        .inc();
+                    leg.target.stats.cores.get(c.facts.core).bad_responses.inc();
                     record.error = Some(format!("upstream response: {e}"));
                     (
                         ResponseFlag::UpstreamProtocolError,
@@ -552,7 +564,7 @@ async fn run(
                 _ => cbuf.len(),
             };
             record.status = response.status;
-            let ustats = route.target.stats.cores.get(c.facts.core);
+            let ustats = leg.target.stats.cores.get(c.facts.core);
             ustats.codes[crate::metrics::code_class(response.status)].inc();
             let upgraded = response.status == 101 && head.upgrade.is_some() && request_done;
             if upgraded {
@@ -567,7 +579,7 @@ async fn run(
                     &response,
                     &rfields,
                     &rnominated,
-                    &route.route.response_headers,
+                    &leg.route.response_headers,
                     record,
                     idle,
                 ))
@@ -591,7 +603,7 @@ async fn run(
                     &response,
                     &rfields,
                     &rnominated,
-                    &route.route.response_headers,
+                    &leg.route.response_headers,
                     head.minor,
                     close,
                     out,

@@ -237,11 +237,19 @@ pub struct MirrorCore {
 #[derive(Debug)]
 pub struct MirrorStats {
     pub(crate) cores: PerCore<MirrorCore>,
+    /// Copies in flight now, over all workers (the mirror's breaker; only
+    /// mirrored requests touch it).
+    pub(crate) in_flight: std::sync::atomic::AtomicU32,
 }
 
 impl MirrorStats {
     pub(crate) fn count(&self, core: usize, result: MirrorResult) {
         self.cores.get(core).results[result as usize].inc();
+    }
+
+    /// Copies in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Copies by result, in [`MIRROR_RESULTS`] order.
@@ -317,6 +325,7 @@ impl HttpStatsRegistry {
             .or_insert_with(|| {
                 Arc::new(MirrorStats {
                     cores: PerCore::new(self.workers),
+                    in_flight: std::sync::atomic::AtomicU32::new(0),
                 })
             })
             .clone()

@@ -2,21 +2,26 @@
 //! shadow cluster, fire and forget (Envoy's request mirror policy).
 //!
 //! The copy is written when the primary request is routed, from bytes
-//! already in the connection's buffer (head and a body of at most 64 KiB
-//! that came with it; other requests are skipped, never waited for), with
-//! `-shadow` appended to the host (Envoy's convention) and `connection:
-//! close`. A task on the same worker sends it and reads and discards the
-//! answer; the primary never waits for it, and nothing the shadow does
-//! reaches the client. Bounded: the copy holds the shadow cluster's own
-//! `max_requests` and `max_connections` slots (a full breaker drops the
-//! copy, counted as `overflow`), and ends after the route's timeout.
+//! already in the connection's buffer (head and a Content-Length body of at
+//! most 64 KiB that came with it; other requests, and upgrades, are
+//! skipped, never waited for), with `-shadow` appended to the host (Envoy's
+//! convention) and `connection: close`. A task on the same worker sends it
+//! and reads the status of the answer, then closes; the primary never waits
+//! for it, and nothing the shadow does reaches the client.
+//!
+//! Bounded by its own breaker: at most `max_in_flight` copies of a route's
+//! mirror are in flight at once (over all workers), each holding one of the
+//! shadow cluster's `max_connections` slots; a copy that finds either full
+//! is dropped before anything is built, counted as `overflow`. Each copy
+//! ends after the route's timeout.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ringmesh_core::health::Outcome;
-use ringmesh_core::upstream::{self, ConnectionSlot, RequestSlot};
-use ringmesh_core::{Cluster, rt};
+use ringmesh_core::upstream::{self, ConnectionSlot};
+use ringmesh_core::{Cluster, ConnectError, rt};
 
 use crate::buffers;
 use crate::codec::h1::{Framing, RequestHead};
@@ -25,6 +30,26 @@ use crate::exchange::INLINE_BODY;
 use crate::metrics::{MirrorResult, MirrorStats, UpstreamStats};
 use crate::route::Mirror;
 use crate::server::Client;
+
+/// One copy in flight, counted in its mirror's breaker until dropped.
+struct InFlight(Arc<MirrorStats>);
+
+impl InFlight {
+    fn acquire(stats: &Arc<MirrorStats>, max: u32) -> Option<InFlight> {
+        let n = stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        if n >= max {
+            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(InFlight(stats.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Sends a copy of the request in `c`'s buffer to the mirror's cluster
 /// when this request is drawn; `edits` are the primary's changes (the
@@ -43,18 +68,27 @@ pub(crate) fn send(
     let core = c.facts.core;
     let buffered = c.buf.len() - head.len;
     let body = match head.framing {
-        Framing::None => 0,
+        Framing::None if head.upgrade.is_none() => 0,
         Framing::Length(n) if n as usize <= buffered && n as usize <= INLINE_BODY => n as usize,
         _ => {
             mirror.stats.count(core, MirrorResult::Skipped);
             return;
         }
     };
+    let cluster = &mirror.target.cluster;
+    let Some(in_flight) = InFlight::acquire(&mirror.stats, mirror.max_in_flight) else {
+        mirror.stats.count(core, MirrorResult::Overflow);
+        return;
+    };
+    let Some(slot) = ConnectionSlot::acquire(cluster, core) else {
+        mirror.stats.count(core, MirrorResult::Overflow);
+        return;
+    };
     let mut host = buffers::take();
     let authority = edits
         .host
         .or(head.host.map(|h| h.get(&c.buf)))
-        .unwrap_or(mirror.target.cluster.name.as_bytes());
+        .unwrap_or(cluster.name.as_bytes());
     shadow_host(&mut host, authority);
     let edits = Edits {
         host: Some(&host),
@@ -73,15 +107,18 @@ pub(crate) fn send(
     );
     copy.extend_from_slice(&c.buf[head.len..head.len + body]);
     buffers::give(host);
-    rt::spawn(shadow(
-        mirror.target.cluster.clone(),
-        mirror.target.stats.clone(),
-        mirror.stats.clone(),
-        core,
-        c.hash_key,
-        copy,
-        timeout,
-    ))
+    let (cluster, upstream_stats) = (cluster.clone(), mirror.target.stats.clone());
+    let key = c.hash_key;
+    rt::spawn(async move {
+        let result = rt::timeout(
+            timeout,
+            exchange(&cluster, &upstream_stats, core, key, copy),
+        )
+        .await
+        .unwrap_or(MirrorResult::Failed);
+        drop(slot);
+        in_flight.0.count(core, result);
+    })
     .detach();
 }
 
@@ -93,31 +130,6 @@ pub fn shadow_host(out: &mut Vec<u8>, authority: &[u8]) {
     out.extend_from_slice(&authority[name.len()..]);
 }
 
-/// Sends `copy` to `cluster` and discards the answer.
-async fn shadow(
-    cluster: Arc<Cluster>,
-    upstream_stats: Arc<UpstreamStats>,
-    stats: Arc<MirrorStats>,
-    core: usize,
-    key: u64,
-    copy: Vec<u8>,
-    timeout: Duration,
-) {
-    let result = match RequestSlot::acquire(&cluster, core) {
-        None => MirrorResult::Overflow,
-        Some(_request) => match ConnectionSlot::acquire(&cluster, core) {
-            None => MirrorResult::Overflow,
-            Some(_connection) => rt::timeout(
-                timeout,
-                exchange(&cluster, &upstream_stats, core, key, copy),
-            )
-            .await
-            .unwrap_or(MirrorResult::Failed),
-        },
-    };
-    stats.count(core, result);
-}
-
 /// One shadow exchange: connect, send, read the status, drain to the end.
 async fn exchange(
     cluster: &Cluster,
@@ -126,36 +138,34 @@ async fn exchange(
     key: u64,
     copy: Vec<u8>,
 ) -> MirrorResult {
-    let Ok(pick) = upstream::pick(cluster, core, key) else {
-        buffers::give(copy);
-        return MirrorResult::Failed;
+    let connected = match upstream::pick(cluster, core, key) {
+        Ok(pick) => upstream::connect(cluster, core, pick).await,
+        Err(e) => Err(e),
     };
-    let Ok(conn) = upstream::connect(cluster, core, pick).await else {
-        buffers::give(copy);
-        return MirrorResult::Failed;
+    let conn = match connected {
+        Ok(conn) => conn,
+        Err(e) => {
+            buffers::give(copy);
+            return match e {
+                ConnectError::PendingOverflow => MirrorResult::Overflow,
+                _ => MirrorResult::Failed,
+            };
+        }
     };
     let (res, copy) = conn.stream.write_all(copy).await;
     buffers::give(copy);
     if res.is_err() {
         return MirrorResult::Failed;
     }
+    // Only the status is kept (for the cluster's health and counts); the
+    // rest of the answer is discarded by closing the connection.
     let mut buf = buffers::take();
     let mut status = None;
-    // Read to the end (the copy asked the shadow to close): the answer is
-    // discarded, only its status is kept for the cluster's health.
-    loop {
-        // Keep a short first read until the status line is complete.
-        if status.is_some() || buf.len() >= 32 {
-            buf.clear();
-        }
+    while status.is_none() && buf.len() < 64 {
         let (res, b) = conn.stream.read_more(buf).await;
         buf = b;
         match res {
-            Ok(n) if n > 0 => {
-                if status.is_none() {
-                    status = parse_status(&buf);
-                }
-            }
+            Ok(n) if n > 0 => status = parse_status(&buf),
             _ => break,
         }
     }

@@ -8,10 +8,7 @@ use crate::route::matcher::{RequestMatch, RequestView};
 /// Appends the rewritten target (path, then `?query` when there is one).
 pub fn path(out: &mut Vec<u8>, matcher: &RequestMatch, rw: &PathRewrite, req: &RequestView<'_>) {
     match rw {
-        PathRewrite::Prefix(new) => {
-            let matched = matcher.matched_prefix_len(req.path);
-            join_prefix(out, new, &req.path[matched..]);
-        }
+        PathRewrite::Prefix(new) => replace_prefix(out, matcher, new, req.path),
         PathRewrite::Regex {
             regex,
             substitution,
@@ -25,8 +22,8 @@ pub fn path(out: &mut Vec<u8>, matcher: &RequestMatch, rw: &PathRewrite, req: &R
                 last = m.end();
             }
             out.extend_from_slice(&req.path[last..]);
-            if out.len() == start {
-                out.push(b'/');
+            if out.get(start) != Some(&b'/') {
+                out.insert(start, b'/');
             }
         }
     }
@@ -36,20 +33,33 @@ pub fn path(out: &mut Vec<u8>, matcher: &RequestMatch, rw: &PathRewrite, req: &R
     }
 }
 
-/// `new` followed by the unmatched `rest` of the path, with one slash
-/// where both bring one (`/` + `/items` is `/items`, not `//items`), and
-/// `/` rather than an empty path.
-pub fn join_prefix(out: &mut Vec<u8>, new: &[u8], rest: &[u8]) {
+/// Appends `path` with the part `matcher`'s path condition took replaced
+/// by `new` (prefix rewrites and redirects).
+pub fn replace_prefix(out: &mut Vec<u8>, matcher: &RequestMatch, new: &[u8], path: &[u8]) {
+    let matched = matcher.matched_prefix_len(path);
+    // `/api/` took `/api/x`: the rest `x` starts a segment of its own.
+    let segment = matched > 0 && path[matched - 1] == b'/';
+    join_prefix(out, new, &path[matched..], segment);
+}
+
+/// `new` followed by the unmatched `rest` of the path: one slash where
+/// both bring one (`/` + `/items` is `/items`, not `//items`), one where
+/// `rest` starts a segment and `new` does not end one (`/v2` + `x` is
+/// `/v2/x`), and always a leading `/` (an empty result is `/`).
+pub fn join_prefix(out: &mut Vec<u8>, new: &[u8], rest: &[u8], segment: bool) {
     let start = out.len();
     out.extend_from_slice(new);
-    let rest = if new.last() == Some(&b'/') && rest.first() == Some(&b'/') {
-        &rest[1..]
-    } else {
-        rest
+    let new_ends = new.last() == Some(&b'/');
+    let rest = match rest.strip_prefix(b"/") {
+        Some(r) if new_ends => r,
+        _ => rest,
     };
-    out.extend_from_slice(rest);
-    if out.len() == start {
+    if segment && !new_ends && !rest.is_empty() && rest[0] != b'/' {
         out.push(b'/');
+    }
+    out.extend_from_slice(rest);
+    if out.get(start) != Some(&b'/') {
+        out.insert(start, b'/');
     }
 }
 
@@ -116,6 +126,20 @@ mod tests {
         assert_eq!(rewritten(&m, &rw, b"/shop", b""), "/");
         let empty = PathRewrite::Prefix(b"".as_slice().into());
         assert_eq!(rewritten(&m, &empty, b"/shop", b""), "/");
+        assert_eq!(rewritten(&m, &empty, b"/shop/a", b""), "/a");
+    }
+
+    #[test]
+    fn a_prefix_that_ended_a_segment_keeps_the_next_segment_apart() {
+        let m = prefix_match("/api/");
+        let rw = PathRewrite::Prefix(b"/v2".as_slice().into());
+        assert_eq!(rewritten(&m, &rw, b"/api/x", b""), "/v2/x");
+        let raw = RequestMatch {
+            path: Some(PathMatch::StartsWith(b"/api".as_slice().into())),
+            ..Default::default()
+        };
+        let strip = PathRewrite::Prefix(b"".as_slice().into());
+        assert_eq!(rewritten(&raw, &strip, b"/apiv2", b""), "/v2");
     }
 
     #[test]
@@ -134,5 +158,10 @@ mod tests {
             substitution: b"_".as_slice().into(),
         };
         assert_eq!(rewritten(&m, &rw, b"/a-b-c", b""), "/a_b_c");
+        let rw = PathRewrite::Regex {
+            regex: compile_regex("^/api/", false).expect("valid"),
+            substitution: b"".as_slice().into(),
+        };
+        assert_eq!(rewritten(&m, &rw, b"/api/x", b""), "/x");
     }
 }

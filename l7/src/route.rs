@@ -93,6 +93,8 @@ pub struct Mirror {
     pub target: Target,
     /// Share of requests copied, in parts per million.
     pub per_million: u32,
+    /// Copies in flight at once, over all workers (its own breaker).
+    pub max_in_flight: u32,
     /// Copies by result.
     pub stats: Arc<MirrorStats>,
 }

@@ -177,6 +177,8 @@ pub struct RedirectDoc {
     pub strip_query: bool,
     /// 301 (default), 302, 303, 307, 308.
     pub status: u16,
+    #[serde(skip)]
+    pub(crate) prefix_origin: Origin,
 }
 
 /// A direct response.
@@ -203,6 +205,8 @@ pub struct RewriteDoc {
     /// Send the chosen cluster's name as the host.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub host_from_cluster: bool,
+    #[serde(skip)]
+    pub(crate) path_prefix_origin: Origin,
 }
 
 /// `rewrite.path_regex`.
@@ -221,6 +225,8 @@ pub struct MirrorDoc {
     pub cluster: String,
     /// Share of requests, 0-100.
     pub percent: f64,
+    /// Copies in flight at once (the mirror's own breaker).
+    pub max_in_flight: u32,
     #[serde(skip)]
     pub(crate) cluster_origin: Origin,
 }
@@ -384,7 +390,17 @@ impl RouteDoc {
         let mut f = Fields::of(d, node, path)?;
         let (route_name, name_origin) = match f.take("name") {
             Some((n, p)) => (
-                name(d, n, &p),
+                name(d, n, &p).filter(|v| {
+                    let reserved = v == "-";
+                    if reserved {
+                        d.error(
+                            n.mark,
+                            &p,
+                            "route name `-` is reserved for requests no route matched",
+                        );
+                    }
+                    !reserved
+                }),
                 Origin {
                     mark: n.mark,
                     path: p,
@@ -396,10 +412,12 @@ impl RouteDoc {
             Some((n, p)) => MatchDoc::decode(d, n, &p),
             None => Some(MatchDoc::default()),
         };
-        let present: Vec<(&str, &Node, String)> = ACTIONS
+        let mut present: Vec<(&str, &Node, String)> = ACTIONS
             .iter()
             .filter_map(|k| f.take(k).map(|(n, p)| (*k, n, p)))
             .collect();
+        // In file order, so a conflict is reported on the later key.
+        present.sort_by_key(|(_, n, _)| (n.mark.line, n.mark.col));
         let action_origin = present
             .first()
             .map(|(_, n, p)| Origin {
@@ -498,8 +516,8 @@ impl RouteDoc {
         if let (Some(rw), false) = (&rewrite, has_prefix) {
             if rw.path_prefix.is_some() {
                 d.error(
-                    node.mark,
-                    &format!("{path}.rewrite.path_prefix"),
+                    rw.path_prefix_origin.mark,
+                    &rw.path_prefix_origin.path,
                     "`rewrite.path_prefix` replaces the part of the path the match took: the route needs `match.path_prefix`, `match.path_starts_with` or `match.path`",
                 );
             }
@@ -507,8 +525,8 @@ impl RouteDoc {
         if let (Some(ActionDoc::Redirect(r)), false) = (&action, has_prefix) {
             if r.prefix.is_some() {
                 d.error(
-                    node.mark,
-                    &format!("{path}.redirect.prefix"),
+                    r.prefix_origin.mark,
+                    &r.prefix_origin.path,
                     "`redirect.prefix` replaces the part of the path the match took: the route needs `match.path_prefix`, `match.path_starts_with` or `match.path`",
                 );
             }
@@ -637,6 +655,16 @@ fn decode_action(d: &mut Decoder, key: &str, n: &Node, p: &str) -> Option<Action
                 None => Some(String::new()),
             };
             f.finish(d, &["status", "body"]);
+            if let (Some(s @ (204 | 304)), Some(b)) = (status, &body) {
+                if !b.is_empty() {
+                    d.error(
+                        n.mark,
+                        p,
+                        format!("a {s} response has no body: remove `body` or use another status"),
+                    );
+                    return None;
+                }
+            }
             Some(ActionDoc::DirectResponse(DirectResponseDoc {
                 status: status?,
                 body: body?,
@@ -695,21 +723,26 @@ fn regex_at(d: &mut Decoder, n: &Node, p: &str, pattern: &str, whole: bool) -> b
 /// A path value: starts with `/`, no whitespace or control bytes.
 fn path_value(d: &mut Decoder, n: &Node, p: &str, what: &str) -> Option<String> {
     let v = scalar(d, n, p, what)?;
-    if !v.starts_with('/')
-        || v.bytes()
-            .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
-    {
+    if !v.starts_with('/') || !path_chars(v) {
         d.error(
             n.mark,
             p,
             format!(
-                "invalid path `{}`: it starts with `/` and has no spaces, control characters, `?` or `#`",
+                "invalid path `{}`: it starts with `/` and has only URI path characters (letters, digits, `-._~!$&'()*+,;=:@/` and %-escapes; clients send non-ASCII percent-encoded)",
                 quote(v)
             ),
         );
         return None;
     }
     Some(v.to_owned())
+}
+
+/// Only RFC 3986 path characters (pchar, `/`, `%` of escapes): what a
+/// request target can carry, so a configured path can match one and is
+/// safe to write into a request line or a `Location`.
+fn path_chars(v: &str) -> bool {
+    v.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b))
 }
 
 const MATCH_KEYS: &[&str] = &[
@@ -1050,6 +1083,10 @@ impl RedirectDoc {
             (None, Some((vn, vp))) => {
                 r.prefix = path_value(d, vn, &vp, "a path prefix");
                 ok &= r.prefix.is_some();
+                r.prefix_origin = Origin {
+                    mark: vn.mark,
+                    path: vp,
+                };
             }
             (None, None) => {}
         }
@@ -1103,17 +1140,16 @@ impl RewriteDoc {
         }
         if let Some((vn, vp)) = prefix {
             match scalar(d, vn, &vp, "a path prefix") {
-                Some(v)
-                    if v.is_empty()
-                        || v.starts_with('/')
-                            && !v
-                                .bytes()
-                                .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') =>
-                {
-                    r.path_prefix = Some(v.to_owned())
+                // Empty strips the matched prefix.
+                Some(v) if v.is_empty() || v.starts_with('/') && path_chars(v) => {
+                    r.path_prefix = Some(v.to_owned());
+                    r.path_prefix_origin = Origin {
+                        mark: vn.mark,
+                        path: vp.clone(),
+                    };
                 }
                 Some(v) => {
-                    d.error(vn.mark, &vp, format!("invalid path prefix `{}`: it starts with `/` and has no spaces, control characters, `?` or `#`", quote(v)));
+                    d.error(vn.mark, &vp, format!("invalid path prefix `{}`: empty, or it starts with `/` and has only URI path characters", quote(v)));
                     ok = false;
                 }
                 None => ok = false,
@@ -1130,11 +1166,16 @@ impl RewriteDoc {
                     let sub = scalar(d, sn, &sp, "a substitution");
                     match (pat, sub) {
                         (Some(pat), Some(sub)) if regex_at(d, pn, &pp, pat, false) => {
-                            if sub.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                            // `$` and braces name groups; the rest must be path characters.
+                            if !sub.bytes().all(|b| {
+                                b == b'{'
+                                    || b == b'}'
+                                    || path_chars(std::str::from_utf8(&[b]).unwrap_or("?"))
+                            }) {
                                 d.error(
                                     sn.mark,
                                     &sp,
-                                    "the substitution may not contain spaces or control characters",
+                                    "the substitution has only URI path characters and `${group}` references (no spaces, `?` or `#`)",
                                 );
                                 ok = false;
                             } else {
@@ -1211,15 +1252,23 @@ impl MirrorDoc {
             None => Some(100.0),
             Some((vn, vp)) => percent(d, vn, &vp),
         };
-        f.finish(d, &["cluster", "percent"]);
+        let max_in_flight = match f.take("max_in_flight") {
+            None => Some(DEFAULT_MIRROR_IN_FLIGHT),
+            Some((vn, vp)) => integer(d, vn, &vp, 1, 100_000).map(|v| v as u32),
+        };
+        f.finish(d, &["cluster", "percent", "max_in_flight"]);
         let (cluster, cluster_origin) = cluster?;
         Some(MirrorDoc {
             cluster,
             percent: percent?,
+            max_in_flight: max_in_flight?,
             cluster_origin,
         })
     }
 }
+
+/// Mirrored copies in flight at once per route, by default.
+pub const DEFAULT_MIRROR_IN_FLIGHT: u32 = 64;
 
 /// A percentage 0-100 with at most 4 decimals (0.0001 resolution).
 pub(crate) fn percent(d: &mut Decoder, n: &Node, p: &str) -> Option<f64> {

@@ -473,6 +473,34 @@ fn lines_end_in_crlf(head: &[u8]) -> bool {
     true
 }
 
+/// A request target in one of the forms RFC 9112 §3.2 allows: origin
+/// (`/p?q`), asterisk (`*`), authority (CONNECT, refused later), or
+/// absolute with an `http`/`https` scheme and a valid, non-empty authority
+/// without userinfo (a proxy routes by that authority, so it must be one).
+fn valid_target(target: &[u8], method: Method) -> bool {
+    if target.first() == Some(&b'/') || target == b"*" || method == Method::Connect {
+        return true;
+    }
+    let scheme = |s: &[u8]| {
+        target
+            .get(..s.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(s))
+    };
+    let rest = if scheme(b"http://") {
+        &target[7..]
+    } else if scheme(b"https://") {
+        &target[8..]
+    } else {
+        return false;
+    };
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    !authority.is_empty() && !authority.contains(&b'@') && valid_host(authority)
+}
+
 /// Host: an authority (reg-name or IP literal, optional port). Empty is
 /// allowed (RFC 9112 §3.2: a target without authority).
 fn valid_host(value: &[u8]) -> bool {
@@ -582,6 +610,9 @@ pub fn parse_request(
         last_xff: None,
         has_request_id: false,
     };
+    if !valid_target(target.as_bytes(), head.method) {
+        return Err(HeadError::Malformed);
+    }
     let mut framing = FramingFields::default();
     let mut upgrade_value = None;
     let mut connection_upgrade = false;

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::matcher::{HostPattern, PathMatch, RequestMatch, RequestView, lowercase, split_port};
+use super::matcher::{HostPattern, PathMatch, RequestMatch, RequestView, host_key};
 
 /// FxHash-style hasher over 8-byte words.
 #[derive(Default, Clone, Copy)]
@@ -165,9 +165,8 @@ impl Index {
     pub(crate) fn find(&self, req: &RequestView<'_>, matches: impl Fn(u32) -> bool) -> Option<u32> {
         let mut best = u32::MAX;
         if !self.exact_hosts.is_empty() || !self.suffix_hosts.is_empty() {
-            let mut lower = [0u8; 256];
-            if let Some(lower) = lowercase(req.host, &mut lower) {
-                let (name, _) = split_port(lower);
+            let mut buf = [0u8; 256];
+            if let Some((name, _)) = host_key(req.host, &mut buf) {
                 if let Some(bucket) = self.exact_hosts.get(name) {
                     bucket.search(req.path, &mut best, &matches);
                 }

@@ -81,6 +81,8 @@ impl<'a> RequestView<'a> {
             Some(q) => (&rest[..q], &rest[q + 1..]),
             None => (rest, &[][..]),
         };
+        // `http://host?q` has an empty path: it means `/`.
+        let path: &[u8] = if path.is_empty() { b"/" } else { path };
         RequestView {
             host,
             path,
@@ -126,10 +128,7 @@ fn split_target<'a>(target: &'a [u8], host_field: &'a [u8]) -> (&'a [u8], &'a [u
         .iter()
         .position(|&b| b == b'/' || b == b'?')
         .unwrap_or(rest.len());
-    let path = &rest[end..];
-    // `http://host?q` has an empty path: it means `/`.
-    let path: &[u8] = if path.is_empty() { b"/" } else { path };
-    (&rest[..end], path)
+    (&rest[..end], &rest[end..])
 }
 
 /// Splits an authority into its host name and port (IPv6 literals keep
@@ -184,6 +183,11 @@ impl HostPattern {
         }
         let lower = text.to_ascii_lowercase();
         let (name, port) = split_port(lower.as_bytes());
+        // `a.com.` is `a.com` (requests are compared without the dot too).
+        let name = match name.strip_suffix(b".") {
+            Some(n) if !n.is_empty() => n,
+            _ => name,
+        };
         if name.contains(&b':') && !lower.starts_with('[') {
             return None;
         }
@@ -395,11 +399,13 @@ impl RequestMatch {
     }
 
     fn host_matches(&self, authority: &[u8]) -> bool {
-        let mut lower = [0u8; 256];
-        let Some(lower) = lowercase(authority, &mut lower) else {
+        if self.hosts.contains(&HostPattern::Any) {
+            return true;
+        }
+        let mut buf = [0u8; 256];
+        let Some((name, port)) = host_key(authority, &mut buf) else {
             return false;
         };
-        let (name, port) = split_port(lower);
         self.hosts.iter().any(|h| h.matches(name, port))
     }
 
@@ -474,6 +480,23 @@ fn host_covers(a: &HostPattern, b: &HostPattern) -> bool {
         ) => sb.ends_with(sa) && port_covers(pa, pb),
         (HostPattern::Exact { .. }, HostPattern::Suffix { .. }) => false,
     }
+}
+
+/// The host name (lowercase, without one trailing dot: `a.com.` is
+/// `a.com`) and port of an authority, in `buf`; None when it is longer
+/// than 255 bytes (no DNS name is; such a host matches only `*`).
+#[inline]
+pub(crate) fn host_key<'b>(
+    authority: &[u8],
+    buf: &'b mut [u8; 256],
+) -> Option<(&'b [u8], Option<u16>)> {
+    let lower = lowercase(authority, buf)?;
+    let (name, port) = split_port(lower);
+    let name = match name.strip_suffix(b".") {
+        Some(n) if !n.is_empty() => n,
+        _ => name,
+    };
+    Some((name, port))
 }
 
 /// `src` in lowercase, in `dst` (None when it does not fit: such a host

@@ -1681,3 +1681,37 @@ fn written_request_heads_parse_back_to_the_same_request() {
         );
     }
 }
+
+#[test]
+fn absolute_form_targets_need_an_http_scheme_and_a_plain_authority() {
+    let parse = |target: &str| {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (mut fields, mut nominated) = (Vec::new(), Vec::new());
+        parse_request(
+            raw.as_bytes(),
+            &Limits::default(),
+            &mut fields,
+            &mut nominated,
+        )
+        .map(|h| h.is_some())
+    };
+    for ok in [
+        "/",
+        "*",
+        "http://a.com",
+        "HTTPS://a.com:8443/p?q",
+        "http://[::1]:80/",
+    ] {
+        assert_eq!(parse(ok), Ok(true), "{ok}");
+    }
+    for bad in [
+        "http://",
+        "http://a@b/",
+        "ftp://a/",
+        "a.com/p",
+        "http:///p",
+        "http://a|b/",
+    ] {
+        assert_eq!(parse(bad), Err(HeadError::Malformed), "{bad}");
+    }
+}

@@ -304,3 +304,16 @@ fn shadowing_is_found_when_an_earlier_match_accepts_everything_a_later_one_does(
     assert!(hosts(&["a.com:80"]).shadowed_by(&hosts(&["a.com"])));
     assert!(!hosts(&["a.com"]).shadowed_by(&hosts(&["a.com:80"])));
 }
+
+#[test]
+fn a_trailing_dot_is_ignored_and_a_long_host_matches_only_any() {
+    let m = hosts(&["shop.example.com"]);
+    assert!(matches(&m, &get("/", "shop.example.com.", "")));
+    assert!(matches(
+        &hosts(&["shop.example.com."]),
+        &get("/", "shop.example.com", "")
+    ));
+    let long = "a".repeat(300);
+    assert!(!matches(&m, &get("/", &long, "")));
+    assert!(matches(&hosts(&["*"]), &get("/", &long, "")));
+}
