@@ -25,8 +25,7 @@ pub(crate) async fn answer(
     head: &RequestHead,
     record: &mut RequestRecord,
 ) -> After {
-    let whole = c.whole_request(head);
-    let close = !head.keep_alive || whole.is_none() || ringmesh_core::drain::is_draining();
+    let (whole, close) = c.own_answer_plan(head, true);
     let mut out = buffers::take();
     let status = match &route.action {
         Action::Redirect(r) => {
@@ -59,21 +58,8 @@ pub(crate) async fn answer(
         // Not reached: forwarding routes go upstream.
         Action::Forward(_) => 500,
     };
-    c.body_unread |= whole.is_none();
     record.status = status;
-    let (res, out) = c.stream.write_all(out).await;
-    if res.is_ok() {
-        c.bytes.add_sent(out.len());
-    }
-    buffers::give(out);
-    match whole {
-        _ if res.is_err() => After::Abort,
-        Some(len) if !close => {
-            c.consume(len);
-            After::KeepAlive
-        }
-        _ => After::Close,
-    }
+    c.send_own_answer(out, whole, close).await
 }
 
 /// The route's response operations, `connection: close`, the empty line.

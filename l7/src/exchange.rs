@@ -314,33 +314,13 @@ pub(crate) async fn local(
     error: Option<String>,
     intact: bool,
 ) -> After {
-    let whole = match (intact, head.framing) {
-        (_, Framing::None) => Some(head.len),
-        (true, _) => c.whole_request(head),
-        (false, _) => None,
-    };
-    let close = !head.keep_alive || whole.is_none() || ringmesh_core::drain::is_draining();
+    let (whole, close) = c.own_answer_plan(head, intact);
     let mut out = buffers::take();
-    c.body_unread |= whole.is_none();
     crate::local_reply::for_flag(&mut out, flag, close);
     record.status = flag.status();
     record.flag = Some(flag);
     record.error = error;
-    let (res, out) = c.stream.write_all(out).await;
-    if res.is_ok() {
-        c.bytes.add_sent(out.len());
-    }
-    buffers::give(out);
-    if res.is_err() {
-        return After::Abort;
-    }
-    match whole {
-        Some(len) if !close => {
-            c.consume(len);
-            After::KeepAlive
-        }
-        _ => After::Close,
-    }
+    c.send_own_answer(out, whole, close).await
 }
 
 /// One attempt on `conn`: send, read the response head, answer.

@@ -324,6 +324,46 @@ impl Client {
         buffers::give(buf);
     }
 
+    /// How an answer the proxy makes itself (an error, a redirect, a
+    /// direct response) ends: `Some(len)` when the whole request (`len`
+    /// bytes) is in the buffer, so it can be skipped and the connection
+    /// kept; and whether the answer must say `connection: close`. `intact`:
+    /// nothing of the request left the buffer yet (a streamed body did).
+    pub fn own_answer_plan(&self, head: &RequestHead, intact: bool) -> (Option<usize>, bool) {
+        let whole = match (intact, head.framing) {
+            (_, h1::Framing::None) => Some(head.len),
+            (true, _) => self.whole_request(head),
+            (false, _) => None,
+        };
+        let close = !head.keep_alive || whole.is_none() || ringmesh_core::drain::is_draining();
+        (whole, close)
+    }
+
+    /// Sends an answer built by the proxy (see [`Client::own_answer_plan`])
+    /// and says how the connection goes on: the request skipped and kept,
+    /// or closed (lingering, when a body was left unread).
+    pub async fn send_own_answer(
+        &mut self,
+        out: Vec<u8>,
+        whole: Option<usize>,
+        close: bool,
+    ) -> After {
+        self.body_unread |= whole.is_none();
+        let (res, out) = self.stream.write_all(out).await;
+        if res.is_ok() {
+            self.bytes.add_sent(out.len());
+        }
+        buffers::give(out);
+        match whole {
+            _ if res.is_err() => After::Abort,
+            Some(len) if !close => {
+                self.consume(len);
+                After::KeepAlive
+            }
+            _ => After::Close,
+        }
+    }
+
     /// The length of the request (head and body) when all of it is in the
     /// buffer: a request the proxy answers itself can then be skipped and
     /// the connection kept.
