@@ -270,13 +270,25 @@ impl Route {
 pub struct RouteTable {
     routes: Vec<Route>,
     index: index::Index,
+    /// Some route has a host condition other than `*`.
+    has_hosts: bool,
 }
 
 impl RouteTable {
     /// Compiles the table (builds the index).
     pub fn new(routes: Vec<Route>) -> RouteTable {
         let index = index::Index::build(routes.iter().map(|r| &r.matcher));
-        RouteTable { routes, index }
+        let has_hosts = routes.iter().any(|r| {
+            r.matcher
+                .hosts
+                .iter()
+                .any(|h| *h != matcher::HostPattern::Any)
+        });
+        RouteTable {
+            routes,
+            index,
+            has_hosts,
+        }
     }
 
     /// The routes, in order.
@@ -284,13 +296,20 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The first route matching `req`, with its index.
+    /// The first route matching `req`, with its index. The request's host
+    /// key is computed once, and only when some route names hosts.
     #[inline]
     pub fn find(&self, req: &RequestView<'_>) -> Option<(usize, &Route)> {
         let routes = &self.routes;
-        let i = self
-            .index
-            .find(req, |i| routes[i as usize].matcher.matches(req))?;
+        let mut buf = [0u8; 256];
+        let host = if self.has_hosts {
+            matcher::host_key(req.host, &mut buf)
+        } else {
+            None
+        };
+        let i = self.index.find(req, host, |i| {
+            routes[i as usize].matcher.matches_with(req, host)
+        })?;
         Some((i as usize, &routes[i as usize]))
     }
 }

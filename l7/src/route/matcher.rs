@@ -378,7 +378,20 @@ pub struct RequestMatch {
 impl RequestMatch {
     /// Whether every condition holds for `req`.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        if !self.hosts.is_empty() && !self.host_matches(req.host) {
+        let mut buf = [0u8; 256];
+        let host = if self.hosts.is_empty() {
+            None
+        } else {
+            host_key(req.host, &mut buf)
+        };
+        self.matches_with(req, host)
+    }
+
+    /// [`RequestMatch::matches`] with the request's host key computed once
+    /// by the caller (`None`: no host, or too long for one).
+    #[inline]
+    pub fn matches_with(&self, req: &RequestView<'_>, host: Option<HostKey<'_>>) -> bool {
+        if !self.hosts.is_empty() && !self.host_matches(host) {
             return false;
         }
         if let Some(p) = &self.path {
@@ -398,12 +411,11 @@ impl RequestMatch {
                 .all(|q| q.test.holds(req.query_values(&q.name)))
     }
 
-    fn host_matches(&self, authority: &[u8]) -> bool {
+    fn host_matches(&self, host: Option<HostKey<'_>>) -> bool {
         if self.hosts.contains(&HostPattern::Any) {
             return true;
         }
-        let mut buf = [0u8; 256];
-        let Some((name, port)) = host_key(authority, &mut buf) else {
+        let Some((name, port)) = host else {
             return false;
         };
         self.hosts.iter().any(|h| h.matches(name, port))
@@ -481,6 +493,9 @@ fn host_covers(a: &HostPattern, b: &HostPattern) -> bool {
         (HostPattern::Exact { .. }, HostPattern::Suffix { .. }) => false,
     }
 }
+
+/// A request's host name (lowercase, without a trailing dot) and port.
+pub type HostKey<'a> = (&'a [u8], Option<u16>);
 
 /// The host name (lowercase, without one trailing dot: `a.com.` is
 /// `a.com`) and port of an authority, in `buf`; None when it is longer
