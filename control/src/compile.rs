@@ -12,6 +12,7 @@ use ringmesh_core::snapshot::SniRoute;
 use ringmesh_core::{Cluster, Endpoint, ListenerConfig, Snapshot, StatsRegistry};
 
 use ringmesh_l7::codec::h1::Limits;
+use ringmesh_l7::fault::{Abort, Delay, Fault};
 use ringmesh_l7::headers::HeaderOps;
 use ringmesh_l7::metrics::HttpStatsRegistry;
 use ringmesh_l7::pool::PoolSettings;
@@ -268,6 +269,7 @@ fn http_handler(
                     timeout: h.timeout,
                     rewrite: Rewrite::default(),
                     mirror: None,
+                    fault: None,
                 }),
                 request_headers: HeaderOps::fold(&[&listener_request]),
                 response_headers: HeaderOps::fold(&[&listener_response]),
@@ -328,6 +330,21 @@ fn http_handler(
                     timeout: r.timeout.unwrap_or(h.timeout),
                     rewrite: rewrite(r.rewrite.as_ref()),
                     mirror,
+                    fault: r.fault.as_ref().map(|f| {
+                        Box::new(Fault {
+                            delay: f.delay.as_ref().map(|d| Delay {
+                                fixed: d.fixed,
+                                per_million: per_million(d.percent),
+                            }),
+                            abort: f.abort.as_ref().map(|a| Abort {
+                                status: a.status,
+                                per_million: per_million(a.percent),
+                            }),
+                            headers: f.header_matches(),
+                            header_control: f.header_control,
+                            stats: http.fault(&l.name, &name),
+                        })
+                    }),
                 })
             }
             ActionDoc::Redirect(rd) => Action::Redirect(Redirect {

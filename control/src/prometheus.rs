@@ -250,6 +250,21 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
         );
     }
     o.header(
+        "ringmesh_http_faults_total",
+        "counter",
+        "Faults injected by routes' fault filters, by listener, route and kind (`delay`, `abort`).",
+    );
+    for ((listener, route), f) in http.faults() {
+        let (delays, aborts) = f.injected();
+        for (kind, n) in [("delay", delays), ("abort", aborts)] {
+            o.sample(
+                "ringmesh_http_faults_total",
+                &[("listener", &listener), ("route", &route), ("kind", kind)],
+                n,
+            );
+        }
+    }
+    o.header(
         "ringmesh_http_mirror_requests_total",
         "counter",
         "Copies of requests mirrored to a shadow cluster, by listener, route, shadow cluster and result (`sent`: the shadow answered; `failed`: no answer; `overflow`: the shadow's breaker was full; `skipped`: the body was not in the buffer).",

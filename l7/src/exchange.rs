@@ -101,6 +101,8 @@ pub(crate) struct Leg<'a> {
     pub route: &'a Route,
     pub forward: &'a Forward,
     pub target: &'a Target,
+    /// The route timeout left (an injected delay spent some of it).
+    pub timeout: Duration,
 }
 
 /// Forwards the request to the leg's cluster and its response back.
@@ -150,7 +152,7 @@ pub(crate) async fn forward(
         &edits,
     );
     if let Some(mirror) = &leg.forward.mirror {
-        crate::mirror::send(c, mirror, head, &fwd, &edits, leg.forward.timeout);
+        crate::mirror::send(c, mirror, head, &fwd, &edits, leg.timeout);
     }
     if let Some(b) = rewritten {
         buffers::give(b);
@@ -440,7 +442,7 @@ async fn run(
             http.settings.limits.max_head,
             &mut rfields,
             &mut rnominated,
-            leg.forward.timeout,
+            leg.timeout,
             &sent_at,
         );
         pin_mut!(send, recv);

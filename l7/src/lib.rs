@@ -17,7 +17,8 @@
 //! chunked decoder, head writing), [`pool`] (per-core upstream pools),
 //! [`route`] (matches, the route index, splits), [`rewrite`] and
 //! [`headers`] (what a route changes in a request and its response),
-//! `direct` (redirects and direct responses), `mirror` (shadow copies),
+//! `direct` (redirects and direct responses), [`fault`] (fault injection),
+//! `mirror` (shadow copies),
 //! [`random`] (the per-worker generator), [`local_reply`] (answers the
 //! proxy makes itself, with their response flags) and [`metrics`]. Endpoint picking, connect, breakers,
 //! outlier detection and the runtime are `core`'s; `l7` never depends on
@@ -28,6 +29,7 @@ pub mod codec;
 pub mod config;
 mod direct;
 mod exchange;
+pub mod fault;
 pub mod headers;
 pub mod local_reply;
 pub mod metrics;

@@ -29,6 +29,10 @@ pub enum ResponseFlag {
     LocalResource,
     /// No route matched the request (`NR`, 404).
     NoRoute,
+    /// The route's fault filter answered (`FI`; the configured status).
+    FaultInjected,
+    /// The route's fault filter delayed the request (`DI`; forwarded after).
+    DelayInjected,
 }
 
 impl ResponseFlag {
@@ -45,6 +49,8 @@ impl ResponseFlag {
             ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::LocalResource => "LR",
             ResponseFlag::NoRoute => "NR",
+            ResponseFlag::FaultInjected => "FI",
+            ResponseFlag::DelayInjected => "DI",
         }
     }
 
@@ -59,6 +65,8 @@ impl ResponseFlag {
             | ResponseFlag::LocalResource => 503,
             ResponseFlag::UpstreamTimeout => 504,
             ResponseFlag::NoRoute => 404,
+            ResponseFlag::FaultInjected => 503,
+            ResponseFlag::DelayInjected => 200,
             ResponseFlag::DownstreamConnectionTermination
             | ResponseFlag::DownstreamProtocolError => 400,
         }
@@ -78,6 +86,8 @@ impl ResponseFlag {
             ResponseFlag::DownstreamProtocolError => "bad request",
             ResponseFlag::LocalResource => "proxy out of local resources",
             ResponseFlag::NoRoute => "no route",
+            ResponseFlag::FaultInjected => "fault filter abort",
+            ResponseFlag::DelayInjected => "fault filter delay",
         }
     }
 }

@@ -201,6 +201,7 @@ pub struct HttpStatsRegistry {
     listeners: Mutex<BTreeMap<String, Arc<HttpListenerStats>>>,
     routes: Mutex<BTreeMap<RouteKey, Arc<RouteStats>>>,
     mirrors: Mutex<BTreeMap<RouteKey, Arc<MirrorStats>>>,
+    faults: Mutex<BTreeMap<(String, String), Arc<FaultStats>>>,
     upstreams: Mutex<BTreeMap<String, Arc<UpstreamStats>>>,
 }
 
@@ -258,6 +259,29 @@ impl MirrorStats {
     }
 }
 
+/// Faults injected into one route's requests.
+#[derive(Debug)]
+pub struct FaultStats {
+    pub(crate) cores: PerCore<FaultCore>,
+}
+
+/// One worker's fault counters.
+#[derive(Debug, Default)]
+pub struct FaultCore {
+    pub(crate) delays: Counter,
+    pub(crate) aborts: Counter,
+}
+
+impl FaultStats {
+    /// (delays, aborts) injected.
+    pub fn injected(&self) -> (u64, u64) {
+        (
+            sum(&self.cores, |c| c.delays.get()),
+            sum(&self.cores, |c| c.aborts.get()),
+        )
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -270,6 +294,7 @@ impl HttpStatsRegistry {
             listeners: Mutex::new(BTreeMap::new()),
             routes: Mutex::new(BTreeMap::new()),
             mirrors: Mutex::new(BTreeMap::new()),
+            faults: Mutex::new(BTreeMap::new()),
             upstreams: Mutex::new(BTreeMap::new()),
         }
     }
@@ -329,6 +354,26 @@ impl HttpStatsRegistry {
                 })
             })
             .clone()
+    }
+
+    /// The fault counters of `listener`'s `route`.
+    pub fn fault(&self, listener: &str, route: &str) -> Arc<FaultStats> {
+        lock(&self.faults)
+            .entry((listener.to_owned(), route.to_owned()))
+            .or_insert_with(|| {
+                Arc::new(FaultStats {
+                    cores: PerCore::new(self.workers),
+                })
+            })
+            .clone()
+    }
+
+    /// Every route's fault counters, by (listener, route).
+    pub fn faults(&self) -> Vec<((String, String), Arc<FaultStats>)> {
+        lock(&self.faults)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Every mirror's counters.

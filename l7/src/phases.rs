@@ -9,7 +9,10 @@
 //! 2. **method**: CONNECT is refused (405) until tunnelling is configured;
 //! 3. **route** (`route.rs`): the listener's route table finds the first
 //!    route whose match holds; no route: 404, flag `NR`;
-//! 4. *(route authorization, rate limit, fault injection: later issues)*;
+//! 4. **fault** (`fault.rs`): a forwarding route's fault filter may delay
+//!    the request (flag `DI`; the delay spends the route timeout) or answer
+//!    it with its error status (flag `FI`); *(route authorization and rate
+//!    limits: later)*;
 //! 5. **answer or split**: a `redirect` or `direct_response` route answers
 //!    here (`direct.rs`); a forwarding route picks its cluster (the split,
 //!    sticky or drawn);
@@ -26,6 +29,7 @@
 //!    and one access-log line, once.
 
 use ringmesh_core::protocol::ListenerRef;
+use ringmesh_core::rt;
 use ringmesh_core::upstream::RequestSlot;
 
 use crate::codec::h1::{Method, RequestHead};
@@ -65,6 +69,27 @@ pub(crate) async fn run(
             return crate::direct::answer(c, http, route, head, record).await;
         }
     };
+    // 4. fault
+    let mut timeout = forward.timeout;
+    if let Some(fault) = &forward.fault {
+        let injected = fault.draw(&req);
+        let counters = fault.stats.cores.get(core);
+        if let Some(delay) = injected.delay {
+            counters.delays.inc();
+            record.flag = Some(ResponseFlag::DelayInjected);
+            rt::sleep(delay.min(timeout)).await;
+            if delay >= timeout {
+                let flag = ResponseFlag::UpstreamTimeout;
+                return crate::exchange::local(c, head, record, flag, None, true).await;
+            }
+            timeout -= delay;
+        }
+        if let Some(status) = injected.abort {
+            counters.aborts.inc();
+            return abort(c, head, record, status).await;
+        }
+    }
+    let req = RequestView::new(&c.buf, head, &c.fields);
     let pick = forward.pick(&req);
     record.target = Some(pick);
     let target = &forward.targets[pick].target;
@@ -80,10 +105,27 @@ pub(crate) async fn run(
         route,
         forward,
         target,
+        timeout,
     };
     let after = crate::exchange::forward(c, http, leg, head, record).await;
     gauge.add(-1);
     after
+}
+
+/// Answers a request with the fault filter's status (flag `FI`).
+async fn abort(
+    c: &mut Client,
+    head: &RequestHead,
+    record: &mut RequestRecord,
+    status: u16,
+) -> After {
+    let (whole, close) = c.own_answer_plan(head, true);
+    let mut out = crate::buffers::take();
+    let flag = ResponseFlag::FaultInjected;
+    crate::local_reply::write(&mut out, status, "fault filter abort", flag.as_str(), close);
+    record.status = status;
+    record.flag = Some(flag);
+    c.send_own_answer(out, whole, close).await
 }
 
 /// Answers a request the proxy will not forward, then closes.

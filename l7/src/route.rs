@@ -115,6 +115,8 @@ pub struct Forward {
     pub rewrite: Rewrite,
     /// Traffic mirroring.
     pub mirror: Option<Mirror>,
+    /// Fault injection (boxed: rare, and large next to the rest).
+    pub fault: Option<Box<crate::fault::Fault>>,
 }
 
 impl Forward {

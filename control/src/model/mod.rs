@@ -18,8 +18,9 @@ pub use discovery::{DiscoveryDoc, parse_endpoint_list};
 pub use health::{HealthCheckDoc, OutlierDetectionDoc};
 pub use listener::{HttpDoc, ListenerDoc, Protocol};
 pub use route::{
-    ActionDoc, ConditionDoc, DirectResponseDoc, HeaderOpsDoc, MatchDoc, MirrorDoc, PathDoc,
-    RedirectDoc, RewriteDoc, RouteDoc, SplitDoc, StickyDoc, TestDoc, per_million,
+    ActionDoc, ConditionDoc, DirectResponseDoc, FaultAbortDoc, FaultDelayDoc, FaultDoc,
+    HeaderOpsDoc, MatchDoc, MirrorDoc, PathDoc, RedirectDoc, RewriteDoc, RouteDoc, SplitDoc,
+    StickyDoc, TestDoc, per_million,
 };
 pub use tls::{AuthzDoc, ClusterTlsDoc, ListenerTlsDoc};
 

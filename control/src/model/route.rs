@@ -44,6 +44,9 @@ pub struct RouteDoc {
     /// Traffic mirroring.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorDoc>,
+    /// Fault injection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultDoc>,
     /// Operations on requests sent upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderOpsDoc>,
@@ -368,6 +371,114 @@ fn header_name(d: &mut Decoder, node: &Node, path: &str, name: &str) -> bool {
     true
 }
 
+/// `fault`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultDoc {
+    /// A share of requests delayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelayDoc>,
+    /// A share of requests answered with an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbortDoc>,
+    /// Only requests whose headers satisfy these.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, ConditionDoc>,
+    /// Honour `x-ringmesh-fault-*` request headers.
+    pub header_control: bool,
+}
+
+/// `fault.delay`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultDelayDoc {
+    /// How long.
+    #[serde(serialize_with = "super::listener::human")]
+    pub fixed: Duration,
+    /// Share of requests, 0-100.
+    pub percent: f64,
+}
+
+/// `fault.abort`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultAbortDoc {
+    /// Status answered.
+    pub status: u16,
+    /// Share of requests, 0-100.
+    pub percent: f64,
+}
+
+impl FaultDoc {
+    fn decode(d: &mut Decoder, n: &Node, p: &str) -> Option<Self> {
+        let mut f = Fields::of(d, n, p)?;
+        let mut doc = FaultDoc::default();
+        let mut ok = true;
+        if let Some((vn, vp)) = f.take("delay") {
+            let mut g = Fields::of(d, vn, &vp)?;
+            let fixed = match g.take("fixed") {
+                Some((xn, xp)) => duration(d, xn, &xp, Duration::ZERO, Duration::from_secs(3600)),
+                None => {
+                    d.error(vn.mark, &vp, "missing required key `fixed`");
+                    None
+                }
+            };
+            let share = match g.take("percent") {
+                Some((xn, xp)) => percent(d, xn, &xp),
+                None => Some(100.0),
+            };
+            g.finish(d, &["fixed", "percent"]);
+            match (fixed, share) {
+                (Some(fixed), Some(percent)) => doc.delay = Some(FaultDelayDoc { fixed, percent }),
+                _ => ok = false,
+            }
+        }
+        if let Some((vn, vp)) = f.take("abort") {
+            let mut g = Fields::of(d, vn, &vp)?;
+            let status = match g.take("status") {
+                Some((xn, xp)) => integer(d, xn, &xp, 200, 599).map(|s| s as u16),
+                None => {
+                    d.error(vn.mark, &vp, "missing required key `status`");
+                    None
+                }
+            };
+            let share = match g.take("percent") {
+                Some((xn, xp)) => percent(d, xn, &xp),
+                None => Some(100.0),
+            };
+            g.finish(d, &["status", "percent"]);
+            match (status, share) {
+                (Some(status), Some(percent)) => {
+                    doc.abort = Some(FaultAbortDoc { status, percent })
+                }
+                _ => ok = false,
+            }
+        }
+        if let Some((vn, vp)) = f.take("headers") {
+            doc.headers = conditions(d, vn, &vp, true);
+        }
+        if let Some((vn, vp)) = f.take("header_control") {
+            doc.header_control = boolean(d, vn, &vp).unwrap_or(false);
+        }
+        f.finish(d, &["delay", "abort", "headers", "header_control"]);
+        if ok && doc.delay.is_none() && doc.abort.is_none() && !doc.header_control {
+            d.error(
+                n.mark,
+                p,
+                "a fault needs `delay`, `abort` or `header_control: true`",
+            );
+            ok = false;
+        }
+        ok.then_some(doc)
+    }
+
+    /// The runtime header conditions (regexes were checked when decoding).
+    pub fn header_matches(&self) -> Vec<ringmesh_l7::route::matcher::HeaderMatch> {
+        let probe = MatchDoc {
+            headers: self.headers.clone(),
+            ..Default::default()
+        };
+        probe.runtime().map(|m| m.headers).unwrap_or_default()
+    }
+}
+
 const ROUTE_KEYS: &[&str] = &[
     "name",
     "match",
@@ -379,6 +490,7 @@ const ROUTE_KEYS: &[&str] = &[
     "timeout",
     "rewrite",
     "mirror",
+    "fault",
     "request_headers",
     "response_headers",
 ];
@@ -496,6 +608,13 @@ impl RouteDoc {
                 MirrorDoc::decode(d, n, &p)
             }
         };
+        let fault = match f.take("fault") {
+            None => None,
+            Some((n, p)) => {
+                forward_only(d, "fault", n, &p);
+                FaultDoc::decode(d, n, &p)
+            }
+        };
         let request_headers = match f.take("request_headers") {
             None => None,
             Some((n, p)) => {
@@ -539,6 +658,7 @@ impl RouteDoc {
             timeout,
             rewrite,
             mirror,
+            fault,
             request_headers,
             response_headers,
             origin: Origin {

@@ -351,6 +351,13 @@ pub struct HeaderMatch {
     pub invert: bool,
 }
 
+impl HeaderMatch {
+    /// Whether the condition holds for `req`'s header fields.
+    pub fn holds(&self, req: &RequestView<'_>) -> bool {
+        self.test.holds(req.header_values(&self.name)) != self.invert
+    }
+}
+
 /// A condition on a query parameter (`Exact`, `Regex` or `Present`).
 #[derive(Debug, Clone)]
 pub struct QueryMatch {
@@ -402,9 +409,7 @@ impl RequestMatch {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| **m == *req.method) {
             return false;
         }
-        self.headers
-            .iter()
-            .all(|h| h.test.holds(req.header_values(&h.name)) != h.invert)
+        self.headers.iter().all(|h| h.holds(req))
             && self
                 .query
                 .iter()

@@ -178,6 +178,7 @@ fn split(weights: &[u32], sticky: Option<Sticky>) -> Forward {
         timeout: Duration::from_secs(1),
         rewrite: Rewrite::default(),
         mirror: None,
+        fault: None,
     }
 }
 

@@ -1,0 +1,115 @@
+//! Fault injection (Envoy's fault filter, Istio's `fault`): a route may
+//! delay a share of its requests and answer a share itself with an error
+//! status, to test how callers cope. Runs after the route is found and
+//! before the split; an injected answer carries flag `FI`, a delayed
+//! request `DI`, and both are counted. A delay spends the route's
+//! timeout: what is left bounds the upstream exchange (none left: 504 `UT`).
+//!
+//! With `header_control`, a request may ask for its own fault:
+//! `x-ringmesh-fault-abort-request: <status>` and
+//! `x-ringmesh-fault-delay-request: <milliseconds>`, each with an optional
+//! `...-percentage` header (0-100, default 100); Envoy's `x-envoy-fault-*`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metrics::FaultStats;
+use crate::random::{MILLION, chance};
+use crate::route::matcher::{HeaderMatch, RequestView};
+
+/// A share of requests delayed.
+#[derive(Debug, Clone)]
+pub struct Delay {
+    /// How long.
+    pub fixed: Duration,
+    /// Share, in parts per million.
+    pub per_million: u32,
+}
+
+/// A share of requests answered with an error.
+#[derive(Debug, Clone)]
+pub struct Abort {
+    /// The status answered (200-599).
+    pub status: u16,
+    /// Share, in parts per million.
+    pub per_million: u32,
+}
+
+/// A route's fault injection.
+#[derive(Debug)]
+pub struct Fault {
+    /// Delay.
+    pub delay: Option<Delay>,
+    /// Abort.
+    pub abort: Option<Abort>,
+    /// Only requests whose headers satisfy all of these get faults.
+    pub headers: Vec<HeaderMatch>,
+    /// Honour `x-ringmesh-fault-*` request headers.
+    pub header_control: bool,
+    /// Injected faults by kind.
+    pub stats: Arc<FaultStats>,
+}
+
+/// What the fault filter decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Injected {
+    /// Wait this long first.
+    pub delay: Option<Duration>,
+    /// Then answer this status instead of forwarding.
+    pub abort: Option<u16>,
+}
+
+/// The longest delay a request header may ask for.
+const MAX_HEADER_DELAY: Duration = Duration::from_secs(3600);
+
+impl Fault {
+    /// Draws this request's faults.
+    pub fn draw(&self, req: &RequestView<'_>) -> Injected {
+        if !self.headers.iter().all(|h| h.holds(req)) {
+            return Injected::default();
+        }
+        let mut out = Injected::default();
+        if let Some(d) = &self.delay {
+            if chance(d.per_million) {
+                out.delay = Some(d.fixed);
+            }
+        }
+        if let Some(a) = &self.abort {
+            if chance(a.per_million) {
+                out.abort = Some(a.status);
+            }
+        }
+        if self.header_control {
+            let value = |name: &[u8]| {
+                req.fields
+                    .iter()
+                    .find(|f| f.name.get(req.buf).eq_ignore_ascii_case(name))
+                    .and_then(|f| std::str::from_utf8(f.value.get(req.buf)).ok())
+                    .map(str::trim)
+            };
+            let share = |name: &[u8]| match value(name) {
+                None => MILLION,
+                Some(v) => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| (0.0..=100.0).contains(p))
+                    .map_or(0, |p| (p * 10_000.0).round() as u32),
+            };
+            let status = value(b"x-ringmesh-fault-abort-request")
+                .and_then(|v| v.parse::<u16>().ok())
+                .filter(|s| (200..600).contains(s));
+            if let Some(status) = status {
+                if chance(share(b"x-ringmesh-fault-abort-request-percentage")) {
+                    out.abort = Some(status);
+                }
+            }
+            let ms = value(b"x-ringmesh-fault-delay-request").and_then(|v| v.parse::<u64>().ok());
+            if let Some(ms) = ms {
+                if chance(share(b"x-ringmesh-fault-delay-request-percentage")) {
+                    out.delay = Some(Duration::from_millis(ms).min(MAX_HEADER_DELAY));
+                }
+            }
+        }
+        out
+    }
+}
