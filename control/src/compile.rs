@@ -16,6 +16,7 @@ use ringmesh_l7::fault::{Abort, Delay, Fault};
 use ringmesh_l7::headers::HeaderOps;
 use ringmesh_l7::metrics::HttpStatsRegistry;
 use ringmesh_l7::pool::PoolSettings;
+use ringmesh_l7::ratelimit::RateLimit;
 use ringmesh_l7::route::matcher::{RequestMatch, compile_regex};
 use ringmesh_l7::route::{
     Action, DirectResponse, Forward, HostRewrite, Mirror, PathRewrite, Redirect, RedirectPath,
@@ -274,6 +275,7 @@ fn http_handler(
                 request_headers: HeaderOps::fold(&[&listener_request]),
                 response_headers: HeaderOps::fold(&[&listener_response]),
                 local_stats: http.route(&l.name, "default", "-"),
+                rate_limit: None,
             });
         }
     }
@@ -377,8 +379,14 @@ fn http_handler(
             .as_ref()
             .map(|o| o.spec())
             .unwrap_or_default();
+        let rate_limit = r.rate_limit.as_ref().map(|rl| RateLimit {
+            requests_per_second: rl.requests_per_second,
+            burst: rl.burst,
+            state: http.rate_limit(&l.name, &name),
+        });
         routes.push(Route {
             local_stats: http.route(&l.name, &name, "-"),
+            rate_limit,
             name,
             matcher,
             action,
@@ -394,6 +402,11 @@ fn http_handler(
             tls,
             stats: http.listener(&l.name),
             unrouted: http.route(&l.name, "-", "-"),
+            rate_limit: h.rate_limit.as_ref().map(|rl| RateLimit {
+                requests_per_second: rl.requests_per_second,
+                burst: rl.burst,
+                state: http.rate_limit(&l.name, "-"),
+            }),
         },
     })
 }

@@ -250,6 +250,18 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
         );
     }
     o.header(
+        "ringmesh_http_rate_limited_total",
+        "counter",
+        "Requests refused with 429 by a local rate limit, by listener and route (`-`: the listener's own limit).",
+    );
+    for ((listener, route), l) in http.rate_limits() {
+        o.sample(
+            "ringmesh_http_rate_limited_total",
+            &[("listener", &listener), ("route", &route)],
+            l.limited(),
+        );
+    }
+    o.header(
         "ringmesh_http_faults_total",
         "counter",
         "Faults injected by routes' fault filters, by listener, route and kind (`delay`, `abort`).",

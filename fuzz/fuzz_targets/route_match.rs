@@ -48,6 +48,7 @@ fn table() -> RouteTable {
                 request_headers: HeaderOps::default(),
                 response_headers: HeaderOps::default(),
                 local_stats: stats.route("l", &i.to_string(), "-"),
+                rate_limit: None,
             })
             .collect(),
     )

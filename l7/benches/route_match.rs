@@ -30,6 +30,7 @@ fn route(stats: &HttpStatsRegistry, i: usize, matcher: RequestMatch) -> Route {
     let name = i.to_string();
     Route {
         local_stats: stats.route("l", &name, "-"),
+        rate_limit: None,
         name: Arc::from(name),
         matcher,
         action: Action::Direct(DirectResponse {

@@ -55,4 +55,6 @@ pub struct HttpListener {
     pub stats: std::sync::Arc<crate::metrics::HttpListenerStats>,
     /// Requests no route matched (route and cluster `-`).
     pub unrouted: std::sync::Arc<crate::metrics::RouteStats>,
+    /// The listener's local rate limit (before routing).
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
 }

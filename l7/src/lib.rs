@@ -17,7 +17,7 @@
 //! chunked decoder, head writing), [`pool`] (per-core upstream pools),
 //! [`route`] (matches, the route index, splits), [`rewrite`] and
 //! [`headers`] (what a route changes in a request and its response),
-//! `direct` (redirects and direct responses), [`fault`] (fault injection),
+//! `direct` (redirects and direct responses), [`fault`] (fault injection), [`ratelimit`] (local rate limits),
 //! `mirror` (shadow copies),
 //! [`random`] (the per-worker generator), [`local_reply`] (answers the
 //! proxy makes itself, with their response flags) and [`metrics`]. Endpoint picking, connect, breakers,
@@ -37,6 +37,7 @@ mod mirror;
 mod phases;
 pub mod pool;
 pub mod random;
+pub mod ratelimit;
 mod record;
 pub mod request_id;
 pub mod rewrite;

@@ -33,6 +33,8 @@ pub enum ResponseFlag {
     FaultInjected,
     /// The route's fault filter delayed the request (`DI`; forwarded after).
     DelayInjected,
+    /// A local rate limit refused the request (`RL`, 429).
+    RateLimited,
 }
 
 impl ResponseFlag {
@@ -51,6 +53,7 @@ impl ResponseFlag {
             ResponseFlag::NoRoute => "NR",
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::DelayInjected => "DI",
+            ResponseFlag::RateLimited => "RL",
         }
     }
 
@@ -67,6 +70,7 @@ impl ResponseFlag {
             ResponseFlag::NoRoute => 404,
             ResponseFlag::FaultInjected => 503,
             ResponseFlag::DelayInjected => 200,
+            ResponseFlag::RateLimited => 429,
             ResponseFlag::DownstreamConnectionTermination
             | ResponseFlag::DownstreamProtocolError => 400,
         }
@@ -88,6 +92,7 @@ impl ResponseFlag {
             ResponseFlag::NoRoute => "no route",
             ResponseFlag::FaultInjected => "fault filter abort",
             ResponseFlag::DelayInjected => "fault filter delay",
+            ResponseFlag::RateLimited => "rate limited",
         }
     }
 }

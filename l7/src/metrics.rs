@@ -202,6 +202,7 @@ pub struct HttpStatsRegistry {
     routes: Mutex<BTreeMap<RouteKey, Arc<RouteStats>>>,
     mirrors: Mutex<BTreeMap<RouteKey, Arc<MirrorStats>>>,
     faults: Mutex<BTreeMap<(String, String), Arc<FaultStats>>>,
+    limits: Mutex<BTreeMap<(String, String), Arc<RateLimitStats>>>,
     upstreams: Mutex<BTreeMap<String, Arc<UpstreamStats>>>,
 }
 
@@ -259,6 +260,22 @@ impl MirrorStats {
     }
 }
 
+/// A rate limit's bucket and refusals (kept across reloads).
+#[derive(Debug, Default)]
+pub struct RateLimitStats {
+    /// The shared bucket.
+    pub(crate) tat: std::sync::atomic::AtomicU64,
+    /// Requests refused, summed over workers at scrape.
+    pub(crate) limited: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimitStats {
+    /// Requests refused (429).
+    pub fn limited(&self) -> u64 {
+        self.limited.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Faults injected into one route's requests.
 #[derive(Debug)]
 pub struct FaultStats {
@@ -295,6 +312,7 @@ impl HttpStatsRegistry {
             routes: Mutex::new(BTreeMap::new()),
             mirrors: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(BTreeMap::new()),
+            limits: Mutex::new(BTreeMap::new()),
             upstreams: Mutex::new(BTreeMap::new()),
         }
     }
@@ -366,6 +384,22 @@ impl HttpStatsRegistry {
                 })
             })
             .clone()
+    }
+
+    /// The rate limit bucket of `listener`'s `route` (`-`: the listener's own).
+    pub fn rate_limit(&self, listener: &str, route: &str) -> Arc<RateLimitStats> {
+        lock(&self.limits)
+            .entry((listener.to_owned(), route.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// Every rate limit's counters, by (listener, route).
+    pub fn rate_limits(&self) -> Vec<((String, String), Arc<RateLimitStats>)> {
+        lock(&self.limits)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Every route's fault counters, by (listener, route).

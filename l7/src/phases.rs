@@ -9,10 +9,11 @@
 //! 2. **method**: CONNECT is refused (405) until tunnelling is configured;
 //! 3. **route** (`route.rs`): the listener's route table finds the first
 //!    route whose match holds; no route: 404, flag `NR`;
-//! 4. **fault** (`fault.rs`): a forwarding route's fault filter may delay
+//! 4. **rate limits** (`ratelimit.rs`): the listener's before routing, the
+//!    route's after it; over the limit: 429, flag `RL`;
+//!    **fault** (`fault.rs`): a forwarding route's fault filter may delay
 //!    the request (flag `DI`; the delay spends the route timeout) or answer
-//!    it with its error status (flag `FI`); *(route authorization and rate
-//!    limits: later)*;
+//!    it with its error status (flag `FI`); *(route authorization: later)*;
 //! 5. **answer or split**: a `redirect` or `direct_response` route answers
 //!    here (`direct.rs`); a forwarding route picks its cluster (the split,
 //!    sticky or drawn);
@@ -56,12 +57,23 @@ pub(crate) async fn run(
         http.stats.reject(core, Rejection::Connect);
         return refuse(c, head, record, 405, "CONNECT is not supported").await;
     }
-    // 3. route
+    // 3. listener rate limit, then route
+    if let Some(limit) = &http.rate_limit {
+        if let Err(wait) = limit.take() {
+            return limited(c, head, record, limit, wait).await;
+        }
+    }
     let req = RequestView::new(&c.buf, head, &c.fields);
     let Some((index, route)) = http.routes.find(&req) else {
         return crate::exchange::local(c, head, record, ResponseFlag::NoRoute, None, true).await;
     };
     record.route = Some(index);
+    // 4. route rate limit
+    if let Some(limit) = &route.rate_limit {
+        if let Err(wait) = limit.take() {
+            return limited(c, head, record, limit, wait).await;
+        }
+    }
     // 5. answer or split
     let forward = match &route.action {
         Action::Forward(f) => f,
@@ -110,6 +122,26 @@ pub(crate) async fn run(
     let after = crate::exchange::forward(c, http, leg, head, record).await;
     gauge.add(-1);
     after
+}
+
+/// Answers a request over a rate limit: 429, flag `RL`.
+async fn limited(
+    c: &mut Client,
+    head: &RequestHead,
+    record: &mut RequestRecord,
+    limit: &crate::ratelimit::RateLimit,
+    wait: std::time::Duration,
+) -> After {
+    limit
+        .state
+        .limited
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (whole, close) = c.own_answer_plan(head, true);
+    let mut out = crate::buffers::take();
+    crate::ratelimit::write_limited(&mut out, limit, wait, close);
+    record.status = 429;
+    record.flag = Some(ResponseFlag::RateLimited);
+    c.send_own_answer(out, whole, close).await
 }
 
 /// Answers a request with the fault filter's status (flag `FI`).

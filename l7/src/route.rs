@@ -243,6 +243,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// Requests this route answered itself (redirect, direct response).
     pub local_stats: Arc<RouteStats>,
+    /// The route's local rate limit.
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
 }
 
 impl Route {

@@ -127,6 +127,9 @@ pub struct HttpDoc {
     /// Operations on every route's responses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<super::HeaderOpsDoc>,
+    /// The listener's local rate limit (before routing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<super::RateLimitDoc>,
     #[serde(skip)]
     pub(crate) routes_origin: Origin,
 }
@@ -145,6 +148,7 @@ impl Default for HttpDoc {
             routes: Vec::new(),
             request_headers: None,
             response_headers: None,
+            rate_limit: None,
             routes_origin: Origin::default(),
         }
     }
@@ -164,6 +168,7 @@ const HTTP_KEYS: &[&str] = &[
     "routes",
     "request_headers",
     "response_headers",
+    "rate_limit",
 ];
 
 impl HttpDoc {
@@ -228,6 +233,7 @@ impl HttpDoc {
                 "response_headers" => {
                     doc.response_headers = super::HeaderOpsDoc::decode(d, n, &p);
                 }
+                "rate_limit" => doc.rate_limit = super::RateLimitDoc::decode(d, n, &p),
                 _ => {}
             }
         }

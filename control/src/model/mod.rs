@@ -19,8 +19,8 @@ pub use health::{HealthCheckDoc, OutlierDetectionDoc};
 pub use listener::{HttpDoc, ListenerDoc, Protocol};
 pub use route::{
     ActionDoc, ConditionDoc, DirectResponseDoc, FaultAbortDoc, FaultDelayDoc, FaultDoc,
-    HeaderOpsDoc, MatchDoc, MirrorDoc, PathDoc, RedirectDoc, RewriteDoc, RouteDoc, SplitDoc,
-    StickyDoc, TestDoc, per_million,
+    HeaderOpsDoc, MatchDoc, MirrorDoc, PathDoc, RateLimitDoc, RedirectDoc, RewriteDoc, RouteDoc,
+    SplitDoc, StickyDoc, TestDoc, per_million,
 };
 pub use tls::{AuthzDoc, ClusterTlsDoc, ListenerTlsDoc};
 

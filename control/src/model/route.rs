@@ -47,6 +47,9 @@ pub struct RouteDoc {
     /// Fault injection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultDoc>,
+    /// Local rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitDoc>,
     /// Operations on requests sent upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderOpsDoc>,
@@ -371,6 +374,39 @@ fn header_name(d: &mut Decoder, node: &Node, path: &str, name: &str) -> bool {
     true
 }
 
+/// `rate_limit` (route or listener).
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitDoc {
+    /// Requests per second, for the whole proxy.
+    pub requests_per_second: u32,
+    /// Requests that may pass at once (default: `requests_per_second`).
+    pub burst: u32,
+}
+
+impl RateLimitDoc {
+    /// Decodes `{ requests_per_second, burst }`.
+    pub(crate) fn decode(d: &mut Decoder, n: &Node, p: &str) -> Option<Self> {
+        let mut f = Fields::of(d, n, p)?;
+        let rps = match f.take("requests_per_second") {
+            Some((vn, vp)) => integer(d, vn, &vp, 1, 1_000_000_000).map(|v| v as u32),
+            None => {
+                d.error(n.mark, p, "missing required key `requests_per_second`");
+                None
+            }
+        };
+        let burst = match f.take("burst") {
+            Some((vn, vp)) => integer(d, vn, &vp, 1, 1_000_000_000).map(|v| Some(v as u32)),
+            None => Some(None),
+        };
+        f.finish(d, &["requests_per_second", "burst"]);
+        let rps = rps?;
+        Some(RateLimitDoc {
+            requests_per_second: rps,
+            burst: burst?.unwrap_or(rps),
+        })
+    }
+}
+
 /// `fault`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FaultDoc {
@@ -491,6 +527,7 @@ const ROUTE_KEYS: &[&str] = &[
     "rewrite",
     "mirror",
     "fault",
+    "rate_limit",
     "request_headers",
     "response_headers",
 ];
@@ -615,6 +652,9 @@ impl RouteDoc {
                 FaultDoc::decode(d, n, &p)
             }
         };
+        let rate_limit = f
+            .take("rate_limit")
+            .and_then(|(n, p)| RateLimitDoc::decode(d, n, &p));
         let request_headers = match f.take("request_headers") {
             None => None,
             Some((n, p)) => {
@@ -659,6 +699,7 @@ impl RouteDoc {
             rewrite,
             mirror,
             fault,
+            rate_limit,
             request_headers,
             response_headers,
             origin: Origin {

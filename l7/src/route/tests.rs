@@ -15,6 +15,7 @@ fn direct(name: &str, matcher: RequestMatch) -> Route {
         request_headers: HeaderOps::default(),
         response_headers: HeaderOps::default(),
         local_stats: stats,
+        rate_limit: None,
     }
 }
 
