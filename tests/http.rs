@@ -499,6 +499,12 @@ fn max_requests_breaker_answers_503_uo_to_the_second_concurrent_request() {
     let r = http::get(&mut c, "/second").unwrap();
     assert_eq!(r.status, 503, "{}", r.head);
     assert!(r.text().contains("(UO)"), "{}", r.text());
+    assert_eq!(
+        r.header("x-ringmesh-overloaded"),
+        Some("true"),
+        "{}",
+        r.head
+    );
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "refused at once"

@@ -119,3 +119,29 @@ fn a_listener_limit_counts_every_route_and_unmatched_requests() {
             .contains("ringmesh_http_rate_limited_total{listener=\"web\",route=\"-\"} 2")
     );
 }
+
+#[test]
+fn a_keyed_limit_gives_each_header_value_its_own_bucket() {
+    let up = Upstream::start(|_| Reply::ok("up"));
+    let routes = "      - { name: per-user, cluster: app, rate_limit: { requests_per_second: 1, burst: 2, key: { header: x-user } } }\n";
+    let proxy = Proxy::start("epoll", &config("", routes, up.addr));
+    let mut c = http::connect(proxy.listener("web"));
+    let mut ask = |user: &str| {
+        http::request(
+            &mut c,
+            "GET",
+            "/",
+            &[("Host", "test"), ("X-User", user)],
+            b"",
+        )
+        .expect("answer")
+        .status
+    };
+    assert_eq!([ask("alice"), ask("alice"), ask("alice")], [200, 200, 429]);
+    assert_eq!(
+        [ask("bob"), ask("bob"), ask("bob")],
+        [200, 200, 429],
+        "bob has his own bucket"
+    );
+    assert_eq!(ask("alice"), 429, "alice's bucket is still empty");
+}

@@ -16,7 +16,6 @@ use ringmesh_l7::fault::{Abort, Delay, Fault};
 use ringmesh_l7::headers::HeaderOps;
 use ringmesh_l7::metrics::HttpStatsRegistry;
 use ringmesh_l7::pool::PoolSettings;
-use ringmesh_l7::ratelimit::RateLimit;
 use ringmesh_l7::route::matcher::{RequestMatch, compile_regex};
 use ringmesh_l7::route::{
     Action, DirectResponse, Forward, HostRewrite, Mirror, PathRewrite, Redirect, RedirectPath,
@@ -379,11 +378,10 @@ fn http_handler(
             .as_ref()
             .map(|o| o.spec())
             .unwrap_or_default();
-        let rate_limit = r.rate_limit.as_ref().map(|rl| RateLimit {
-            requests_per_second: rl.requests_per_second,
-            burst: rl.burst,
-            state: http.rate_limit(&l.name, &name),
-        });
+        let rate_limit = r
+            .rate_limit
+            .as_ref()
+            .map(|rl| rl.runtime(http.rate_limit(&l.name, &name)));
         routes.push(Route {
             local_stats: http.route(&l.name, &name, "-"),
             rate_limit,
@@ -402,11 +400,10 @@ fn http_handler(
             tls,
             stats: http.listener(&l.name),
             unrouted: http.route(&l.name, "-", "-"),
-            rate_limit: h.rate_limit.as_ref().map(|rl| RateLimit {
-                requests_per_second: rl.requests_per_second,
-                burst: rl.burst,
-                state: http.rate_limit(&l.name, "-"),
-            }),
+            rate_limit: h
+                .rate_limit
+                .as_ref()
+                .map(|rl| rl.runtime(http.rate_limit(&l.name, "-"))),
         },
     })
 }

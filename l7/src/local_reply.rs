@@ -136,6 +136,11 @@ pub fn reason(status: u16) -> &'static str {
 /// Appends a complete answer: status line, framing, `connection: close`
 /// when `close`, and a one-line text body `"<text> (<flag>)\n"`.
 pub fn write(out: &mut Vec<u8>, status: u16, text: &str, flag: &str, close: bool) {
+    write_with(out, status, text, flag, close, b"");
+}
+
+/// [`write`] with `extra` header lines (each ending in CRLF).
+fn write_with(out: &mut Vec<u8>, status: u16, text: &str, flag: &str, close: bool, extra: &[u8]) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(status));
     out.push(b' ');
@@ -143,6 +148,7 @@ pub fn write(out: &mut Vec<u8>, status: u16, text: &str, flag: &str, close: bool
     out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
     push_decimal(out, (text.len() + flag.len() + 4) as u64);
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -153,14 +159,32 @@ pub fn write(out: &mut Vec<u8>, status: u16, text: &str, flag: &str, close: bool
     out.extend_from_slice(b")\n");
 }
 
-/// Appends the answer for `flag`.
+/// Appends the answer for `flag`. A breaker's refusal says so in
+/// `x-ringmesh-overloaded: true` (Envoy's `x-envoy-overloaded`), so a
+/// client or a retrying caller can tell overload from an upstream error.
 pub fn for_flag(out: &mut Vec<u8>, flag: ResponseFlag, close: bool) {
-    write(out, flag.status(), flag.text(), flag.as_str(), close);
+    let extra: &[u8] = match flag {
+        ResponseFlag::UpstreamOverflow => b"x-ringmesh-overloaded: true\r\n",
+        _ => b"",
+    };
+    write_with(out, flag.status(), flag.text(), flag.as_str(), close, extra);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_breaker_refusal_says_the_proxy_is_overloaded() {
+        let mut out = Vec::new();
+        for_flag(&mut out, ResponseFlag::UpstreamOverflow, false);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(
+            text.contains("\r\nx-ringmesh-overloaded: true\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("(UO)\n"), "{text}");
+    }
 
     #[test]
     fn a_local_reply_is_a_complete_framed_response_naming_its_flag() {

@@ -267,6 +267,8 @@ pub struct RateLimitStats {
     pub(crate) tat: std::sync::atomic::AtomicU64,
     /// Requests refused, summed over workers at scrape.
     pub(crate) limited: std::sync::atomic::AtomicU64,
+    /// Buckets by key, for keyed limits.
+    pub(crate) keyed: crate::ratelimit::KeyedBuckets,
 }
 
 impl RateLimitStats {

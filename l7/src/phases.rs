@@ -59,7 +59,7 @@ pub(crate) async fn run(
     }
     // 3. listener rate limit, then route
     if let Some(limit) = &http.rate_limit {
-        if let Err(wait) = limit.take() {
+        if let Err(wait) = limit.take(limit_key(c, limit)) {
             return limited(c, head, record, limit, wait).await;
         }
     }
@@ -70,7 +70,7 @@ pub(crate) async fn run(
     record.route = Some(index);
     // 4. route rate limit
     if let Some(limit) = &route.rate_limit {
-        if let Err(wait) = limit.take() {
+        if let Err(wait) = limit.take(limit_key(c, limit)) {
             return limited(c, head, record, limit, wait).await;
         }
     }
@@ -122,6 +122,22 @@ pub(crate) async fn run(
     let after = crate::exchange::forward(c, http, leg, head, record).await;
     gauge.add(-1);
     after
+}
+
+/// The request's key for a keyed limit (empty for an unkeyed one, and for
+/// requests without the identity or header: they share a bucket).
+fn limit_key<'c>(c: &'c Client, limit: &crate::ratelimit::RateLimit) -> &'c [u8] {
+    use crate::ratelimit::LimitKey;
+    match &limit.key {
+        None => b"",
+        Some(LimitKey::Client) => c.peer_ip.as_bytes(),
+        Some(LimitKey::Identity) => c.facts.identity.as_deref().unwrap_or("").as_bytes(),
+        Some(LimitKey::Header(name)) => c
+            .fields
+            .iter()
+            .find(|f| f.name.get(&c.buf).eq_ignore_ascii_case(name))
+            .map_or(&b""[..], |f| f.value.get(&c.buf)),
+    }
 }
 
 /// Answers a request over a rate limit: 429, flag `RL`.

@@ -381,9 +381,87 @@ pub struct RateLimitDoc {
     pub requests_per_second: u32,
     /// Requests that may pass at once (default: `requests_per_second`).
     pub burst: u32,
+    /// One bucket per `client`, `identity` or header value (`{ header: NAME }`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<LimitKeyDoc>,
+    /// Most keys tracked at once (default 10,000).
+    pub max_keys: u32,
 }
 
+/// `rate_limit.key`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKeyDoc {
+    /// The client's IP address.
+    Client,
+    /// The client's SPIFFE identity.
+    Identity,
+    /// A header's value.
+    Header(String),
+}
+
+impl LimitKeyDoc {
+    fn decode(d: &mut Decoder, n: &Node, p: &str) -> Option<Self> {
+        if let Value::Scalar { text, .. } = &n.value {
+            return match text.as_str() {
+                "client" => Some(LimitKeyDoc::Client),
+                "identity" => Some(LimitKeyDoc::Identity),
+                other => {
+                    d.error(
+                        n.mark,
+                        p,
+                        format!(
+                            "unknown key `{}` (expected client, identity or {{ header: NAME }})",
+                            quote(other)
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        let mut f = Fields::of(d, n, p)?;
+        let header = f.take("header");
+        f.finish(d, &["header"]);
+        let (hn, hp) = header.or_else(|| {
+            d.error(n.mark, p, "expected client, identity or { header: NAME }");
+            None
+        })?;
+        let h = scalar(d, hn, &hp, "a header name")?;
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            d.error(hn.mark, &hp, format!("invalid header name `{}`", quote(h)));
+            return None;
+        }
+        Some(LimitKeyDoc::Header(h.to_ascii_lowercase()))
+    }
+}
+
+/// Keys a keyed limit tracks by default.
+pub const DEFAULT_RATE_LIMIT_KEYS: u32 = 10_000;
+
 impl RateLimitDoc {
+    /// The runtime form, with its long-lived bucket state.
+    pub fn runtime(
+        &self,
+        state: std::sync::Arc<ringmesh_l7::metrics::RateLimitStats>,
+    ) -> ringmesh_l7::ratelimit::RateLimit {
+        use ringmesh_l7::ratelimit::{LimitKey, RateLimit};
+        RateLimit {
+            requests_per_second: self.requests_per_second,
+            burst: self.burst,
+            key: self.key.as_ref().map(|k| match k {
+                LimitKeyDoc::Client => LimitKey::Client,
+                LimitKeyDoc::Identity => LimitKey::Identity,
+                LimitKeyDoc::Header(h) => LimitKey::Header(h.as_bytes().into()),
+            }),
+            max_keys: self.max_keys as usize,
+            state,
+        }
+    }
+
     /// Decodes `{ requests_per_second, burst }`.
     pub(crate) fn decode(d: &mut Decoder, n: &Node, p: &str) -> Option<Self> {
         let mut f = Fields::of(d, n, p)?;
@@ -398,11 +476,21 @@ impl RateLimitDoc {
             Some((vn, vp)) => integer(d, vn, &vp, 1, 1_000_000_000).map(|v| Some(v as u32)),
             None => Some(None),
         };
-        f.finish(d, &["requests_per_second", "burst"]);
+        let key = match f.take("key") {
+            Some((vn, vp)) => LimitKeyDoc::decode(d, vn, &vp).map(Some),
+            None => Some(None),
+        };
+        let max_keys = match f.take("max_keys") {
+            Some((vn, vp)) => integer(d, vn, &vp, 1, 10_000_000).map(|v| v as u32),
+            None => Some(DEFAULT_RATE_LIMIT_KEYS),
+        };
+        f.finish(d, &["requests_per_second", "burst", "key", "max_keys"]);
         let rps = rps?;
         Some(RateLimitDoc {
             requests_per_second: rps,
             burst: burst?.unwrap_or(rps),
+            key: key?,
+            max_keys: max_keys?,
         })
     }
 }
