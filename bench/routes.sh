@@ -6,6 +6,8 @@
 #   host      $ROUTES routes, each its own exact `host:`; the request has the last one's
 #   exact     $ROUTES routes, each its own `path:`; the request has the last one's
 #   prefix    $ROUTES routes, each its own `path_prefix:`; the request is under the last one's
+#   fault0    (with CELLS) one route with a fault filter at 0%: its cost when it never fires
+#   ratelimit (with CELLS) one route with a rate limit that never triggers (one shared CAS)
 #
 # Every cell sends the same request (`GET /svc/<last>/items`, `Host:
 # svc-<last>.example.com`) with wrk -t1 -c50 (HTTP/1.1 keep-alive) through
@@ -32,7 +34,8 @@
 # Needs wrk and nginx (and valgrind for MODE=callgrind), installed with
 # apt-get when run as root.
 # RINGMESH=path overrides the binary (A/B runs); otherwise target/release/ringmesh is built.
-# CELLS="baseline" (a subset of "baseline host exact prefix") runs only those cells.
+# CELLS="baseline" (a subset of "baseline host exact prefix fault0 ratelimit";
+# default: the first four) runs only those cells.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-8}
@@ -113,6 +116,8 @@ YAML
     host) for i in $(seq 0 "$LAST"); do echo "      - { match: { host: svc-$i.example.com }, cluster: c }"; done >> "$f" ;;
     exact) for i in $(seq 0 "$LAST"); do echo "      - { match: { path: /svc/$i/items }, cluster: c }"; done >> "$f" ;;
     prefix) for i in $(seq 0 "$LAST"); do echo "      - { match: { path_prefix: /svc/$i }, cluster: c }"; done >> "$f" ;;
+    fault0) echo "      - { cluster: c, fault: { abort: { status: 503, percent: 0 }, delay: { fixed: 1s, percent: 0 } } }" >> "$f" ;;
+    ratelimit) echo "      - { cluster: c, rate_limit: { requests_per_second: 1000000000 } }" >> "$f" ;;
   esac
   cat >> "$f" <<YAML
 clusters:
@@ -166,7 +171,7 @@ cell() {
 }
 
 read -r -a CELLS <<<"${CELLS:-baseline host exact prefix}"
-PORTS=(18601 18602 18603 18604)
+PORTS=(18601 18602 18603 18604 18605 18606)
 for i in "${!CELLS[@]}"; do config "${CELLS[$i]}" "${PORTS[$i]}" >/dev/null; done
 : > "$WORK/samples"
 echo "# routes ($MODE): $ROUNDS interleaved rounds of ${DUR}s cells (+${WARMUP}s warm-up), 1 vs $ROUTES routes, proxy on CPU $PROXY_CPU, wrk and nginx on CPU $LOAD_CPU, tree at $RINGMESH_BUILD" >&2
@@ -194,13 +199,15 @@ titles = {
     "host": f"{routes} routes, exact `host`, last one hit",
     "exact": f"{routes} routes, exact `path`, last one hit",
     "prefix": f"{routes} routes, `path_prefix`, last one hit",
+    "fault0": "1 route with a fault filter at 0% (abort and delay)",
+    "ratelimit": "1 route with a rate limit that never triggers",
 }
 us = {c: {r: cost / n * (1 if cg else 1e6) for r, (n, cost, _, _) in v.items()} for c, v in rows.items()}
 fmt = (lambda x: f"{x:.0f}") if cg else (lambda x: f"{x:.2f}")
 unit = "user-space instructions per request" if cg else "proxy CPU per request, µs"
 print(f"| cell | throughput (median) | {unit} (median, min-max) | vs baseline, same round (median, min-max) | per round | steal on the proxy's CPU (median) |")
 print("|---|---|---|---|---|---|")
-for c in ("baseline", "host", "exact", "prefix"):
+for c in ("baseline", "host", "exact", "prefix", "fault0", "ratelimit"):
     if c not in rows:
         continue
     v = us[c]
