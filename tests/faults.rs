@@ -109,6 +109,41 @@ fn a_delay_longer_than_the_route_timeout_ends_in_504_ut_at_the_timeout() {
 }
 
 #[test]
+fn a_delay_spends_the_route_timeout_before_the_upstream_exchange() {
+    // 300 ms of delay leaves 200 ms of a 500 ms timeout: an upstream that
+    // takes 300 ms is too slow, though it alone would fit the timeout.
+    let up = Upstream::start(|_| Reply::ok("up").delay(Duration::from_millis(300)));
+    let routes = "      - { name: slow, cluster: app, timeout: 500ms, fault: { delay: { fixed: 300ms } } }\n";
+    let proxy = Proxy::start("epoll", &config(routes, up.addr));
+    let mut c = http::connect(proxy.listener("web"));
+    let started = Instant::now();
+    let r = get(&mut c, "/", &[]);
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.head);
+    assert!(
+        took >= Duration::from_millis(480) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_header_asked_fault_is_capped_by_the_configured_share() {
+    let up = Upstream::start(|_| Reply::ok("up"));
+    let routes = "      - { name: capped, cluster: app, fault: { abort: { status: 503, percent: 0 }, header_control: true } }\n";
+    let proxy = Proxy::start("epoll", &config(routes, up.addr));
+    let mut c = http::connect(proxy.listener("web"));
+    for pct in [None, Some("100")] {
+        let mut h = vec![("x-ringmesh-fault-abort-request", "503")];
+        if let Some(p) = pct {
+            h.push(("x-ringmesh-fault-abort-request-percentage", p));
+        }
+        for _ in 0..20 {
+            assert_eq!(get(&mut c, "/", &h).status, 200, "capped at the route's 0%");
+        }
+    }
+}
+
+#[test]
 fn faults_apply_only_to_requests_matching_their_headers() {
     let up = Upstream::start(|_| Reply::ok("up"));
     let routes = "      - { name: chaos, cluster: app, fault: { abort: { status: 418 }, headers: { x-chaos: \"on\" } } }\n";

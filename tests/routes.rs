@@ -2478,3 +2478,22 @@ fn a_direct_response_takes_the_content_type_its_route_sets() {
         .collect();
     assert_eq!(types, vec!["content-type: application/json"], "{}", r.head);
 }
+
+#[test]
+fn a_proxy_answer_to_a_head_request_closes_the_connection() {
+    // The proxy's answers carry a body, which a HEAD client would read as
+    // the next response on a kept connection.
+    let up = named_upstream("app");
+    let proxy = Proxy::start(
+        "epoll",
+        &config(
+            "",
+            "- { name: only, match: { path: /only }, cluster: app }",
+            &clusters(&[("app", up.addr)]),
+        ),
+    );
+    let mut c = http::connect(proxy.listener("web"));
+    let r = ask(&mut c, "HEAD", "/other", &[], b"").expect("answer");
+    assert_eq!(r.status, 404, "{}", r.head);
+    assert!(r.closes(), "{}", r.head);
+}

@@ -313,6 +313,34 @@ fn http_handler(
                     );
                     continue;
                 }
+                // Fail closed: a fault whose conditions no longer compile
+                // refuses the config instead of faulting every request.
+                let fault = match &r.fault {
+                    None => None,
+                    Some(f) => match f.header_matches() {
+                        Some(headers) => Some(Box::new(Fault {
+                            delay: f.delay.as_ref().map(|d| Delay {
+                                fixed: d.fixed,
+                                per_million: per_million(d.percent),
+                            }),
+                            abort: f.abort.as_ref().map(|a| Abort {
+                                status: a.status,
+                                per_million: per_million(a.percent),
+                            }),
+                            headers,
+                            header_control: f.header_control,
+                            stats: http.fault(&l.name, &name),
+                        })),
+                        None => {
+                            d.error(
+                                r.origin.mark,
+                                &r.origin.path,
+                                "fault conditions do not compile",
+                            );
+                            continue;
+                        }
+                    },
+                };
                 let mirror = r.mirror.as_ref().and_then(|m| {
                     targets.target(&m.cluster).map(|target| Mirror {
                         target,
@@ -331,21 +359,7 @@ fn http_handler(
                     timeout: r.timeout.unwrap_or(h.timeout),
                     rewrite: rewrite(r.rewrite.as_ref()),
                     mirror,
-                    fault: r.fault.as_ref().map(|f| {
-                        Box::new(Fault {
-                            delay: f.delay.as_ref().map(|d| Delay {
-                                fixed: d.fixed,
-                                per_million: per_million(d.percent),
-                            }),
-                            abort: f.abort.as_ref().map(|a| Abort {
-                                status: a.status,
-                                per_million: per_million(a.percent),
-                            }),
-                            headers: f.header_matches(),
-                            header_control: f.header_control,
-                            stats: http.fault(&l.name, &name),
-                        })
-                    }),
+                    fault,
                 })
             }
             ActionDoc::Redirect(rd) => Action::Redirect(Redirect {

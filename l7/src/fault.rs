@@ -8,7 +8,9 @@
 //! With `header_control`, a request may ask for its own fault:
 //! `x-ringmesh-fault-abort-request: <status>` and
 //! `x-ringmesh-fault-delay-request: <milliseconds>`, each with an optional
-//! `...-percentage` header (0-100, default 100); Envoy's `x-envoy-fault-*`.
+//! `...-percentage` header (0-100), capped by the configured share, which
+//! is also its default (100% when only header control is configured), as
+//! Envoy does for `x-envoy-fault-*`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +61,12 @@ pub struct Injected {
     pub abort: Option<u16>,
 }
 
+/// Whether a fault may answer `status`: 200-599 except 204 and 304 (the
+/// proxy's answer has a body, which those statuses forbid).
+pub fn abortable(status: u16) -> bool {
+    (200..600).contains(&status) && status != 204 && status != 304
+}
+
 /// The longest delay a request header may ask for.
 const MAX_HEADER_DELAY: Duration = Duration::from_secs(3600);
 
@@ -87,25 +95,35 @@ impl Fault {
                     .and_then(|f| std::str::from_utf8(f.value.get(req.buf)).ok())
                     .map(str::trim)
             };
-            let share = |name: &[u8]| match value(name) {
-                None => MILLION,
-                Some(v) => v
-                    .parse::<f64>()
-                    .ok()
+            // Envoy's rule: a header's percentage is capped by the
+            // configured one, which is also the default (100% when the
+            // route configures only header control).
+            let share = |name: &[u8], configured: Option<u32>| {
+                let cap = configured.unwrap_or(MILLION);
+                value(name)
+                    .and_then(|v| v.parse::<f64>().ok())
                     .filter(|p| (0.0..=100.0).contains(p))
-                    .map_or(0, |p| (p * 10_000.0).round() as u32),
+                    .map_or(cap, |p| ((p * 10_000.0).round() as u32).min(cap))
             };
             let status = value(b"x-ringmesh-fault-abort-request")
                 .and_then(|v| v.parse::<u16>().ok())
-                .filter(|s| (200..600).contains(s));
+                .filter(|s| abortable(*s));
             if let Some(status) = status {
-                if chance(share(b"x-ringmesh-fault-abort-request-percentage")) {
+                let configured = self.abort.as_ref().map(|a| a.per_million);
+                if chance(share(
+                    b"x-ringmesh-fault-abort-request-percentage",
+                    configured,
+                )) {
                     out.abort = Some(status);
                 }
             }
             let ms = value(b"x-ringmesh-fault-delay-request").and_then(|v| v.parse::<u64>().ok());
             if let Some(ms) = ms {
-                if chance(share(b"x-ringmesh-fault-delay-request-percentage")) {
+                let configured = self.delay.as_ref().map(|d| d.per_million);
+                if chance(share(
+                    b"x-ringmesh-fault-delay-request-percentage",
+                    configured,
+                )) {
                     out.delay = Some(Duration::from_millis(ms).min(MAX_HEADER_DELAY));
                 }
             }

@@ -265,7 +265,8 @@ impl MirrorStats {
 pub struct RateLimitStats {
     /// The shared bucket.
     pub(crate) tat: std::sync::atomic::AtomicU64,
-    /// Requests refused, summed over workers at scrape.
+    /// Requests refused (one counter for all workers: only refusals
+    /// touch it).
     pub(crate) limited: std::sync::atomic::AtomicU64,
     /// Buckets by key, for keyed limits.
     pub(crate) keyed: crate::ratelimit::KeyedBuckets,

@@ -335,7 +335,12 @@ impl Client {
             (true, _) => self.whole_request(head),
             (false, _) => None,
         };
-        let close = !head.keep_alive || whole.is_none() || ringmesh_core::drain::is_draining();
+        // The proxy's answers carry a body; to a HEAD request that body
+        // would be read as the next response, so such a connection closes.
+        let close = !head.keep_alive
+            || whole.is_none()
+            || head.method == h1::Method::Head
+            || ringmesh_core::drain::is_draining();
         (whole, close)
     }
 

@@ -466,7 +466,7 @@ impl RateLimitDoc {
     pub(crate) fn decode(d: &mut Decoder, n: &Node, p: &str) -> Option<Self> {
         let mut f = Fields::of(d, n, p)?;
         let rps = match f.take("requests_per_second") {
-            Some((vn, vp)) => integer(d, vn, &vp, 1, 1_000_000_000).map(|v| v as u32),
+            Some((vn, vp)) => integer(d, vn, &vp, 1, 10_000_000).map(|v| v as u32),
             None => {
                 d.error(n.mark, p, "missing required key `requests_per_second`");
                 None
@@ -481,7 +481,7 @@ impl RateLimitDoc {
             None => Some(None),
         };
         let max_keys = match f.take("max_keys") {
-            Some((vn, vp)) => integer(d, vn, &vp, 1, 10_000_000).map(|v| v as u32),
+            Some((vn, vp)) => integer(d, vn, &vp, 1, 1_000_000).map(|v| v as u32),
             None => Some(DEFAULT_RATE_LIMIT_KEYS),
         };
         f.finish(d, &["requests_per_second", "burst", "key", "max_keys"]);
@@ -557,7 +557,15 @@ impl FaultDoc {
         if let Some((vn, vp)) = f.take("abort") {
             let mut g = Fields::of(d, vn, &vp)?;
             let status = match g.take("status") {
-                Some((xn, xp)) => integer(d, xn, &xp, 200, 599).map(|s| s as u16),
+                Some((xn, xp)) => integer(d, xn, &xp, 200, 599).and_then(|s| {
+                    let s = s as u16;
+                    if ringmesh_l7::fault::abortable(s) {
+                        Some(s)
+                    } else {
+                        d.error(xn.mark, &xp, format!("a fault cannot answer {s}: the answer has a body (use 200-599 but 204 and 304)"));
+                        None
+                    }
+                }),
                 None => {
                     d.error(vn.mark, &vp, "missing required key `status`");
                     None
@@ -593,13 +601,15 @@ impl FaultDoc {
         ok.then_some(doc)
     }
 
-    /// The runtime header conditions (regexes were checked when decoding).
-    pub fn header_matches(&self) -> Vec<ringmesh_l7::route::matcher::HeaderMatch> {
+    /// The runtime header conditions; `None` if a regex no longer
+    /// compiles (they were checked when decoding): the caller refuses the
+    /// config rather than drop conditions and fault every request.
+    pub fn header_matches(&self) -> Option<Vec<ringmesh_l7::route::matcher::HeaderMatch>> {
         let probe = MatchDoc {
             headers: self.headers.clone(),
             ..Default::default()
         };
-        probe.runtime().map(|m| m.headers).unwrap_or_default()
+        probe.runtime().map(|m| m.headers)
     }
 }
 
