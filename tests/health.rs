@@ -50,7 +50,25 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 /// One echo round trip through the proxy; false when it failed. A reset
 /// by the upstream is passed on at once, so even the connect can fail.
 fn roundtrip(proxy: &Proxy) -> bool {
-    let Ok(mut c) = TcpStream::connect_timeout(&proxy.listener("l"), Duration::from_secs(5)) else {
+    // The listener's address, learned once per proxy: asking the admin
+    // API for it on every round trip made hundreds of admin connections
+    // per second (see the note in tests/README.md).
+    thread_local! {
+        static ADDRS: std::cell::RefCell<Vec<(i32, SocketAddr)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let pid = proxy.pid();
+    let addr = ADDRS.with(|a| {
+        a.borrow()
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, addr)| *addr)
+    });
+    let addr = addr.unwrap_or_else(|| {
+        let addr = proxy.listener("l");
+        ADDRS.with(|a| a.borrow_mut().push((pid, addr)));
+        addr
+    });
+    let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
         return false;
     };
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
