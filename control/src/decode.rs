@@ -207,6 +207,22 @@ impl<'n> Fields<'n> {
     }
 }
 
+/// Takes field `key` of `f` (the mapping `node` at `path`), reporting it
+/// missing when it is absent.
+pub(crate) fn required<'n>(
+    d: &mut Decoder,
+    f: &mut Fields<'n>,
+    node: &Node,
+    path: &str,
+    key: &str,
+) -> Option<(&'n Node, String)> {
+    let found = f.take(key);
+    if found.is_none() {
+        d.error(node.mark, path, format!("missing required key `{key}`"));
+    }
+    found
+}
+
 /// The text of a scalar node, or an error.
 pub(crate) fn scalar<'n>(
     d: &mut Decoder,

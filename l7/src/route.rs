@@ -305,8 +305,11 @@ impl RouteTable {
     #[inline]
     pub fn find(&self, req: &RequestView<'_>) -> Option<(usize, &Route)> {
         let routes = &self.routes;
-        let mut buf = [0u8; 256];
+        // Initialised only for tables with host routes: zeroing 256 bytes
+        // per request is not free.
+        let mut buf;
         let host = if self.has_hosts {
+            buf = [0u8; 256];
             matcher::host_key(req.host, &mut buf)
         } else {
             None

@@ -7,7 +7,8 @@ use serde::{Serialize, Serializer};
 
 use super::Origin;
 use crate::decode::{
-    Decoder, Fields, boolean, child, duration, format_duration, integer, listen_addr, name, scalar,
+    Decoder, Fields, boolean, child, duration, format_duration, integer, listen_addr, name,
+    required, scalar,
 };
 use crate::yaml::Node;
 
@@ -250,20 +251,6 @@ pub(crate) fn human_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::
         Some(d) => human(d, s),
         None => s.serialize_none(),
     }
-}
-
-fn required<'n>(
-    d: &mut Decoder,
-    f: &mut Fields<'n>,
-    node: &Node,
-    path: &str,
-    key: &str,
-) -> Option<(&'n Node, String)> {
-    let found = f.take(key);
-    if found.is_none() {
-        d.error(node.mark, path, format!("missing required key `{key}`"));
-    }
-    found
 }
 
 impl ListenerDoc {

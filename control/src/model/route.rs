@@ -16,7 +16,7 @@ use ringmesh_l7::route::matcher::{
 
 use super::Origin;
 use super::listener::human_opt;
-use crate::decode::{Decoder, Fields, boolean, duration, integer, list, name, scalar};
+use crate::decode::{Decoder, Fields, boolean, duration, integer, list, name, required, scalar};
 use crate::limits::quote;
 use crate::yaml::{Node, Value};
 
@@ -465,13 +465,8 @@ impl RateLimitDoc {
     /// Decodes `{ requests_per_second, burst }`.
     pub(crate) fn decode(d: &mut Decoder, n: &Node, p: &str) -> Option<Self> {
         let mut f = Fields::of(d, n, p)?;
-        let rps = match f.take("requests_per_second") {
-            Some((vn, vp)) => integer(d, vn, &vp, 1, 10_000_000).map(|v| v as u32),
-            None => {
-                d.error(n.mark, p, "missing required key `requests_per_second`");
-                None
-            }
-        };
+        let rps = required(d, &mut f, n, p, "requests_per_second")
+            .and_then(|(vn, vp)| integer(d, vn, &vp, 1, 10_000_000).map(|v| v as u32));
         let burst = match f.take("burst") {
             Some((vn, vp)) => integer(d, vn, &vp, 1, 1_000_000_000).map(|v| Some(v as u32)),
             None => Some(None),
@@ -537,17 +532,10 @@ impl FaultDoc {
         let mut ok = true;
         if let Some((vn, vp)) = f.take("delay") {
             let mut g = Fields::of(d, vn, &vp)?;
-            let fixed = match g.take("fixed") {
-                Some((xn, xp)) => duration(d, xn, &xp, Duration::ZERO, Duration::from_secs(3600)),
-                None => {
-                    d.error(vn.mark, &vp, "missing required key `fixed`");
-                    None
-                }
-            };
-            let share = match g.take("percent") {
-                Some((xn, xp)) => percent(d, xn, &xp),
-                None => Some(100.0),
-            };
+            let fixed = required(d, &mut g, vn, &vp, "fixed").and_then(|(xn, xp)| {
+                duration(d, xn, &xp, Duration::ZERO, Duration::from_secs(3600))
+            });
+            let share = share(d, &mut g);
             g.finish(d, &["fixed", "percent"]);
             match (fixed, share) {
                 (Some(fixed), Some(percent)) => doc.delay = Some(FaultDelayDoc { fixed, percent }),
@@ -556,8 +544,7 @@ impl FaultDoc {
         }
         if let Some((vn, vp)) = f.take("abort") {
             let mut g = Fields::of(d, vn, &vp)?;
-            let status = match g.take("status") {
-                Some((xn, xp)) => integer(d, xn, &xp, 200, 599).and_then(|s| {
+            let status = required(d, &mut g, vn, &vp, "status").and_then(|(xn, xp)| integer(d, xn, &xp, 200, 599).and_then(|s| {
                     let s = s as u16;
                     if ringmesh_l7::fault::abortable(s) {
                         Some(s)
@@ -565,16 +552,8 @@ impl FaultDoc {
                         d.error(xn.mark, &xp, format!("a fault cannot answer {s}: the answer has a body (use 200-599 but 204 and 304)"));
                         None
                     }
-                }),
-                None => {
-                    d.error(vn.mark, &vp, "missing required key `status`");
-                    None
-                }
-            };
-            let share = match g.take("percent") {
-                Some((xn, xp)) => percent(d, xn, &xp),
-                None => Some(100.0),
-            };
+                }));
+            let share = share(d, &mut g);
             g.finish(d, &["status", "percent"]);
             match (status, share) {
                 (Some(status), Some(percent)) => {
@@ -851,8 +830,8 @@ fn decode_action(d: &mut Decoder, key: &str, n: &Node, p: &str) -> Option<Action
                 let Some(mut f) = Fields::of(d, item, &ip) else {
                     continue;
                 };
-                let cluster = match f.take("cluster") {
-                    Some((cn, cp)) => name(d, cn, &cp).map(|c| {
+                let cluster = required(d, &mut f, item, &ip, "cluster").and_then(|(cn, cp)| {
+                    name(d, cn, &cp).map(|c| {
                         (
                             c,
                             Origin {
@@ -860,19 +839,10 @@ fn decode_action(d: &mut Decoder, key: &str, n: &Node, p: &str) -> Option<Action
                                 path: cp,
                             },
                         )
-                    }),
-                    None => {
-                        d.error(item.mark, &ip, "missing required key `cluster`");
-                        None
-                    }
-                };
-                let weight = match f.take("weight") {
-                    Some((wn, wp)) => integer(d, wn, &wp, 0, 1_000_000).map(|w| w as u32),
-                    None => {
-                        d.error(item.mark, &ip, "missing required key `weight`");
-                        None
-                    }
-                };
+                    })
+                });
+                let weight = required(d, &mut f, item, &ip, "weight")
+                    .and_then(|(wn, wp)| integer(d, wn, &wp, 0, 1_000_000).map(|w| w as u32));
                 f.finish(d, &["cluster", "weight"]);
                 if let (Some((cluster, cluster_origin)), Some(weight)) = (cluster, weight) {
                     out.push(SplitDoc {
@@ -895,13 +865,8 @@ fn decode_action(d: &mut Decoder, key: &str, n: &Node, p: &str) -> Option<Action
         "redirect" => RedirectDoc::decode(d, n, p).map(ActionDoc::Redirect),
         _ => {
             let mut f = Fields::of(d, n, p)?;
-            let status = match f.take("status") {
-                Some((sn, sp)) => integer(d, sn, &sp, 200, 599).map(|s| s as u16),
-                None => {
-                    d.error(n.mark, p, "missing required key `status`");
-                    None
-                }
-            };
+            let status = required(d, &mut f, n, p, "status")
+                .and_then(|(sn, sp)| integer(d, sn, &sp, 200, 599).map(|s| s as u16));
             let body = match f.take("body") {
                 Some((bn, bp)) => scalar(d, bn, &bp, "text").and_then(|b| {
                     if b.len() > 64 * 1024 {
@@ -1492,8 +1457,8 @@ impl RewriteDoc {
 impl MirrorDoc {
     fn decode(d: &mut Decoder, n: &Node, p: &str) -> Option<Self> {
         let mut f = Fields::of(d, n, p)?;
-        let cluster = match f.take("cluster") {
-            Some((cn, cp)) => name(d, cn, &cp).map(|c| {
+        let cluster = required(d, &mut f, n, p, "cluster").and_then(|(cn, cp)| {
+            name(d, cn, &cp).map(|c| {
                 (
                     c,
                     Origin {
@@ -1501,12 +1466,8 @@ impl MirrorDoc {
                         path: cp,
                     },
                 )
-            }),
-            None => {
-                d.error(n.mark, p, "missing required key `cluster`");
-                None
-            }
-        };
+            })
+        });
         let percent = match f.take("percent") {
             None => Some(100.0),
             Some((vn, vp)) => percent(d, vn, &vp),
@@ -1546,6 +1507,14 @@ pub(crate) fn percent(d: &mut Decoder, n: &Node, p: &str) -> Option<f64> {
             );
             None
         }
+    }
+}
+
+/// A fault's `percent` (default 100).
+fn share(d: &mut Decoder, f: &mut Fields<'_>) -> Option<f64> {
+    match f.take("percent") {
+        Some((n, p)) => percent(d, n, &p),
+        None => Some(100.0),
     }
 }
 
