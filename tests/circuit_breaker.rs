@@ -33,7 +33,7 @@ on_both_engines! {
 }
 
 #[test]
-fn the_default_limit_is_envoys_and_http_breakers_are_refused() {
+fn the_default_limits_are_envoys_and_bad_limits_are_refused() {
     let echo = EchoServer::start();
     let proxy = Proxy::start("uring", &one_listener("l", &[echo.addr], "", ""));
     assert_eq!(
@@ -44,11 +44,15 @@ fn the_default_limit_is_envoys_and_http_breakers_are_refused() {
         proxy.get("/clusters").json()["clusters"][0]["circuit_breakers"]["max_pending_requests"],
         1024
     );
+    assert_eq!(
+        proxy.get("/clusters").json()["clusters"][0]["circuit_breakers"]["max_retries"],
+        3
+    );
     let bad = one_listener(
         "l",
         &[echo.addr],
         "",
-        "circuit_breakers: { max_connections: 0, max_retries: 10 }",
+        "circuit_breakers: { max_connections: 0, max_retries: -1 }",
     );
     let r = proxy.put_config(&bad);
     assert_eq!(r.status, 400, "{}", r.body);

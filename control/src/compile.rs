@@ -107,6 +107,7 @@ pub fn compile(
             max_connections: c.circuit_breakers.max_connections,
             max_pending: c.circuit_breakers.max_pending_requests,
             max_requests: c.circuit_breakers.max_requests,
+            max_retries: c.circuit_breakers.max_retries,
             tls,
             stats: stats.cluster(&c.name),
             health,
@@ -198,13 +199,9 @@ impl Targets<'_> {
     /// The cluster `name` with its HTTP stats and pool settings.
     fn target(&self, name: &str) -> Option<Target> {
         let cluster = self.clusters.get(name)?;
-        let pool = self
-            .doc
-            .clusters
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.pool)
-            .unwrap_or_default();
+        let doc = self.doc.clusters.iter().find(|c| c.name == name);
+        let pool = doc.map(|c| c.pool).unwrap_or_default();
+        let budget = doc.map(|c| c.retry_budget).unwrap_or_default();
         Some(Target {
             cluster: cluster.clone(),
             stats: self.http.upstream(name),
@@ -212,6 +209,7 @@ impl Targets<'_> {
                 max_idle_per_endpoint: pool.max_idle_per_endpoint,
                 idle_timeout: pool.idle_timeout,
             },
+            budget: self.http.retry_budget(name, budget.settings()),
         })
     }
 }
@@ -270,6 +268,9 @@ fn http_handler(
                     rewrite: Rewrite::default(),
                     mirror: None,
                     fault: None,
+                    per_try_timeout: None,
+                    idle_timeout: None,
+                    retries: None,
                 }),
                 request_headers: HeaderOps::fold(&[&listener_request]),
                 response_headers: HeaderOps::fold(&[&listener_response]),
@@ -360,6 +361,9 @@ fn http_handler(
                     rewrite: rewrite(r.rewrite.as_ref()),
                     mirror,
                     fault,
+                    per_try_timeout: r.per_try_timeout,
+                    idle_timeout: r.idle_timeout,
+                    retries: r.retries.as_ref().map(|p| Box::new(p.policy())),
                 })
             }
             ActionDoc::Redirect(rd) => Action::Redirect(Redirect {

@@ -250,6 +250,25 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
         );
     }
     o.header(
+        "ringmesh_http_timeouts_total",
+        "counter",
+        "Requests ended by a timeout, by listener, route, cluster and kind (`request`: the route timeout, answered 504 UT; `per_try`: an attempt's per_try_timeout, retried or answered 504 UT; `idle`: no bytes either way for idle_timeout while a body streamed).",
+    );
+    for ((listener, route, cluster), r) in &routes {
+        for (kind, n) in ringmesh_l7::metrics::TIMEOUT_KINDS.iter().zip(r.timeouts()) {
+            o.sample(
+                "ringmesh_http_timeouts_total",
+                &[
+                    ("listener", listener),
+                    ("route", route),
+                    ("cluster", cluster),
+                    ("kind", kind),
+                ],
+                n,
+            );
+        }
+    }
+    o.header(
         "ringmesh_http_rate_limited_total",
         "counter",
         "Requests refused with 429 by a local rate limit, by listener and route (`-`: the listener's own limit).",
@@ -366,6 +385,20 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
             &[("cluster", name)],
             u.replayed(),
         );
+    }
+    o.header(
+        "ringmesh_retries_total",
+        "counter",
+        "Retries a route's retry policy asked for, by cluster and result (`sent`; `budget_exhausted`: the cluster's retry budget was spent; `overflow`: max_retries retries were in progress).",
+    );
+    for (name, u) in &upstreams {
+        for (result, n) in ringmesh_l7::metrics::RETRY_RESULTS.iter().zip(u.retries()) {
+            o.sample(
+                "ringmesh_retries_total",
+                &[("cluster", name), ("result", result)],
+                n,
+            );
+        }
     }
     o.header(
         "ringmesh_upstream_bad_responses_total",
@@ -728,6 +761,18 @@ pub fn render(
             "ringmesh_upstream_requests_active",
             &[("cluster", n)],
             t.active_requests,
+        );
+    }
+    o.header(
+        "ringmesh_upstream_retries_active",
+        "gauge",
+        "HTTP retries in progress to the cluster now (the max_retries breaker's count), by cluster.",
+    );
+    for (n, t) in &clusters {
+        o.sample(
+            "ringmesh_upstream_retries_active",
+            &[("cluster", n)],
+            t.active_retries,
         );
     }
     o.header(

@@ -263,6 +263,40 @@ fn pick(cluster: &Cluster, core: usize, key: u64) -> Option<(usize, bool)> {
         .map(|i| (i, true))
 }
 
+/// Moves a retry's pick off the endpoints already `tried` when another
+/// may be picked: re-drawn from the policy first (so the others keep their
+/// relative shares), then the next one in index order. Keeps `first` when
+/// every candidate was tried (a one-endpoint cluster retries in place).
+pub(crate) fn avoid_tried(
+    cluster: &Cluster,
+    core: usize,
+    key: u64,
+    first: (usize, bool),
+    tried: &[usize],
+) -> (usize, bool) {
+    let (index, healthy_only) = first;
+    if !tried.contains(&index) {
+        return first;
+    }
+    let endpoints = &cluster.endpoints;
+    let n = endpoints.len();
+    let fits =
+        |i: usize| !tried.contains(&i) && (!healthy_only || endpoints[i].health.is_available());
+    for attempt in 1..=REPICKS {
+        let i = cluster
+            .balancer
+            .pick(core, outlier::mix(key ^ (attempt << 32)))
+            % n;
+        if fits(i) {
+            return (i, healthy_only);
+        }
+    }
+    (1..n)
+        .map(|d| (index + d) % n)
+        .find(|&i| fits(i))
+        .map_or(first, |i| (i, healthy_only))
+}
+
 /// Runs the cluster's TLS handshake on a fresh connection, if it has TLS.
 async fn secure(
     stream: TcpStream,
@@ -336,6 +370,7 @@ mod tests {
             max_connections: 1024,
             max_pending: 1024,
             max_requests: 1024,
+            max_retries: 3,
             stats: StatsRegistry::new(1).cluster("c"),
             health,
             outlier: None,

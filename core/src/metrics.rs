@@ -293,6 +293,8 @@ pub struct ClusterStats {
     pub(crate) pending: AtomicU64,
     /// Requests in flight over every core (`max_requests`, HTTP).
     pub(crate) requests_open: AtomicU64,
+    /// Retries in progress over every core (`max_retries`, HTTP).
+    pub(crate) retries_open: AtomicU64,
     pub(crate) cores: PerCore<ClusterCoreStats>,
     /// The process's local resource errors.
     pub(crate) local: Arc<LocalResourceStats>,
@@ -322,6 +324,8 @@ pub struct ClusterTotals {
     pub request_overflow: u64,
     /// Requests in flight now (HTTP).
     pub active_requests: u64,
+    /// Retries in progress now (HTTP).
+    pub active_retries: u64,
     /// Bytes written to upstream endpoints.
     pub bytes_sent: u64,
     /// Bytes read from upstream endpoints.
@@ -336,6 +340,7 @@ impl ClusterStats {
             open: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             requests_open: AtomicU64::new(0),
+            retries_open: AtomicU64::new(0),
             cores: PerCore::new(workers),
             local,
         }
@@ -354,6 +359,7 @@ impl ClusterStats {
             pending_overflow: sum(&self.cores, |c| c.pending_overflow.get()),
             request_overflow: sum(&self.cores, |c| c.request_overflow.get()),
             active_requests: self.requests_open.load(Ordering::Relaxed),
+            active_retries: self.retries_open.load(Ordering::Relaxed),
             bytes_sent: sum(&self.cores, |c| c.bytes_sent.get()),
             bytes_received: sum(&self.cores, |c| c.bytes_received.get()),
             connect_latency: merge_histograms(

@@ -112,6 +112,9 @@ pub struct Cluster {
     /// Circuit breaker: requests in flight at once over all workers (HTTP;
     /// Envoy's `max_requests`); a request beyond it is answered 503 at once.
     pub max_requests: u64,
+    /// Circuit breaker: retries in progress at once over all workers
+    /// (HTTP; Envoy's `max_retries`); a retry beyond it is not made.
+    pub max_retries: u64,
     /// Counters, shared with earlier snapshots of the same cluster name.
     pub stats: Arc<ClusterStats>,
     /// Endpoint health, shared with earlier snapshots of the same cluster.
@@ -140,6 +143,7 @@ impl Cluster {
             max_connections: 1024,
             max_pending: 1024,
             max_requests: 1024,
+            max_retries: 3,
             stats: crate::metrics::StatsRegistry::new(1).cluster(name),
             health: crate::health::HealthRegistry::new(1).cluster(name),
             outlier: None,

@@ -7,7 +7,8 @@
 //! - [`ConnectionSlot`]: one unit of the cluster's `max_connections`
 //!   breaker, held by an upstream connection for its whole life (pooled
 //!   idle time included), with the cluster's active-connection gauge;
-//! - [`RequestSlot`]: one unit of `max_requests` (active requests).
+//! - [`RequestSlot`]: one unit of `max_requests` (active requests);
+//! - [`RetrySlot`]: one unit of `max_retries` (retries in progress).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +40,23 @@ pub struct UpstreamConnection {
 #[inline]
 pub fn pick(cluster: &Cluster, core: usize, key: u64) -> Result<Pick, ConnectError> {
     crate::connect::pick_endpoint(cluster, core, key).map(|(index, healthy_only)| Pick {
+        index,
+        healthy_only,
+    })
+}
+
+/// Like [`pick`], for a retry: an endpoint not in `tried` when one may be
+/// picked (Envoy's `previous_hosts` retry predicate), else the policy's.
+pub fn pick_avoiding(
+    cluster: &Cluster,
+    core: usize,
+    key: u64,
+    tried: &[usize],
+) -> Result<Pick, ConnectError> {
+    let (index, healthy_only) = crate::connect::pick_endpoint(cluster, core, key)?;
+    let (index, healthy_only) =
+        crate::connect::avoid_tried(cluster, core, key, (index, healthy_only), tried);
+    Ok(Pick {
         index,
         healthy_only,
     })
@@ -146,6 +164,36 @@ impl Drop for RequestSlot<'_> {
         self.cluster
             .stats
             .requests_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One retry in progress as the cluster's `max_retries` breaker counts
+/// it (Envoy's: from the moment the retry is granted until its attempt
+/// ends). Retries are rare, so one shared atomic costs nothing per request.
+#[derive(Debug)]
+pub struct RetrySlot<'a> {
+    cluster: &'a Cluster,
+}
+
+impl<'a> RetrySlot<'a> {
+    /// Takes a slot of `cluster`'s `max_retries`, or `None` when that many
+    /// retries are in progress.
+    pub fn acquire(cluster: &'a Cluster) -> Option<RetrySlot<'a>> {
+        let open = &cluster.stats.retries_open;
+        if open.fetch_add(1, Ordering::Relaxed) >= cluster.max_retries {
+            open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RetrySlot { cluster })
+    }
+}
+
+impl Drop for RetrySlot<'_> {
+    fn drop(&mut self) {
+        self.cluster
+            .stats
+            .retries_open
             .fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -34,8 +34,10 @@ use crate::codec::write::{self, Forwarded, ResponseOut};
 use crate::config::HttpListener;
 use crate::headers::HeaderOps;
 use crate::local_reply::ResponseFlag;
+use crate::metrics::{RouteStats, TimeoutKind};
 use crate::pool::{self, PooledConnection};
 use crate::record::RequestRecord;
+use crate::retry::{Cause, Retries};
 use crate::route::{Forward, Route, Target};
 use crate::server::{After, Client};
 
@@ -68,8 +70,8 @@ enum HeadFailure {
     Closed { any: bool, error: Option<io::Error> },
     /// The head broke HTTP/1.1 rules.
     Malformed(HeadError),
-    /// The route timeout expired.
-    TimedOut,
+    /// A timeout expired (route, per-try, or idle while sending the body).
+    TimedOut(TimeoutKind),
 }
 
 /// How streaming a response body failed (the head was already sent).
@@ -89,9 +91,12 @@ enum BodyFailure {
 enum Attempt {
     /// Done, one way or another; the connection goes on as said.
     Done(After),
-    /// Failed on a reused connection before any response byte: try again
-    /// on a new connection if the request can be replayed.
+    /// Failed on a connection before any response byte: the caller replays
+    /// it (a stale pooled connection), retries it, or answers.
     Replay,
+    /// The retry policy retries what happened and a retry was granted:
+    /// wait this long, then try again.
+    Retry(Duration),
 }
 
 /// Where one request goes: its route, the route's forwarding settings,
@@ -101,11 +106,36 @@ pub(crate) struct Leg<'a> {
     pub route: &'a Route,
     pub forward: &'a Forward,
     pub target: &'a Target,
+    /// Requests of this listener and route to this cluster.
+    pub stats: &'a RouteStats,
     /// The route timeout left (an injected delay spent some of it).
     pub timeout: Duration,
 }
 
-/// Forwards the request to the leg's cluster and its response back.
+/// The clocks of one request's attempts.
+struct Clock {
+    /// The route timeout: from the first attempt's request sent to the
+    /// last attempt's response head.
+    timeout: Duration,
+    /// One attempt's share, from its request sent to its response head.
+    per_try: Option<Duration>,
+    /// No bytes either way for this long ends a stream.
+    idle: Duration,
+    /// When the current attempt's request was all sent.
+    sent_at: Cell<Option<Instant>>,
+    /// When the first attempt's was.
+    first_sent: Cell<Option<Instant>>,
+}
+
+impl Clock {
+    /// When the route timeout ends, once the first request was sent.
+    fn deadline(&self) -> Option<Instant> {
+        self.first_sent.get().map(|t| t + self.timeout)
+    }
+}
+
+/// Forwards the request to the leg's cluster and its response back,
+/// retrying as the route's policy allows.
 pub(crate) async fn forward(
     c: &mut Client,
     http: &HttpListener,
@@ -115,6 +145,36 @@ pub(crate) async fn forward(
 ) -> After {
     let core = c.facts.core;
     let cluster = &*leg.target.cluster;
+    let policy = leg.forward.retries.as_deref();
+    let clock = Clock {
+        timeout: leg.timeout,
+        per_try: leg.forward.per_try_timeout,
+        idle: leg
+            .forward
+            .idle_timeout
+            .unwrap_or(http.settings.idle_timeout),
+        sent_at: Cell::new(None),
+        first_sent: Cell::new(None),
+    };
+    // HTTP/1.0 clients get no interim responses (RFC 9110 §15.2).
+    let body_coming = c.whole_request(head).is_none();
+    if head.expect_continue && head.minor == 1 && body_coming {
+        let mut cont = buffers::take();
+        cont.extend_from_slice(write::CONTINUE);
+        let (res, cont) = c.stream.write_all(cont).await;
+        buffers::give(cont);
+        if res.is_err() {
+            record.flag = Some(ResponseFlag::DownstreamConnectionTermination);
+            return After::Abort;
+        }
+    }
+    // A request that may be retried is read whole first (up to
+    // INLINE_BODY), so it can be sent again.
+    if body_coming && policy.is_some_and(|p| p.attempts > 0) {
+        if let Err(e) = buffer_for_replay(c, head, clock.idle).await {
+            return client_failed(c, record, leg, e).await;
+        }
+    }
     let mut out = buffers::take();
     let fwd = Forwarded {
         client_ip: http
@@ -157,41 +217,33 @@ pub(crate) async fn forward(
     if let Some(b) = rewritten {
         buffers::give(b);
     }
-    let buffered = c.buf.len() - head.len;
-    let inline = match head.framing {
-        Framing::Length(n) if n as usize <= buffered && n as usize <= INLINE_BODY => {
-            out.extend_from_slice(&c.buf[head.len..head.len + n as usize]);
-            true
-        }
-        _ => false,
-    };
-    // RFC 9110 §9.2.2: only idempotent requests may be sent again.
-    let replayable = (head.framing == Framing::None || inline) && head.method.is_idempotent();
-    // HTTP/1.0 clients get no interim responses (RFC 9110 §15.2).
-    if head.expect_continue && head.minor == 1 && head.framing != Framing::None && !inline {
-        let mut cont = buffers::take();
-        cont.extend_from_slice(write::CONTINUE);
-        let (res, cont) = c.stream.write_all(cont).await;
-        buffers::give(cont);
-        if res.is_err() {
-            buffers::give(out);
-            record.flag = Some(ResponseFlag::DownstreamConnectionTermination);
-            return After::Abort;
-        }
-    }
+    let inline = inline_body(&c.buf, head, &mut out, policy.is_some());
+    let mut retries = Retries::new(
+        policy,
+        cluster,
+        &leg.target.budget,
+        &leg.target.stats,
+        core,
+        record.started(),
+    );
+    retries.replayable = inline.is_some();
+    // RFC 9110 §9.2.2: only idempotent requests are replayed unasked.
+    let replayable = inline.is_some() && head.method.is_idempotent();
     let mut attempt = 0u32;
+    let mut stale = false;
     let after = loop {
         attempt += 1;
         record.attempts = attempt;
-        let pick = match upstream::pick(cluster, core, c.hash_key) {
+        let pick = match upstream::pick_avoiding(cluster, core, c.hash_key, retries.avoid()) {
             Ok(p) => p,
             Err(e) => break local(c, head, record, connect_flag(&e), None, true).await,
         };
         let addr = cluster.endpoints[pick.index].addr;
-        let pooled = if attempt == 1 {
-            pool::take(cluster, addr)
-        } else {
+        // After a stale pooled connection, a new one.
+        let pooled = if stale {
             None
+        } else {
+            pool::take(cluster, addr)
         };
         let stats = leg.target.stats.cores.get(core);
         let (conn, reused) = match pooled {
@@ -212,30 +264,193 @@ pub(crate) async fn forward(
                         (PooledConnection { conn, _slot: slot }, false)
                     }
                     Err(e) => {
+                        if let ConnectError::Exhausted { addr, .. } = &e {
+                            if let Some(i) = cluster.endpoints.iter().position(|x| x.addr == *addr)
+                            {
+                                retries.tried(i);
+                            }
+                        }
+                        retries.tried(pick.index);
+                        let retry = matches!(e, ConnectError::Exhausted { .. })
+                            .then(|| retries.grant(Cause::ConnectFailure, None, clock.deadline()))
+                            .flatten();
+                        if let Some(wait) = retry {
+                            rt::sleep(wait).await;
+                            continue;
+                        }
                         let error = e.to_string();
                         break local(c, head, record, connect_flag(&e), Some(error), true).await;
                     }
                 }
             }
         };
+        retries.tried(conn.conn.index);
         record.endpoint = Some(conn.conn.addr);
-        match attempt_once(c, http, leg, head, record, conn, &mut out, inline).await {
+        stale = false;
+        let run = attempt_once(
+            c,
+            http,
+            leg,
+            head,
+            record,
+            conn,
+            &mut out,
+            inline,
+            &clock,
+            &mut retries,
+            reused,
+        );
+        match run.await {
             Attempt::Done(after) => break after,
+            Attempt::Retry(wait) => {
+                rt::sleep(wait).await;
+            }
             Attempt::Replay if reused && replayable && attempt == 1 => {
                 stats.replayed.inc();
-                continue;
+                stale = true;
             }
             Attempt::Replay => {
+                let cause = if reused {
+                    Cause::RefusedStream
+                } else {
+                    Cause::Reset
+                };
+                if let Some(wait) = retries.grant(cause, None, clock.deadline()) {
+                    rt::sleep(wait).await;
+                    continue;
+                }
                 // A streamed body left the buffer: only a request that was
-                // all in it (no body, or an inline one) may be skipped.
-                let intact = head.framing == Framing::None || inline;
+                // all in it may be skipped.
                 let flag = ResponseFlag::UpstreamConnectionTermination;
-                break local(c, head, record, flag, None, intact).await;
+                break local(c, head, record, flag, None, inline.is_some()).await;
             }
         }
     };
     buffers::give(out);
     after
+}
+
+/// Reads the rest of a request body into the client's buffer so a retry
+/// can send it again: a Content-Length body of at most [`INLINE_BODY`], or
+/// a chunked body until its end or until [`INLINE_BODY`] bytes of it are
+/// buffered (then it streams, and is not retried). Bytes after the body
+/// (a pipelined request) stay in the buffer.
+async fn buffer_for_replay(
+    c: &mut Client,
+    head: &RequestHead,
+    idle: Duration,
+) -> Result<(), SendError> {
+    match head.framing {
+        Framing::Length(n) if n as usize <= INLINE_BODY => {
+            let end = head.len + n as usize;
+            while c.buf.len() < end {
+                read_into_buffer(c, end, idle).await?;
+            }
+        }
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new(ChunkedLimits::default());
+            let mut pos = head.len;
+            loop {
+                match decoder.decode(&c.buf[pos..]) {
+                    Ok((_, Some(Chunk::Done))) => break,
+                    Ok((used, _)) if used > 0 => pos += used,
+                    // The send path reports a broken body.
+                    Err(_) => break,
+                    Ok(_) if c.buf.len() - head.len >= INLINE_BODY => break,
+                    Ok(_) => read_into_buffer(c, head.len + INLINE_BODY, idle).await?,
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Appends the client's next bytes to its buffer (room made for `want`
+/// bytes in all, at most [`INLINE_BODY`] past the head).
+async fn read_into_buffer(c: &mut Client, want: usize, idle: Duration) -> Result<(), SendError> {
+    let mut b = std::mem::take(&mut c.buf);
+    b.reserve(want.saturating_sub(b.len()).max(1));
+    let result = rt::timeout(idle, c.stream.read_more(b)).await;
+    match result {
+        None => Err(SendError::ClientIdle),
+        Some((res, b)) => {
+            c.buf = b;
+            match res {
+                Ok(0) => Err(SendError::Client(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => {
+                    c.bytes.add_received(n);
+                    Ok(())
+                }
+                Err(e) => Err(SendError::Client(e)),
+            }
+        }
+    }
+}
+
+/// Puts the request's body after its head in `out` when all of it is in
+/// `buf`: a Content-Length body of at most [`INLINE_BODY`], or (`chunked`)
+/// a chunked body of at most that, decoded and re-encoded. Returns where
+/// the request ends in `buf`; `None` when the body will stream.
+fn inline_body(buf: &[u8], head: &RequestHead, out: &mut Vec<u8>, chunked: bool) -> Option<usize> {
+    let buffered = buf.len() - head.len;
+    match head.framing {
+        Framing::None | Framing::Close => Some(head.len),
+        Framing::Length(n) if n as usize <= buffered && n as usize <= INLINE_BODY => {
+            out.extend_from_slice(&buf[head.len..head.len + n as usize]);
+            Some(head.len + n as usize)
+        }
+        Framing::Chunked if chunked => {
+            let mark = out.len();
+            let mut decoder = ChunkedDecoder::new(ChunkedLimits::default());
+            let mut pos = head.len;
+            let end = loop {
+                match decoder.decode(&buf[pos..]) {
+                    Ok((used, Some(Chunk::Data { start, end }))) => {
+                        encode_chunk_header(end - start, out);
+                        out.extend_from_slice(&buf[pos + start..pos + end]);
+                        out.extend_from_slice(CHUNK_END);
+                        pos += used;
+                    }
+                    Ok((used, Some(Chunk::Done))) => {
+                        encode_last_chunk(decoder.trailers(), out);
+                        break Some(pos + used);
+                    }
+                    Ok((used, None)) if used > 0 => pos += used,
+                    _ => break None,
+                }
+            };
+            if end.is_none_or(|e| e - head.len > INLINE_BODY) {
+                out.truncate(mark);
+                return None;
+            }
+            end
+        }
+        _ => None,
+    }
+}
+
+/// Answers a request whose client failed before it could be sent: a
+/// client that went silent gets 408 (flag `SI`), one that is gone gets
+/// nothing.
+async fn client_failed(
+    c: &mut Client,
+    record: &mut RequestRecord,
+    leg: Leg<'_>,
+    e: SendError,
+) -> After {
+    record.error = Some(e.to_string());
+    if let SendError::ClientIdle = e {
+        leg.stats.timed_out(c.facts.core, TimeoutKind::Idle);
+        let mut out = buffers::take();
+        let flag = ResponseFlag::StreamIdleTimeout;
+        crate::local_reply::for_flag(&mut out, flag, true);
+        record.status = flag.status();
+        record.flag = Some(flag);
+        return c.send_own_answer(out, None, true).await;
+    }
+    record.flag = Some(ResponseFlag::DownstreamConnectionTermination);
+    After::Abort
 }
 
 /// The route's changes to the request: a rewritten target and host are
@@ -318,14 +533,15 @@ pub(crate) async fn local(
 ) -> After {
     let (whole, close) = c.own_answer_plan(head, intact);
     let mut out = buffers::take();
-    crate::local_reply::for_flag(&mut out, flag, close);
+    crate::local_reply::for_flag_after(&mut out, flag, close, record.attempts);
     record.status = flag.status();
     record.flag = Some(flag);
     record.error = error;
     c.send_own_answer(out, whole, close).await
 }
 
-/// One attempt on `conn`: send, read the response head, answer.
+/// One attempt on `conn`: send, read the response head, answer (or give
+/// the request back for a replay or a retry).
 #[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     c: &mut Client,
@@ -335,14 +551,20 @@ async fn attempt_once(
     record: &mut RequestRecord,
     conn: PooledConnection,
     out: &mut Vec<u8>,
-    inline: bool,
+    inline: Option<usize>,
+    clock: &Clock,
+    retries: &mut Retries<'_>,
+    reused: bool,
 ) -> Attempt {
     let core = c.facts.core;
     let cluster = &*leg.target.cluster;
     let index = conn.conn.index;
     let started = Instant::now();
     cluster.balancer.opened(core, index);
-    let result = run(c, http, leg, head, record, &conn, out, inline).await;
+    let result = Box::pin(run(
+        c, http, leg, head, record, &conn, out, inline, clock, retries,
+    ))
+    .await;
     cluster.balancer.closed(core, index);
     match result {
         Run::Answered {
@@ -362,6 +584,17 @@ async fn attempt_once(
             }
             Attempt::Done(after)
         }
+        Run::Retry {
+            wait,
+            outcome,
+            reusable,
+        } => {
+            cluster.record_outcome(core, index, outcome);
+            if reusable {
+                pool::put(cluster, conn, &leg.target.pool);
+            }
+            Attempt::Retry(wait)
+        }
         Run::Failed {
             after,
             outcome,
@@ -369,7 +602,7 @@ async fn attempt_once(
         } => {
             // A pooled connection the server closed as we sent (a
             // keep-alive race) says nothing about the endpoint's health.
-            if let (Some(outcome), false) = (outcome, replay) {
+            if let (Some(outcome), false) = (outcome, replay && reused) {
                 cluster.record_outcome(core, index, outcome);
             }
             if replay {
@@ -391,12 +624,22 @@ enum Run {
         status: u16,
         response_started: Instant,
     },
+    /// A retry was granted: nothing went to the client, the request is
+    /// still in the buffers.
+    Retry {
+        wait: Duration,
+        outcome: Outcome,
+        /// The discarded response was read whole: the connection may be
+        /// pooled.
+        reusable: bool,
+    },
     /// No upstream response reached the client (the proxy answered, or
     /// the client is gone).
     Failed {
         after: After,
         outcome: Option<Outcome>,
-        /// Nothing of a response arrived on a reused connection.
+        /// Nothing of a response arrived and nothing was answered: the
+        /// caller replays, retries or answers.
         replay: bool,
     },
 }
@@ -410,11 +653,13 @@ async fn run(
     record: &mut RequestRecord,
     conn: &PooledConnection,
     out: &mut Vec<u8>,
-    inline: bool,
+    inline: Option<usize>,
+    clock: &Clock,
+    retries: &mut Retries<'_>,
 ) -> Run {
     let up = &conn.conn.stream;
-    let idle = http.settings.idle_timeout;
-    let sent_at: Cell<Option<Instant>> = Cell::new(None);
+    let idle = clock.idle;
+    clock.sent_at.set(None);
     let mut rbuf = buffers::take();
     let mut rfields = std::mem::take(&mut c.resp_fields);
     let mut rnominated = std::mem::take(&mut c.resp_nominated);
@@ -432,8 +677,7 @@ async fn run(
             request_out,
             up,
             &bytes,
-            idle,
-            &sent_at,
+            clock,
         );
         let recv = read_response_head(
             up,
@@ -442,15 +686,18 @@ async fn run(
             http.settings.limits.max_head,
             &mut rfields,
             &mut rnominated,
-            leg.timeout,
-            &sent_at,
+            clock,
         );
         pin_mut!(send, recv);
         match select(send, recv).await {
             Either::Left(((sent, request_out), recv)) => {
-                // A client that failed mid-request gets no response.
                 let head = match &sent {
+                    // The upstream took no body bytes for the idle timeout.
+                    Err(SendError::Upstream(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                        Err(HeadFailure::TimedOut(TimeoutKind::Idle))
+                    }
                     Ok(_) | Err(SendError::Upstream(_)) => recv.await,
+                    // A client that failed mid-request gets no response.
                     Err(_) => Err(HeadFailure::Closed {
                         any: true,
                         error: None,
@@ -466,7 +713,18 @@ async fn run(
     };
     *out = request_out;
     let result = match (send_result, head_result) {
-        (Some(Err(e @ (SendError::Client(_) | SendError::ClientIdle))), _) => {
+        (Some(Err(SendError::ClientIdle)), _) => {
+            // The client went silent mid-body: 408, flag `SI`.
+            c.buf = cbuf;
+            let after = client_failed(c, record, leg, SendError::ClientIdle).await;
+            cbuf = std::mem::take(&mut c.buf);
+            Run::Failed {
+                after,
+                outcome: None,
+                replay: false,
+            }
+        }
+        (Some(Err(e @ SendError::Client(_))), _) => {
             record.flag = Some(ResponseFlag::DownstreamConnectionTermination);
             record.error = Some(e.to_string());
             Run::Failed {
@@ -493,7 +751,6 @@ async fn run(
             if let Some(Err(e)) = &send {
                 record.error = Some(e.to_string());
             }
-            let replay = matches!(failure, HeadFailure::Closed { any: false, .. });
             let (flag, outcome) = match &failure {
                 HeadFailure::Closed { .. } => (
                     ResponseFlag::UpstreamConnectionTermination,
@@ -507,16 +764,36 @@ async fn run(
                         Outcome::LocalOriginFailure,
                     )
                 }
-                HeadFailure::TimedOut => (
-                    ResponseFlag::UpstreamTimeout,
-                    Outcome::ServerError { gateway: true },
-                ),
+                HeadFailure::TimedOut(kind) => {
+                    leg.stats.timed_out(c.facts.core, *kind);
+                    (
+                        ResponseFlag::UpstreamTimeout,
+                        Outcome::ServerError { gateway: true },
+                    )
+                }
             };
             if let HeadFailure::Closed { error: Some(e), .. } = &failure {
                 record.error = Some(format!("upstream: {e}"));
             }
-            if replay && !send_pending {
-                // Let the caller replay (or answer) it.
+            // Retried only when the whole request is still ours to send.
+            let cause = match &failure {
+                _ if send_pending || out.is_empty() => None,
+                HeadFailure::Closed { any: false, .. } => None,
+                HeadFailure::Closed { .. } | HeadFailure::Malformed(_) => Some(Cause::Reset),
+                HeadFailure::TimedOut(TimeoutKind::PerTry) => Some(Cause::PerTryTimeout),
+                HeadFailure::TimedOut(_) => None,
+            };
+            let retry = cause.and_then(|cause| retries.grant(cause, None, clock.deadline()));
+            if let Some(wait) = retry {
+                c.buf = cbuf;
+                cbuf = Vec::new();
+                Run::Retry {
+                    wait,
+                    outcome,
+                    reusable: false,
+                }
+            } else if matches!(failure, HeadFailure::Closed { any: false, .. }) && !send_pending {
+                // Let the caller replay, retry or answer it.
                 c.buf = cbuf;
                 cbuf = Vec::new();
                 Run::Failed {
@@ -549,7 +826,29 @@ async fn run(
             let ustats = leg.target.stats.cores.get(c.facts.core);
             ustats.codes[crate::metrics::code_class(response.status)].inc();
             let upgraded = response.status == 101 && head.upgrade.is_some() && request_done;
-            if upgraded {
+            let cause = Cause::Status(response.status);
+            let retry = (request_done && !upgraded && retries.wanted(cause))
+                .then(|| {
+                    let wait = retry_after_of(&response, &rbuf, &rfields);
+                    retries.grant(cause, wait, clock.deadline())
+                })
+                .flatten();
+            if let Some(wait) = retry {
+                // The response is dropped; its connection is kept only when
+                // all of it is here.
+                let whole = match response.framing {
+                    Framing::None => rbuf.len() == response.len,
+                    Framing::Length(n) => rbuf.len() as u64 == response.len as u64 + n,
+                    _ => false,
+                };
+                c.buf = cbuf;
+                cbuf = Vec::new();
+                Run::Retry {
+                    wait,
+                    outcome: Outcome::of_status(response.status),
+                    reusable: whole && response.keep_alive,
+                }
+            } else if upgraded {
                 // Boxed: the tunnel state is large and rare; inline it would be
                 // carried by every idle keep-alive connection.
                 let after = Box::pin(tunnel(
@@ -588,6 +887,7 @@ async fn run(
                     &leg.route.response_headers,
                     head.minor,
                     close,
+                    record.attempts,
                     out,
                     &bytes,
                     idle,
@@ -621,8 +921,17 @@ async fn run(
                     Err(failure) => {
                         let flag = match &failure {
                             BodyFailure::Client(_) => ResponseFlag::DownstreamConnectionTermination,
+                            BodyFailure::UpstreamIdle => ResponseFlag::UpstreamTimeout,
                             _ => ResponseFlag::UpstreamConnectionTermination,
                         };
+                        let idle_expired = match &failure {
+                            BodyFailure::UpstreamIdle => true,
+                            BodyFailure::Client(e) => e.kind() == io::ErrorKind::TimedOut,
+                            _ => false,
+                        };
+                        if idle_expired {
+                            leg.stats.timed_out(c.facts.core, TimeoutKind::Idle);
+                        }
                         record.flag = Some(flag);
                         record.error = Some(failure.to_string());
                         Run::Answered {
@@ -660,32 +969,30 @@ impl After {
     }
 }
 
-/// Sends the head (with any inline body) and streams the rest of the body.
-/// Returns where the request ends in `buf` (what follows is the next
-/// pipelined request), and the head buffer back.
+/// Sends the head (with the body, when `inline` says the whole request is
+/// in `out`) and streams the rest of the body. Returns where the request
+/// ends in `buf` (what follows is the next pipelined request), and the
+/// head buffer back.
 #[allow(clippy::too_many_arguments)]
 async fn send_request(
     client: &Stream,
     buf: &mut Vec<u8>,
     head: &RequestHead,
-    inline: bool,
+    inline: Option<usize>,
     out: Vec<u8>,
     up: &Stream,
     bytes: &ByteCounts,
-    idle: Duration,
-    sent_at: &Cell<Option<Instant>>,
+    clock: &Clock,
 ) -> (Result<usize, SendError>, Vec<u8>) {
+    let idle = clock.idle;
     let mut out = out;
-    let result = match head.framing {
-        Framing::None | Framing::Close => write_kept(up, &mut out, idle).await.map(|()| head.len),
-        Framing::Length(n) if inline => write_kept(up, &mut out, idle)
-            .await
-            .map(|()| head.len + n as usize),
-        Framing::Length(n) => match write_kept(up, &mut out, idle).await {
+    let result = match (inline, head.framing) {
+        (Some(end), _) => write_kept(up, &mut out, idle).await.map(|()| end),
+        (None, Framing::Length(n)) => match write_kept(up, &mut out, idle).await {
             Ok(()) => copy_length(client, buf, head.len, n, up, bytes, idle).await,
             Err(e) => Err(e),
         },
-        Framing::Chunked => {
+        (None, Framing::Chunked) => {
             let (res, o) = copy_chunked(
                 client,
                 buf,
@@ -699,9 +1006,16 @@ async fn send_request(
             out = o;
             res
         }
+        (None, Framing::None | Framing::Close) => {
+            write_kept(up, &mut out, idle).await.map(|()| head.len)
+        }
     };
     if result.is_ok() {
-        sent_at.set(Some(Instant::now()));
+        let now = Instant::now();
+        clock.sent_at.set(Some(now));
+        if clock.first_sent.get().is_none() {
+            clock.first_sent.set(Some(now));
+        }
     }
     (result, out)
 }
@@ -865,9 +1179,9 @@ async fn copy_chunked(
 }
 
 /// Reads the response head into `rbuf`, skipping interim (1xx) responses
-/// other than 101; fails when the route timeout passes (counted from the
-/// moment the whole request was sent).
-#[allow(clippy::too_many_arguments)]
+/// other than 101. Fails when the first of these passes, each counted from
+/// the moment the request was all sent: the route timeout (from the first
+/// attempt's), the per-try timeout, the idle timeout.
 async fn read_response_head(
     up: &Stream,
     rbuf: &mut Vec<u8>,
@@ -875,8 +1189,7 @@ async fn read_response_head(
     max_head: usize,
     fields: &mut Vec<Field>,
     nominated: &mut Vec<Span>,
-    timeout: Duration,
-    sent_at: &Cell<Option<Instant>>,
+    clock: &Clock,
 ) -> Result<ResponseHead, HeadFailure> {
     let read = async {
         let mut any = false;
@@ -912,17 +1225,43 @@ async fn read_response_head(
     };
     let timer = async {
         loop {
-            match sent_at.get() {
-                Some(t) => return rt::sleep_until(t + timeout).await,
-                None => rt::sleep(timeout).await,
+            let Some(sent) = clock.sent_at.get() else {
+                // The body is still going (its own idle timeout watches it).
+                rt::sleep(clock.timeout).await;
+                continue;
+            };
+            let mut end = (
+                clock.first_sent.get().unwrap_or(sent) + clock.timeout,
+                TimeoutKind::Request,
+            );
+            for (at, kind) in [
+                (clock.per_try.map(|p| sent + p), TimeoutKind::PerTry),
+                (Some(sent + clock.idle), TimeoutKind::Idle),
+            ] {
+                if let Some(at) = at.filter(|at| *at < end.0) {
+                    end = (at, kind);
+                }
             }
+            rt::sleep_until(end.0).await;
+            return end.1;
         }
     };
     pin_mut!(read, timer);
     match select(read, timer).await {
         Either::Left((res, _)) => res,
-        Either::Right(_) => Err(HeadFailure::TimedOut),
+        Either::Right((kind, _)) => Err(HeadFailure::TimedOut(kind)),
     }
+}
+
+/// The wait a retryable 429 or 503 asks for in `Retry-After`.
+fn retry_after_of(response: &ResponseHead, rbuf: &[u8], fields: &[Field]) -> Option<Duration> {
+    if !matches!(response.status, 429 | 503) {
+        return None;
+    }
+    fields
+        .iter()
+        .find(|f| f.name.get(rbuf).eq_ignore_ascii_case(b"retry-after"))
+        .and_then(|f| crate::retry::retry_after(f.value.get(rbuf), std::time::SystemTime::now()))
 }
 
 /// Sends the response head and streams the body to the client. Returns
@@ -939,6 +1278,7 @@ async fn respond(
     ops: &HeaderOps,
     client_minor: u8,
     close: bool,
+    attempts: u32,
     out: &mut Vec<u8>,
     bytes: &ByteCounts,
     idle: Duration,
@@ -961,6 +1301,7 @@ async fn respond(
         framing,
         close,
         keep_length,
+        attempts,
     };
     write::response_head(out, rbuf, response, fields, nominated, how, ops);
     let mut pos = response.len;
@@ -1181,6 +1522,7 @@ async fn tunnel(
         framing: Framing::None,
         close: false,
         keep_length: false,
+        attempts: record.attempts,
     };
     write::response_head(&mut out, rbuf, response, fields, nominated, how, ops);
     out.extend_from_slice(&rbuf[response.len..]);

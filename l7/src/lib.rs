@@ -17,7 +17,8 @@
 //! chunked decoder, head writing), [`pool`] (per-core upstream pools),
 //! [`route`] (matches, the route index, splits), [`rewrite`] and
 //! [`headers`] (what a route changes in a request and its response),
-//! `direct` (redirects and direct responses), [`fault`] (fault injection), [`ratelimit`] (local rate limits),
+//! `direct` (redirects and direct responses), [`fault`] (fault injection),
+//! [`ratelimit`] (local rate limits), [`retry`] (retry policies, budgets),
 //! `mirror` (shadow copies),
 //! [`random`] (the per-worker generator), [`local_reply`] (answers the
 //! proxy makes itself, with their response flags) and [`metrics`]. Endpoint picking, connect, breakers,
@@ -40,6 +41,7 @@ pub mod random;
 pub mod ratelimit;
 mod record;
 pub mod request_id;
+pub mod retry;
 pub mod rewrite;
 pub mod route;
 mod server;

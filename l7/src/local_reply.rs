@@ -35,6 +35,9 @@ pub enum ResponseFlag {
     DelayInjected,
     /// A local rate limit refused the request (`RL`, 429).
     RateLimited,
+    /// The client sent no bytes of its body for the idle timeout (`SI`,
+    /// 408; Envoy's stream idle timeout).
+    StreamIdleTimeout,
 }
 
 impl ResponseFlag {
@@ -54,6 +57,7 @@ impl ResponseFlag {
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::DelayInjected => "DI",
             ResponseFlag::RateLimited => "RL",
+            ResponseFlag::StreamIdleTimeout => "SI",
         }
     }
 
@@ -71,6 +75,7 @@ impl ResponseFlag {
             ResponseFlag::FaultInjected => 503,
             ResponseFlag::DelayInjected => 200,
             ResponseFlag::RateLimited => 429,
+            ResponseFlag::StreamIdleTimeout => 408,
             ResponseFlag::DownstreamConnectionTermination
             | ResponseFlag::DownstreamProtocolError => 400,
         }
@@ -93,6 +98,7 @@ impl ResponseFlag {
             ResponseFlag::FaultInjected => "fault filter abort",
             ResponseFlag::DelayInjected => "fault filter delay",
             ResponseFlag::RateLimited => "rate limited",
+            ResponseFlag::StreamIdleTimeout => "request body idle timeout",
         }
     }
 }
@@ -163,11 +169,38 @@ fn write_with(out: &mut Vec<u8>, status: u16, text: &str, flag: &str, close: boo
 /// `x-ringmesh-overloaded: true` (Envoy's `x-envoy-overloaded`), so a
 /// client or a retrying caller can tell overload from an upstream error.
 pub fn for_flag(out: &mut Vec<u8>, flag: ResponseFlag, close: bool) {
-    let extra: &[u8] = match flag {
-        ResponseFlag::UpstreamOverflow => b"x-ringmesh-overloaded: true\r\n",
-        _ => b"",
+    for_flag_after(out, flag, close, 1);
+}
+
+/// [`for_flag`] for a request that took `attempts` upstream attempts;
+/// more than one is said in `x-ringmesh-attempts`.
+pub fn for_flag_after(out: &mut Vec<u8>, flag: ResponseFlag, close: bool, attempts: u32) {
+    const OVERLOADED: &[u8] = b"x-ringmesh-overloaded: true\r\n";
+    const ATTEMPTS: &[u8] = b"x-ringmesh-attempts: ";
+    let mut extra = [0u8; OVERLOADED.len() + ATTEMPTS.len() + 12];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        extra[len..len + bytes.len()].copy_from_slice(bytes);
+        len += bytes.len();
     };
-    write_with(out, flag.status(), flag.text(), flag.as_str(), close, extra);
+    if flag == ResponseFlag::UpstreamOverflow {
+        put(OVERLOADED);
+    }
+    if attempts > 1 {
+        put(ATTEMPTS);
+        let mut digits = Vec::new();
+        push_decimal(&mut digits, u64::from(attempts));
+        put(&digits);
+        put(b"\r\n");
+    }
+    write_with(
+        out,
+        flag.status(),
+        flag.text(),
+        flag.as_str(),
+        close,
+        &extra[..len],
+    );
 }
 
 #[cfg(test)]
@@ -184,6 +217,20 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("(UO)\n"), "{text}");
+    }
+
+    #[test]
+    fn an_answer_after_retries_says_how_many_attempts_it_took() {
+        let mut out = Vec::new();
+        for_flag_after(&mut out, ResponseFlag::UpstreamOverflow, false, 3);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(
+            text.contains("\r\nx-ringmesh-overloaded: true\r\nx-ringmesh-attempts: 3\r\n\r\n"),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        for_flag_after(&mut out, ResponseFlag::UpstreamTimeout, false, 1);
+        assert!(!String::from_utf8_lossy(&out).contains("attempts"));
     }
 
     #[test]

@@ -10,13 +10,17 @@
 //! `ringmesh_upstream_requests_total{cluster,code}`,
 //! `ringmesh_upstream_pool_requests_total{cluster,connection}`,
 //! `ringmesh_upstream_replayed_total{cluster}`,
-//! `ringmesh_upstream_bad_responses_total{cluster}`.
+//! `ringmesh_upstream_bad_responses_total{cluster}`,
+//! `ringmesh_retries_total{cluster,result}`,
+//! `ringmesh_http_timeouts_total{listener,route,cluster,kind}`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use ringmesh_core::metrics::{Histogram, HistogramSnapshot, merge_histograms};
 use ringmesh_core::per_core::{Counter, Gauge, PerCore, sum};
+
+use crate::retry::{BudgetSettings, RetryBudget};
 
 /// Upper bounds (seconds) of the request-duration histogram.
 pub const REQUEST_BUCKETS: &[f64] = &[
@@ -119,11 +123,26 @@ impl HttpListenerStats {
     }
 }
 
-/// One worker's counters of one (listener, cluster) pair.
+/// Which timeout expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// The route `timeout` (the whole request, retries included).
+    Request = 0,
+    /// One attempt's `per_try_timeout`.
+    PerTry = 1,
+    /// No bytes either way for `idle_timeout` while streaming.
+    Idle = 2,
+}
+
+/// Labels of [`TimeoutKind`], in index order.
+pub const TIMEOUT_KINDS: [&str; 3] = ["request", "per_try", "idle"];
+
+/// One worker's counters of one (listener, route, cluster) triple.
 #[derive(Debug, Default)]
 pub struct RouteCore {
     pub(crate) codes: [Counter; 5],
     pub(crate) duration: Histogram,
+    pub(crate) timeouts: [Counter; 3],
 }
 
 /// Requests of one listener and route that went to (or were meant for)
@@ -150,7 +169,30 @@ impl RouteStats {
     pub fn duration(&self) -> HistogramSnapshot {
         merge_histograms(REQUEST_BUCKETS, self.cores.iter().map(|c| &c.duration))
     }
+
+    pub(crate) fn timed_out(&self, core: usize, kind: TimeoutKind) {
+        self.cores.get(core).timeouts[kind as usize].inc();
+    }
+
+    /// Timeouts by [`TIMEOUT_KINDS`] label.
+    pub fn timeouts(&self) -> [u64; 3] {
+        std::array::from_fn(|i| sum(&self.cores, |c| c.timeouts[i].get()))
+    }
 }
+
+/// What became of a retry the policy wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryResult {
+    /// Granted and sent.
+    Sent = 0,
+    /// The cluster's retry budget was spent: not sent.
+    BudgetExhausted = 1,
+    /// The cluster's `max_retries` breaker was full: not sent.
+    Overflow = 2,
+}
+
+/// Labels of [`RetryResult`], in index order.
+pub const RETRY_RESULTS: [&str; 3] = ["sent", "budget_exhausted", "overflow"];
 
 /// One worker's counters of one cluster's HTTP traffic.
 #[derive(Debug, Default)]
@@ -160,6 +202,7 @@ pub struct UpstreamCore {
     pub(crate) new: Counter,
     pub(crate) replayed: Counter,
     pub(crate) bad_responses: Counter,
+    pub(crate) retries: [Counter; 3],
 }
 
 /// HTTP statistics of one cluster.
@@ -192,6 +235,11 @@ impl UpstreamStats {
     pub fn bad_responses(&self) -> u64 {
         sum(&self.cores, |c| c.bad_responses.get())
     }
+
+    /// Retries by [`RETRY_RESULTS`] label.
+    pub fn retries(&self) -> [u64; 3] {
+        std::array::from_fn(|i| sum(&self.cores, |c| c.retries[i].get()))
+    }
 }
 
 /// Every HTTP statistics object, by name; entries live for the process.
@@ -204,6 +252,7 @@ pub struct HttpStatsRegistry {
     faults: Mutex<BTreeMap<(String, String), Arc<FaultStats>>>,
     limits: Mutex<BTreeMap<(String, String), Arc<RateLimitStats>>>,
     upstreams: Mutex<BTreeMap<String, Arc<UpstreamStats>>>,
+    budgets: Mutex<BTreeMap<String, Arc<RetryBudget>>>,
 }
 
 /// (listener, route, cluster) names.
@@ -317,6 +366,7 @@ impl HttpStatsRegistry {
             faults: Mutex::new(BTreeMap::new()),
             limits: Mutex::new(BTreeMap::new()),
             upstreams: Mutex::new(BTreeMap::new()),
+            budgets: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -354,6 +404,20 @@ impl HttpStatsRegistry {
                 })
             })
             .clone()
+    }
+
+    /// Cluster `name`'s retry budget: kept across reloads (a reload does
+    /// not refill a spent budget) unless its settings changed.
+    pub fn retry_budget(&self, name: &str, settings: BudgetSettings) -> Arc<RetryBudget> {
+        let mut budgets = lock(&self.budgets);
+        match budgets.get(name) {
+            Some(b) if b.settings() == settings => b.clone(),
+            _ => {
+                let b = Arc::new(RetryBudget::new(settings, self.workers));
+                budgets.insert(name.to_owned(), b.clone());
+                b
+            }
+        }
     }
 
     /// Every HTTP listener's stats.

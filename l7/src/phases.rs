@@ -117,6 +117,7 @@ pub(crate) async fn run(
         route,
         forward,
         target,
+        stats: &forward.targets[pick].stats,
         timeout,
     };
     let after = crate::exchange::forward(c, http, leg, head, record).await;

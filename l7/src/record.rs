@@ -45,6 +45,11 @@ pub(crate) struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// When the request's head began to arrive.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Starts the record of the request whose head is `head` (read into
     /// the client's buffer).
     pub fn new(

@@ -31,6 +31,8 @@ pub struct Target {
     pub stats: Arc<UpstreamStats>,
     /// The cluster's connection pool settings.
     pub pool: crate::pool::PoolSettings,
+    /// The cluster's retry budget.
+    pub budget: Arc<crate::retry::RetryBudget>,
 }
 
 /// One cluster of a forwarding route, with its share.
@@ -117,6 +119,14 @@ pub struct Forward {
     pub mirror: Option<Mirror>,
     /// Fault injection (boxed: rare, and large next to the rest).
     pub fault: Option<Box<crate::fault::Fault>>,
+    /// Time each attempt has for its response head (504 `UT`, or a retry);
+    /// the route `timeout` when absent.
+    pub per_try_timeout: Option<Duration>,
+    /// No bytes either way for this long while a body streams ends the
+    /// request (the listener's `idle_timeout` when absent).
+    pub idle_timeout: Option<Duration>,
+    /// Retry policy (boxed: optional and larger than a pointer).
+    pub retries: Option<Box<crate::retry::RetryPolicy>>,
 }
 
 impl Forward {

@@ -198,8 +198,85 @@ pub struct ClusterDoc {
     pub panic_threshold: u32,
     /// Idle keep-alive connections kept for HTTP requests.
     pub pool: PoolDoc,
+    /// How many HTTP retries the cluster takes (Linkerd's retry budget).
+    pub retry_budget: RetryBudgetDoc,
     #[serde(skip)]
     pub(crate) name_origin: Origin,
+}
+
+/// `retry_budget:` retries may add `retry_ratio` of the requests of the
+/// last `ttl`, plus `min_retries_per_second` (Linkerd's defaults: 0.2, 10,
+/// 10s).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RetryBudgetDoc {
+    /// Share of recent requests retries may add (0-10). Default 0.2.
+    pub retry_ratio: f64,
+    /// Retries per second allowed whatever the request rate. Default 10.
+    pub min_retries_per_second: u32,
+    /// The window. Default 10s.
+    #[serde(serialize_with = "human")]
+    pub ttl: Duration,
+}
+
+impl Default for RetryBudgetDoc {
+    fn default() -> Self {
+        let d = ringmesh_l7::retry::BudgetSettings::default();
+        RetryBudgetDoc {
+            retry_ratio: d.retry_ratio,
+            min_retries_per_second: d.min_retries_per_second,
+            ttl: d.ttl,
+        }
+    }
+}
+
+impl RetryBudgetDoc {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let defaults = RetryBudgetDoc::default();
+        let retry_ratio = match f.take("retry_ratio") {
+            None => Some(defaults.retry_ratio),
+            Some((n, p)) => {
+                let text = crate::decode::scalar(d, n, &p, "a number")?;
+                match text.parse::<f64>() {
+                    Ok(v) if (0.0..=10.0).contains(&v) => Some(v),
+                    _ => {
+                        d.error(
+                            n.mark,
+                            &p,
+                            format!(
+                                "invalid retry_ratio `{}`: a number from 0 to 10 (0.2 lets retries add 20% to the load)",
+                                crate::limits::quote(text)
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let min_retries_per_second = match f.take("min_retries_per_second") {
+            None => Some(defaults.min_retries_per_second),
+            Some((n, p)) => integer(d, n, &p, 0, 1_000_000).map(|v| v as u32),
+        };
+        let ttl = match f.take("ttl") {
+            None => Some(defaults.ttl),
+            Some((n, p)) => duration(d, n, &p, Duration::from_secs(1), Duration::from_secs(3600)),
+        };
+        f.finish(d, &["retry_ratio", "min_retries_per_second", "ttl"]);
+        Some(RetryBudgetDoc {
+            retry_ratio: retry_ratio?,
+            min_retries_per_second: min_retries_per_second?,
+            ttl: ttl?,
+        })
+    }
+
+    /// The runtime settings.
+    pub fn settings(&self) -> ringmesh_l7::retry::BudgetSettings {
+        ringmesh_l7::retry::BudgetSettings {
+            retry_ratio: self.retry_ratio,
+            min_retries_per_second: self.min_retries_per_second,
+            ttl: self.ttl,
+        }
+    }
 }
 
 /// `pool:` the per-worker pools of idle HTTP keep-alive connections.
@@ -266,6 +343,7 @@ const KEYS: &[&str] = &[
     "health_check",
     "panic_threshold",
     "pool",
+    "retry_budget",
 ];
 
 /// Envoy's `healthy_panic_threshold`.
@@ -358,6 +436,10 @@ impl ClusterDoc {
             None => PoolDoc::default(),
             Some((n, p)) => PoolDoc::decode(d, n, &p).unwrap_or_default(),
         };
+        let retry_budget = match f.take("retry_budget") {
+            None => RetryBudgetDoc::default(),
+            Some((n, p)) => RetryBudgetDoc::decode(d, n, &p).unwrap_or_default(),
+        };
         f.finish(d, KEYS);
         // Placeholders for failed fields, as in listener.rs: the document is
         // rejected anyway, but its other checks still run.
@@ -377,6 +459,7 @@ impl ClusterDoc {
             health_check,
             panic_threshold: panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
             pool,
+            retry_budget,
             name_origin: Origin {
                 mark: name_mark,
                 path: name_path,
@@ -430,7 +513,13 @@ pub struct CircuitBreakersDoc {
     /// HTTP requests in flight at once over all workers; more are answered
     /// 503 (flag `UO`) at once. Default 1024 (Envoy's).
     pub max_requests: u64,
+    /// HTTP retries in progress at once over all workers; a retry beyond it
+    /// is not made (counted `overflow`). Default 3 (Envoy's).
+    pub max_retries: u64,
 }
+
+/// Envoy's default `max_retries`.
+pub const DEFAULT_MAX_RETRIES: u64 = 3;
 
 impl Default for CircuitBreakersDoc {
     fn default() -> Self {
@@ -438,6 +527,7 @@ impl Default for CircuitBreakersDoc {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_requests: DEFAULT_MAX_CONNECTIONS,
             max_requests: DEFAULT_MAX_CONNECTIONS,
+            max_retries: DEFAULT_MAX_RETRIES,
         }
     }
 }
@@ -457,21 +547,24 @@ impl CircuitBreakersDoc {
             None => Some(DEFAULT_MAX_CONNECTIONS),
             Some((n, p)) => integer(d, n, &p, 1, 10_000_000),
         };
-        if let Some((n, p)) = f.take("max_retries") {
-            d.error(
-                n.mark,
-                &p,
-                "`max_retries` is not available yet (it limits HTTP retries, which come with the resilience features)",
-            );
-        }
+        let max_retries = match f.take("max_retries") {
+            None => Some(DEFAULT_MAX_RETRIES),
+            Some((n, p)) => integer(d, n, &p, 0, 10_000_000),
+        };
         f.finish(
             d,
-            &["max_connections", "max_pending_requests", "max_requests"],
+            &[
+                "max_connections",
+                "max_pending_requests",
+                "max_requests",
+                "max_retries",
+            ],
         );
         Some(CircuitBreakersDoc {
             max_connections: max_connections?,
             max_pending_requests: max_pending_requests?,
             max_requests: max_requests?,
+            max_retries: max_retries?,
         })
     }
 }

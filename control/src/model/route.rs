@@ -38,6 +38,16 @@ pub struct RouteDoc {
     /// Route timeout (the listener's `timeout` when absent).
     #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Time each attempt has for its response head.
+    #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// No bytes either way for this long while a body streams ends the
+    /// request (the listener's `idle_timeout` when absent).
+    #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// Retry policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetriesDoc>,
     /// Path and host rewrites.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RewriteDoc>,
@@ -490,6 +500,188 @@ impl RateLimitDoc {
     }
 }
 
+/// `retries`: Envoy's retry policy, with Istio's defaults for what is
+/// retried.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetriesDoc {
+    /// Retries after the first attempt. Default 1 (Envoy's).
+    pub attempts: u32,
+    /// Conditions retried. Default Istio's: `connect-failure`,
+    /// `refused-stream`, `retriable-status-codes` (503).
+    pub on: Vec<String>,
+    /// Time each attempt has (also settable on the route).
+    #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// First backoff interval. Default 25ms.
+    #[serde(serialize_with = "super::listener::human")]
+    pub backoff_base: Duration,
+    /// Backoff cap, and the longest `Retry-After` honoured. Default 10 ×
+    /// base.
+    #[serde(serialize_with = "super::listener::human")]
+    pub backoff_max: Duration,
+    /// Statuses retried under `retriable-status-codes`. Default [503].
+    pub retriable_status_codes: Vec<u16>,
+    /// `previous_hosts` (default: a retry goes to an endpoint not tried
+    /// yet when there is one) or `any`.
+    pub retry_host_predicate: String,
+    #[serde(skip)]
+    pub(crate) origin: Origin,
+}
+
+const RETRY_KEYS: &[&str] = &[
+    "attempts",
+    "on",
+    "per_try_timeout",
+    "backoff",
+    "retriable_status_codes",
+    "retry_host_predicate",
+];
+
+impl RetriesDoc {
+    fn decode(d: &mut Decoder, n: &Node, p: &str) -> Option<Self> {
+        let mut f = Fields::of(d, n, p)?;
+        let attempts = match f.take("attempts") {
+            None => Some(1),
+            Some((vn, vp)) => integer(d, vn, &vp, 0, 10).map(|v| v as u32),
+        };
+        let on = match f.take("on") {
+            None => Some(
+                [
+                    "connect-failure",
+                    "refused-stream",
+                    "retriable-status-codes",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            Some((vn, vp)) => {
+                let mut ok = true;
+                let mut names = Vec::new();
+                for (i, item) in list(d, vn, &vp).unwrap_or(&[]).iter().enumerate() {
+                    let ip = format!("{vp}[{i}]");
+                    let Some(text) = scalar(d, item, &ip, "a retry condition") else {
+                        ok = false;
+                        continue;
+                    };
+                    if ringmesh_l7::retry::RetryOn::named(text).is_none() {
+                        let known: Vec<&str> = ringmesh_l7::retry::RetryOn::NAMES
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect();
+                        d.error(
+                            item.mark,
+                            &ip,
+                            format!(
+                                "unknown retry condition `{}`: use one of {}",
+                                quote(text),
+                                known.join(", ")
+                            ),
+                        );
+                        ok = false;
+                    } else {
+                        names.push(text.to_owned());
+                    }
+                }
+                ok.then_some(names)
+            }
+        };
+        let per_try_timeout = f.take("per_try_timeout").and_then(|(vn, vp)| {
+            duration(
+                d,
+                vn,
+                &vp,
+                Duration::from_millis(1),
+                Duration::from_secs(86400),
+            )
+        });
+        let defaults = ringmesh_l7::retry::Backoff::default();
+        let (mut backoff_base, mut backoff_max) = (Some(defaults.base), None);
+        if let Some((vn, vp)) = f.take("backoff") {
+            let mut g = Fields::of(d, vn, &vp)?;
+            if let Some((xn, xp)) = g.take("base") {
+                backoff_base = duration(d, xn, &xp, Duration::ZERO, Duration::from_secs(60));
+            }
+            if let Some((xn, xp)) = g.take("max") {
+                backoff_max = duration(d, xn, &xp, Duration::ZERO, Duration::from_secs(600))
+                    .map(Some)
+                    .unwrap_or(None);
+                if let (Some(b), Some(m)) = (backoff_base, backoff_max) {
+                    if m < b {
+                        d.error(xn.mark, &xp, "`backoff.max` is shorter than `backoff.base`");
+                    }
+                }
+            }
+            g.finish(d, &["base", "max"]);
+        }
+        let retriable_status_codes = match f.take("retriable_status_codes") {
+            None => Some(vec![503]),
+            Some((vn, vp)) => {
+                let mut ok = true;
+                let mut codes = Vec::new();
+                for (i, item) in list(d, vn, &vp).unwrap_or(&[]).iter().enumerate() {
+                    match integer(d, item, &format!("{vp}[{i}]"), 100, 599) {
+                        Some(c) => codes.push(c as u16),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(codes)
+            }
+        };
+        let retry_host_predicate = match f.take("retry_host_predicate") {
+            None => Some("previous_hosts".to_owned()),
+            Some((vn, vp)) => match scalar(d, vn, &vp, "a retry host predicate") {
+                Some(v @ ("previous_hosts" | "any")) => Some(v.to_owned()),
+                Some(v) => {
+                    d.error(
+                        vn.mark,
+                        &vp,
+                        format!(
+                            "unknown retry_host_predicate `{}`: use `previous_hosts` or `any`",
+                            quote(v)
+                        ),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        f.finish(d, RETRY_KEYS);
+        let backoff_base = backoff_base?;
+        Some(RetriesDoc {
+            attempts: attempts?,
+            on: on?,
+            per_try_timeout,
+            backoff_base,
+            backoff_max: backoff_max.unwrap_or(backoff_base * 10),
+            retriable_status_codes: retriable_status_codes?,
+            retry_host_predicate: retry_host_predicate?,
+            origin: Origin {
+                mark: n.mark,
+                path: p.to_owned(),
+            },
+        })
+    }
+
+    /// The runtime policy.
+    pub fn policy(&self) -> ringmesh_l7::retry::RetryPolicy {
+        use ringmesh_l7::retry::{Backoff, RetryOn, RetryPolicy};
+        RetryPolicy {
+            attempts: self.attempts,
+            on: self
+                .on
+                .iter()
+                .filter_map(|n| RetryOn::named(n))
+                .fold(RetryOn::default(), RetryOn::with),
+            backoff: Backoff {
+                base: self.backoff_base,
+                max: self.backoff_max,
+            },
+            retriable_status_codes: self.retriable_status_codes.clone().into(),
+            avoid_tried: self.retry_host_predicate == "previous_hosts",
+        }
+    }
+}
+
 /// `fault`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FaultDoc {
@@ -601,6 +793,9 @@ const ROUTE_KEYS: &[&str] = &[
     "direct_response",
     "sticky",
     "timeout",
+    "per_try_timeout",
+    "idle_timeout",
+    "retries",
     "rewrite",
     "mirror",
     "fault",
@@ -708,6 +903,50 @@ impl RouteDoc {
                 )
             }
         };
+        let mut per_try_timeout = match f.take("per_try_timeout") {
+            None => None,
+            Some((n, p)) => {
+                forward_only(d, "per_try_timeout", n, &p);
+                duration(
+                    d,
+                    n,
+                    &p,
+                    Duration::from_millis(1),
+                    Duration::from_secs(86400),
+                )
+            }
+        };
+        let idle_timeout = match f.take("idle_timeout") {
+            None => None,
+            Some((n, p)) => {
+                forward_only(d, "idle_timeout", n, &p);
+                duration(
+                    d,
+                    n,
+                    &p,
+                    Duration::from_millis(1),
+                    Duration::from_secs(86400),
+                )
+            }
+        };
+        let retries = match f.take("retries") {
+            None => None,
+            Some((n, p)) => {
+                forward_only(d, "retries", n, &p);
+                RetriesDoc::decode(d, n, &p)
+            }
+        };
+        if let Some(r) = &retries {
+            match (r.per_try_timeout, per_try_timeout) {
+                (Some(_), Some(_)) => d.error(
+                    r.origin.mark,
+                    &r.origin.path,
+                    "`per_try_timeout` is set both on the route and in `retries`: set it once",
+                ),
+                (Some(t), None) => per_try_timeout = Some(t),
+                _ => {}
+            }
+        }
         let rewrite = match f.take("rewrite") {
             None => None,
             Some((n, p)) => {
@@ -773,6 +1012,9 @@ impl RouteDoc {
             action: action?,
             sticky,
             timeout,
+            per_try_timeout,
+            idle_timeout,
+            retries,
             rewrite,
             mirror,
             fault,

@@ -196,6 +196,9 @@ pub struct ResponseOut {
     /// Keep the upstream's Content-Length although there is no body
     /// (HEAD and 304: it describes the representation).
     pub keep_length: bool,
+    /// Upstream attempts the request took; more than one is said in
+    /// `x-ringmesh-attempts`.
+    pub attempts: u32,
 }
 
 /// Writes the response head towards the client.
@@ -235,6 +238,11 @@ pub fn response_head(
         }
     }
     ops.write_appended(out);
+    if how.attempts > 1 {
+        out.extend_from_slice(b"x-ringmesh-attempts: ");
+        push_decimal(out, u64::from(how.attempts));
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(upgrade) = head.upgrade {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
         out.extend_from_slice(upgrade.get(buf));
@@ -339,6 +347,7 @@ mod tests {
             framing: Framing::Close,
             close: true,
             keep_length: false,
+            attempts: 1,
         };
         response_head(&mut out, raw, &head, &fields, &nominated, how, &NO_OPS);
         assert_eq!(

@@ -166,6 +166,7 @@ fn split(weights: &[u32], sticky: Option<Sticky>) -> Forward {
                     cluster: Arc::new(ringmesh_core::Cluster::empty(&name)),
                     stats: registry.upstream(&name),
                     pool: Default::default(),
+                    budget: registry.retry_budget(&name, Default::default()),
                 },
                 weight,
                 stats: registry.route("l", "r", &name),
@@ -180,6 +181,9 @@ fn split(weights: &[u32], sticky: Option<Sticky>) -> Forward {
         rewrite: Rewrite::default(),
         mirror: None,
         fault: None,
+        per_try_timeout: None,
+        idle_timeout: None,
+        retries: None,
     }
 }
 

@@ -1479,6 +1479,7 @@ fn write_response(raw: &[u8], head: &ResponseHead, method: Method) -> Vec<u8> {
         keep_length: head.framing == Framing::None
             && !(100..200).contains(&head.status)
             && head.status != 204,
+        attempts: 1,
     };
     let mut out = Vec::new();
     write::response_head(
