@@ -686,7 +686,6 @@ async fn run(
             http.settings.limits.max_head,
             &mut rfields,
             &mut rnominated,
-            clock,
         );
         pin_mut!(send, recv);
         match select(send, recv).await {
@@ -696,7 +695,14 @@ async fn run(
                     Err(SendError::Upstream(e)) if e.kind() == io::ErrorKind::TimedOut => {
                         Err(HeadFailure::TimedOut(TimeoutKind::Idle))
                     }
-                    Ok(_) | Err(SendError::Upstream(_)) => recv.await,
+                    Ok(_) | Err(SendError::Upstream(_)) => {
+                        let timer = head_timeout(clock);
+                        pin_mut!(timer);
+                        match select(recv, timer).await {
+                            Either::Left((head, _)) => head,
+                            Either::Right((kind, _)) => Err(HeadFailure::TimedOut(kind)),
+                        }
+                    }
                     // A client that failed mid-request gets no response.
                     Err(_) => Err(HeadFailure::Closed {
                         any: true,
@@ -1179,9 +1185,9 @@ async fn copy_chunked(
 }
 
 /// Reads the response head into `rbuf`, skipping interim (1xx) responses
-/// other than 101. Fails when the first of these passes, each counted from
-/// the moment the request was all sent: the route timeout (from the first
-/// attempt's), the per-try timeout, the idle timeout.
+/// other than 101. Its timeouts run from the end of the request
+/// ([`head_timeout`]); while the body is still going, only the body's
+/// idle timeout watches it.
 async fn read_response_head(
     up: &Stream,
     rbuf: &mut Vec<u8>,
@@ -1189,7 +1195,6 @@ async fn read_response_head(
     max_head: usize,
     fields: &mut Vec<Field>,
     nominated: &mut Vec<Span>,
-    clock: &Clock,
 ) -> Result<ResponseHead, HeadFailure> {
     let read = async {
         let mut any = false;
@@ -1223,34 +1228,29 @@ async fn read_response_head(
             }
         }
     };
-    let timer = async {
-        loop {
-            let Some(sent) = clock.sent_at.get() else {
-                // The body is still going (its own idle timeout watches it).
-                rt::sleep(clock.timeout).await;
-                continue;
-            };
-            let mut end = (
-                clock.first_sent.get().unwrap_or(sent) + clock.timeout,
-                TimeoutKind::Request,
-            );
-            for (at, kind) in [
-                (clock.per_try.map(|p| sent + p), TimeoutKind::PerTry),
-                (Some(sent + clock.idle), TimeoutKind::Idle),
-            ] {
-                if let Some(at) = at.filter(|at| *at < end.0) {
-                    end = (at, kind);
-                }
-            }
-            rt::sleep_until(end.0).await;
-            return end.1;
+    read.await
+}
+
+/// Waits for the first of the timeouts of a request's response head, each
+/// counted from the moment the request was all sent (now, if sending
+/// failed): the route timeout (from the first attempt's), the per-try
+/// timeout, the idle timeout. Returns which one expired.
+async fn head_timeout(clock: &Clock) -> TimeoutKind {
+    let sent = clock.sent_at.get().unwrap_or_else(Instant::now);
+    let mut end = (
+        clock.first_sent.get().unwrap_or(sent) + clock.timeout,
+        TimeoutKind::Request,
+    );
+    for (at, kind) in [
+        (clock.per_try.map(|p| sent + p), TimeoutKind::PerTry),
+        (Some(sent + clock.idle), TimeoutKind::Idle),
+    ] {
+        if let Some(at) = at.filter(|at| *at < end.0) {
+            end = (at, kind);
         }
-    };
-    pin_mut!(read, timer);
-    match select(read, timer).await {
-        Either::Left((res, _)) => res,
-        Either::Right((kind, _)) => Err(HeadFailure::TimedOut(kind)),
     }
+    rt::sleep_until(end.0).await;
+    end.1
 }
 
 /// The wait a retryable 429 or 503 asks for in `Retry-After`.
