@@ -380,7 +380,7 @@ async fn clusters(State(proxy): State<Arc<Proxy>>) -> Response {
                 "lb": c.balancer.policy().as_str(),
                 "connect_timeout": crate::decode::format_duration(c.connect_timeout),
                 "connect_attempts": c.connect_attempts,
-                "circuit_breakers": {"max_connections": c.max_connections, "max_pending_requests": c.max_pending},
+                "circuit_breakers": {"max_connections": c.max_connections, "max_pending_requests": c.max_pending, "max_requests": c.max_requests, "max_retries": c.max_retries},
                 "discovery": discovery_json(&proxy, &applied.document, &c.name),
                 "panic_threshold": c.panic_threshold,
                 "membership": {"available": available, "total": total, "panic": c.health.in_panic(c.panic_threshold)},
