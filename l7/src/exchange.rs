@@ -11,7 +11,12 @@
 //! A request that fails on a reused connection before any response byte
 //! (the server closed it as we sent) is replayed once on a new connection
 //! when the whole request is still in our buffer (no body, or a body that
-//! arrived with the head).
+//! arrived with the head). Beyond that, the route's retry policy decides
+//! (`retry.rs`): the attempt loop in [`forward`] asks [`Retries::grant`]
+//! after each failure or response it may retry, and a granted retry goes
+//! round the loop again after its backoff, with the request still whole in
+//! the buffers (a route with a policy reads its body, up to
+//! [`INLINE_BODY`], before the first attempt).
 
 use std::cell::Cell;
 use std::io;

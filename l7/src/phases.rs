@@ -18,14 +18,19 @@
 //!    here (`direct.rs`); a forwarding route picks its cluster (the split,
 //!    sticky or drawn);
 //! 6. **breakers**: the cluster's `max_requests` (503, flag `UO`);
-//! 7. **upstream exchange** (`exchange.rs`): the request head is written
+//! 7. **upstream exchange** (`exchange.rs`): a request the route may
+//!    retry is read whole (up to 64 KiB) -> the request head is written
 //!    with the route's rewrites and request header operations, and a copy
 //!    goes to the mirror (`mirror.rs`, fire and forget) -> pick an
-//!    endpoint (core's balancer, health, ejection, panic mode) -> pooled or
-//!    new connection (`max_connections`, connect timeout, failover, TLS
-//!    origination) -> send head and body -> response head within the route
-//!    `timeout` -> response header operations -> stream the body back ->
-//!    pool the connection when reusable;
+//!    endpoint (core's balancer, health, ejection, panic mode; one not
+//!    tried yet on a retry) -> pooled or new connection (`max_connections`,
+//!    `max_pending_requests`, connect timeout, failover, TLS origination)
+//!    -> send head and body -> response head within the route `timeout`,
+//!    `per_try_timeout` and `idle_timeout` -> a failure or status the
+//!    retry policy names, with the budget and `max_retries` agreeing
+//!    (`retry.rs`): back off and go again from the pick -> response header
+//!    operations -> stream the body back -> pool the connection when
+//!    reusable;
 //! 8. **record** (`record.rs`): metrics (per listener, route and cluster)
 //!    and one access-log line, once.
 
