@@ -8,6 +8,8 @@
 #   prefix    $ROUTES routes, each its own `path_prefix:`; the request is under the last one's
 #   fault0    (with CELLS) one route with a fault filter at 0%: its cost when it never fires
 #   ratelimit (with CELLS) one route with a rate limit that never triggers (one shared CAS)
+#   retry     (with CELLS) one route with a retry policy that never fires (nginx answers 200):
+#             the budget deposit per request and the replay bookkeeping
 #
 # Every cell sends the same request (`GET /svc/<last>/items`, `Host:
 # svc-<last>.example.com`) with wrk -t1 -c50 (HTTP/1.1 keep-alive) through
@@ -34,7 +36,7 @@
 # Needs wrk and nginx (and valgrind for MODE=callgrind), installed with
 # apt-get when run as root.
 # RINGMESH=path overrides the binary (A/B runs); otherwise target/release/ringmesh is built.
-# CELLS="baseline" (a subset of "baseline host exact prefix fault0 ratelimit";
+# CELLS="baseline" (a subset of "baseline host exact prefix fault0 ratelimit retry";
 # default: the first four) runs only those cells.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,7 +82,7 @@ PY
 }
 wait_port() {
   for _ in $(seq 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "port $1 not up" >&2; tail -5 "$WORK"/*.log >&2; return 1
+  echo "port $1 not up" >&2; tail -n 5 "$WORK"/*.log >&2; return 1
 }
 stop() { kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
@@ -117,7 +119,8 @@ YAML
     exact) for i in $(seq 0 "$LAST"); do echo "      - { match: { path: /svc/$i/items }, cluster: c }"; done >> "$f" ;;
     prefix) for i in $(seq 0 "$LAST"); do echo "      - { match: { path_prefix: /svc/$i }, cluster: c }"; done >> "$f" ;;
     fault0) echo "      - { cluster: c, fault: { abort: { status: 503, percent: 0 }, delay: { fixed: 1s, percent: 0 } } }" >> "$f" ;;
-    ratelimit) echo "      - { cluster: c, rate_limit: { requests_per_second: 1000000000 } }" >> "$f" ;;
+    ratelimit) echo "      - { cluster: c, rate_limit: { requests_per_second: 10000000 } }" >> "$f" ;;
+    retry) echo "      - { cluster: c, retries: { on: [5xx, reset], attempts: 2, per_try_timeout: 1s } }" >> "$f" ;;
   esac
   cat >> "$f" <<YAML
 clusters:
@@ -201,13 +204,14 @@ titles = {
     "prefix": f"{routes} routes, `path_prefix`, last one hit",
     "fault0": "1 route with a fault filter at 0% (abort and delay)",
     "ratelimit": "1 route with a rate limit that never triggers",
+    "retry": "1 route with a retry policy that never fires",
 }
 us = {c: {r: cost / n * (1 if cg else 1e6) for r, (n, cost, _, _) in v.items()} for c, v in rows.items()}
 fmt = (lambda x: f"{x:.0f}") if cg else (lambda x: f"{x:.2f}")
 unit = "user-space instructions per request" if cg else "proxy CPU per request, µs"
 print(f"| cell | throughput (median) | {unit} (median, min-max) | vs baseline, same round (median, min-max) | per round | steal on the proxy's CPU (median) |")
 print("|---|---|---|---|---|---|")
-for c in ("baseline", "host", "exact", "prefix", "fault0", "ratelimit"):
+for c in titles:
     if c not in rows:
         continue
     v = us[c]

@@ -236,6 +236,7 @@ pub(crate) async fn forward(
     let replayable = inline.is_some() && head.method.is_idempotent();
     let mut attempt = 0u32;
     let mut stale = false;
+    let mut replayed = false;
     let after = loop {
         attempt += 1;
         record.attempts = attempt;
@@ -310,9 +311,12 @@ pub(crate) async fn forward(
             Attempt::Retry(wait) => {
                 rt::sleep(wait).await;
             }
-            Attempt::Replay if reused && replayable && attempt == 1 => {
+            // Once per request, free of the retry policy: the forced new
+            // connection cannot meet the same race.
+            Attempt::Replay if reused && replayable && !replayed => {
                 stats.replayed.inc();
                 stale = true;
+                replayed = true;
             }
             Attempt::Replay => {
                 let cause = if reused {
@@ -566,9 +570,9 @@ async fn attempt_once(
     let index = conn.conn.index;
     let started = Instant::now();
     cluster.balancer.opened(core, index);
-    let result = Box::pin(run(
+    let result = run(
         c, http, leg, head, record, &conn, out, inline, clock, retries,
-    ))
+    )
     .await;
     cluster.balancer.closed(core, index);
     match result {

@@ -101,8 +101,12 @@ impl RetryBudget {
         self.settings
     }
 
+    #[inline]
     fn epoch(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.origin).as_nanos() as u64 / self.slot_nanos
+        // u64 arithmetic: `as_nanos` is a u128 and its division a libcall
+        // on the per-request path.
+        let d = now.saturating_duration_since(self.origin);
+        (d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos())) / self.slot_nanos
     }
 
     /// One request sent on worker `core` (the worker is the slot's only
