@@ -128,34 +128,51 @@ fn dead_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+/// A step that stalls past the per-try timeout of the condition matrix.
+const STALL: Step = Step {
+    delay: Duration::from_millis(800),
+    answer: Some(200),
+};
+
 #[test]
 fn each_condition_retries_what_it_names_and_nothing_else() {
+    for engine in ["uring", "epoll"] {
+        condition_matrix(engine);
+    }
+}
+
+fn condition_matrix(engine: &str) {
     // (on, what the first request gets, retried?)
     let cases: &[(&str, Step, bool)] = &[
         ("[5xx]", answer(500), true),
         ("[5xx]", answer(503), true),
         ("[5xx]", CLOSE, true),
         ("[5xx]", answer(409), false),
+        ("[5xx]", STALL, true),
         ("[gateway-error]", answer(502), true),
         ("[gateway-error]", answer(504), true),
         ("[gateway-error]", answer(500), false),
+        ("[gateway-error]", STALL, true),
         ("[retriable-4xx]", answer(409), true),
         ("[retriable-4xx]", answer(400), false),
         ("[retriable-4xx]", answer(500), false),
         ("[reset]", CLOSE, true),
         ("[reset]", answer(503), false),
+        ("[reset]", STALL, true),
+        ("[retriable-4xx]", STALL, false),
         ("[connect-failure]", CLOSE, false),
         ("[refused-stream]", CLOSE, false),
     ];
     for &(on, first, retried) in cases {
         let (addr, count) = scripted(move |n, _| if n == 0 { first } else { answer(200) });
-        let proxy = Proxy::start(
-            "uring",
-            &config(&format!("retries: {{ on: {on} }}"), &[addr], ""),
-        );
+        let route = format!("retries: {{ on: {on}, per_try_timeout: 300ms }}");
+        let proxy = Proxy::start(engine, &config(&route, &[addr], ""));
         let mut c = http::connect(proxy.listener("web"));
         let r = post(&mut c, b"x");
-        let case = format!("on {on}, first answer {:?}", first.answer);
+        let case = format!(
+            "{engine}: on {on}, first {:?} after {:?}",
+            first.answer, first.delay
+        );
         if retried {
             assert_eq!((r.status, attempts(&r)), (200, 2), "{case}: {}", r.head);
             assert_eq!(count.load(Ordering::SeqCst), 2, "{case}");
@@ -181,11 +198,12 @@ fn retriable_status_codes_retries_the_listed_codes_only() {
 }
 
 #[test]
-fn a_refused_request_on_a_pooled_connection_is_retried_under_refused_stream() {
+fn a_post_meeting_a_closed_pooled_connection_is_a_reset_not_a_refused_stream() {
     // The server answers the first request of each connection, then
-    // closes on the next without a byte: the second POST (not replayed
-    // unasked: it is not idempotent) meets that on a pooled connection.
-    for (on, retried) in [("[refused-stream]", true), ("[connect-failure]", false)] {
+    // closes on the next without a byte: the second POST meets that on a
+    // pooled connection. HTTP/1.1 cannot prove a POST unprocessed (RFC
+    // 9110 §9.2.2), so `refused-stream` does not retry it; `reset` does.
+    for (on, retried) in [("[reset]", true), ("[refused-stream]", false)] {
         let (addr, count) = scripted(|_, k| if k == 0 { answer(200) } else { CLOSE });
         let route = format!("retries: {{ on: {on} }}");
         let proxy = Proxy::start("uring", &config(&route, &[addr], ""));
@@ -298,15 +316,39 @@ fn backoff_waits_are_jittered_below_envoys_exponential_ceilings() {
 }
 
 #[test]
-fn retry_after_is_honoured_up_to_the_backoff_cap_and_not_retried_beyond_it() {
+fn retry_after_is_honoured_up_to_the_backoff_cap() {
     let up = Upstream::start(|_| Reply::status(503).header("Retry-After", "1"));
-    // 1 s is past the default 250 ms cap: the 503 goes back at once.
+    // 1 s is past the default 250 ms cap: the retry waits the cap.
     let proxy = Proxy::start("uring", &config("retries: { on: [5xx] }", &[up.addr], ""));
     let t = Instant::now();
     let r = post(&mut http::connect(proxy.listener("web")), b"x");
-    assert_eq!((r.status, attempts(&r)), (503, 1), "{}", r.head);
-    assert!(t.elapsed() < Duration::from_millis(500));
-    assert_eq!(up.request_count(), 1);
+    let took = t.elapsed();
+    assert_eq!((r.status, attempts(&r)), (503, 2), "{}", r.head);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    assert_eq!(up.request_count(), 2);
+    // A 429 with `Retry-After: 0` is retried at once.
+    let n = Arc::new(AtomicUsize::new(0));
+    let m = n.clone();
+    let limited = Upstream::start(move |_| {
+        if m.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::status(429).header("Retry-After", "0")
+        } else {
+            Reply::ok("ok")
+        }
+    });
+    let route = "retries: { on: [retriable-status-codes], retriable_status_codes: [429], backoff: { base: 1s } }";
+    let proxy = Proxy::start("uring", &config(route, &[limited.addr], ""));
+    let t = Instant::now();
+    let r = post(&mut http::connect(proxy.listener("web")), b"x");
+    assert_eq!((r.status, attempts(&r)), (200, 2), "{}", r.head);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
     // With a 2 s cap, the retry waits the second asked for.
     let route = "retries: { on: [5xx], backoff: { base: 25ms, max: 2s } }";
     let proxy = Proxy::start("uring", &config(route, &[up.addr], ""));
@@ -326,50 +368,174 @@ fn bodies_up_to_64_kib_are_replayed_whole_and_larger_ones_are_not_retried() {
     let seen = bodies.clone();
     let n = Arc::new(AtomicUsize::new(0));
     let up = Upstream::start(move |r| {
-        seen.lock().unwrap().push(r.body.clone());
+        seen.lock().unwrap().push((r.path.clone(), r.body.clone()));
         // Every first attempt fails.
         if n.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
             Reply::status(503)
         } else {
-            Reply::ok(format!("{}", r.body.len()))
+            Reply::ok(format!("{} {}", r.path, r.body.len()))
         }
     });
     let proxy = Proxy::start("uring", &config("retries: { on: [5xx] }", &[up.addr], ""));
     let addr = proxy.listener("web");
-    // 60 KiB sent in two parts, 100 ms apart: read whole before sending.
+    // 60 KiB sent in two parts, 100 ms apart, with a pipelined GET right
+    // behind it: the body is read whole before sending, the GET waits.
     let body: Vec<u8> = (0..60 * 1024).map(|i| (i % 251) as u8).collect();
     let mut c = http::connect(addr);
     let head = format!(
-        "POST / HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     http::send(&mut c, head.as_bytes()).expect("send");
     http::send(&mut c, &body[..1000]).expect("send");
     thread::sleep(Duration::from_millis(100));
-    http::send(&mut c, &body[1000..]).expect("send");
+    let mut rest = body[1000..].to_vec();
+    rest.extend_from_slice(b"GET /b HTTP/1.1\r\nHost: test\r\n\r\n");
+    http::send(&mut c, &rest).expect("send");
     let r = http::read_response(&mut c, false).expect("response");
     assert_eq!((r.status, attempts(&r)), (200, 2), "{}", r.head);
-    assert_eq!(r.text(), body.len().to_string());
-    // A chunked body in three chunks, the last one late.
-    let chunked = b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1;ext=1\r\n \r\n";
+    assert_eq!(r.text(), format!("/a {}", body.len()));
+    let r = http::read_response(&mut c, false).expect("pipelined response");
+    assert_eq!((r.status, r.text()), (200, "/b 0".to_owned()), "{}", r.head);
+    // A chunked body in three chunks, the last one late, then a
+    // pipelined GET.
+    let chunked = b"POST /c HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1;ext=1\r\n \r\n";
     http::send(&mut c, chunked).expect("send");
     thread::sleep(Duration::from_millis(100));
-    http::send(&mut c, b"5\r\nworld\r\n0\r\n\r\n").expect("send");
+    http::send(
+        &mut c,
+        b"5\r\nworld\r\n0\r\n\r\nGET /d HTTP/1.1\r\nHost: test\r\n\r\n",
+    )
+    .expect("send");
     let r = http::read_response(&mut c, false).expect("response");
     assert_eq!((r.status, attempts(&r)), (200, 2), "{}", r.head);
-    assert_eq!(r.text(), "11");
+    assert_eq!(r.text(), "/c 11");
+    let r = http::read_response(&mut c, false).expect("pipelined response");
+    assert_eq!(r.text(), "/d 0");
+    // `Expect: 100-continue`: the proxy asks for the body, then replays it.
+    http::send(
+        &mut c,
+        b"POST /e HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .expect("send");
+    let interim = http::read_response(&mut c, false).expect("100 Continue");
+    assert_eq!(interim.status, 100);
+    http::send(&mut c, b"12345").expect("send");
+    let r = http::read_response(&mut c, false).expect("response");
+    assert_eq!(
+        (r.status, attempts(&r), r.text()),
+        (200, 2, "/e 5".to_owned())
+    );
     // 100 KiB: streamed, and the 503 goes back.
     let big = vec![7u8; 100 * 1024];
-    let r = post(&mut c, &big);
+    let r = http::request(&mut c, "POST", "/f", &[("Host", "test")], &big).expect("response");
     assert_eq!((r.status, attempts(&r)), (503, 1), "{}", r.head);
     let seen = bodies.lock().unwrap();
-    assert_eq!(seen.len(), 5);
+    let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/a", "/a", "/b", "/b", "/c", "/c", "/d", "/d", "/e", "/e", "/f"
+        ]
+    );
     assert!(
-        seen[0] == body && seen[1] == body,
+        seen[0].1 == body && seen[1].1 == body,
         "both attempts got the body"
     );
-    assert!(seen[2] == b"hello world" && seen[3] == b"hello world");
-    assert_eq!(seen[4].len(), big.len());
+    assert!(seen[4].1 == b"hello world" && seen[5].1 == b"hello world");
+    assert!(seen[8].1 == b"12345" && seen[9].1 == b"12345");
+    assert_eq!(seen[10].1.len(), big.len());
+}
+
+#[test]
+fn a_retry_frees_its_max_retries_slot_when_its_response_head_arrives() {
+    // The retried attempt answers a head and half its body, then the rest
+    // a second later: the slot is free while the body streams.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let n = Arc::new(AtomicUsize::new(0));
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let n = n.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                if n.fetch_add(1, Ordering::SeqCst) == 0 {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 503 X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello");
+                thread::sleep(Duration::from_secs(1));
+                let _ = s.write_all(b"world");
+                thread::sleep(Duration::from_secs(1));
+            });
+        }
+    });
+    let proxy = Proxy::start(
+        "uring",
+        &config(
+            "retries: { on: [5xx] }",
+            &[addr],
+            "    circuit_breakers: { max_retries: 1 }\n",
+        ),
+    );
+    let mut c = http::connect(proxy.listener("web"));
+    http::send(&mut c, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        let mut line = String::new();
+        c.read_line(&mut line).expect("head");
+        head.push_str(&line);
+    }
+    assert!(head.contains("x-ringmesh-attempts: 2"), "{head}");
+    let active = proxy.metric("ringmesh_upstream_retries_active", &[("cluster", "app")]);
+    assert_eq!(active, 0.0, "the slot is released with the head");
+    let mut body = [0u8; 10];
+    c.read_exact(&mut body).expect("body");
+    assert_eq!(&body, b"helloworld");
+}
+
+#[test]
+fn the_route_timeout_bounds_connect_failures_and_their_retries() {
+    let hole = Blackhole::start();
+    let route = "timeout: 1s, retries: { on: [connect-failure], attempts: 5 }";
+    let proxy = Proxy::start(
+        "uring",
+        &config(
+            route,
+            &[hole.addr],
+            "    connect_timeout: 3s\n    connect_attempts: 1\n",
+        ),
+    );
+    let t = Instant::now();
+    let r = post(&mut http::connect(proxy.listener("web")), b"x");
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{}", r.head);
+    assert!(r.text().contains("(UT)"));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_discarded_response_read_whole_leaves_its_connection_pooled() {
+    // The first answer (503, empty body) is all there: the retry may reuse
+    // the connection. One endpoint, so the retry goes back to it.
+    let (addr, _) = scripted(|n, _| answer(if n == 0 { 503 } else { 200 }));
+    let proxy = Proxy::start("uring", &config("retries: { on: [5xx] }", &[addr], ""));
+    let r = post(&mut http::connect(proxy.listener("web")), b"x");
+    assert_eq!((r.status, attempts(&r)), (200, 2));
+    let pool = |connection| {
+        proxy.metric(
+            "ringmesh_upstream_pool_requests_total",
+            &[("cluster", "app"), ("connection", connection)],
+        )
+    };
+    assert_eq!((pool("new"), pool("reused")), (1.0, 1.0));
 }
 
 #[test]

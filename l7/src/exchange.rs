@@ -130,12 +130,16 @@ struct Clock {
     sent_at: Cell<Option<Instant>>,
     /// When the first attempt's was.
     first_sent: Cell<Option<Instant>>,
+    /// When the exchange began (the request whole, when it is buffered):
+    /// the route timeout counts from here until a request was sent, so
+    /// connects and their retries are bounded too.
+    started: Instant,
 }
 
 impl Clock {
-    /// When the route timeout ends, once the first request was sent.
+    /// When the route timeout ends.
     fn deadline(&self) -> Option<Instant> {
-        self.first_sent.get().map(|t| t + self.timeout)
+        Some(self.first_sent.get().unwrap_or(self.started) + self.timeout)
     }
 }
 
@@ -151,16 +155,10 @@ pub(crate) async fn forward(
     let core = c.facts.core;
     let cluster = &*leg.target.cluster;
     let policy = leg.forward.retries.as_deref();
-    let clock = Clock {
-        timeout: leg.timeout,
-        per_try: leg.forward.per_try_timeout,
-        idle: leg
-            .forward
-            .idle_timeout
-            .unwrap_or(http.settings.idle_timeout),
-        sent_at: Cell::new(None),
-        first_sent: Cell::new(None),
-    };
+    let idle = leg
+        .forward
+        .idle_timeout
+        .unwrap_or(http.settings.idle_timeout);
     // HTTP/1.0 clients get no interim responses (RFC 9110 §15.2).
     let body_coming = c.whole_request(head).is_none();
     if head.expect_continue && head.minor == 1 && body_coming {
@@ -175,10 +173,12 @@ pub(crate) async fn forward(
     }
     // A request that may be retried is read whole first (up to
     // INLINE_BODY), so it can be sent again.
+    let mut started = record.started();
     if body_coming && policy.is_some_and(|p| p.attempts > 0) {
-        if let Err(e) = buffer_for_replay(c, head, clock.idle).await {
+        if let Err(e) = buffer_for_replay(c, head, idle).await {
             return client_failed(c, record, leg, e).await;
         }
+        started = Instant::now();
     }
     let mut out = buffers::take();
     let fwd = Forwarded {
@@ -223,6 +223,15 @@ pub(crate) async fn forward(
         buffers::give(b);
     }
     let inline = inline_body(&c.buf, head, &mut out, policy.is_some());
+    let clock = Clock {
+        timeout: leg.timeout,
+        per_try: leg.forward.per_try_timeout,
+        idle,
+        sent_at: Cell::new(None),
+        first_sent: Cell::new(None),
+        // The route timeout starts with the request whole (Envoy's).
+        started,
+    };
     let mut retries = Retries::new(
         policy,
         cluster,
@@ -264,7 +273,18 @@ pub(crate) async fn forward(
                 let Some(slot) = ConnectionSlot::acquire(cluster, core) else {
                     break local(c, head, record, ResponseFlag::UpstreamOverflow, None, true).await;
                 };
-                match upstream::connect(cluster, core, pick).await {
+                // Connects (and their failover) spend the route timeout too.
+                let left = clock.deadline().map_or(clock.timeout, |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
+                let Some(connected) =
+                    rt::timeout(left, upstream::connect(cluster, core, pick)).await
+                else {
+                    leg.stats.timed_out(core, TimeoutKind::Request);
+                    let flag = ResponseFlag::UpstreamTimeout;
+                    break local(c, head, record, flag, None, true).await;
+                };
+                match connected {
                     Ok(conn) => {
                         stats.new.inc();
                         (PooledConnection { conn, _slot: slot }, false)
@@ -290,7 +310,8 @@ pub(crate) async fn forward(
                 }
             }
         };
-        retries.tried(conn.conn.index);
+        let index = conn.conn.index;
+        retries.tried(index);
         record.endpoint = Some(conn.conn.addr);
         stale = false;
         let run = attempt_once(
@@ -309,6 +330,8 @@ pub(crate) async fn forward(
         match run.await {
             Attempt::Done(after) => break after,
             Attempt::Retry(wait) => {
+                // The access log tells of the last attempt.
+                record.error = None;
                 rt::sleep(wait).await;
             }
             // Once per request, free of the retry policy: the forced new
@@ -317,9 +340,13 @@ pub(crate) async fn forward(
                 stats.replayed.inc();
                 stale = true;
                 replayed = true;
+                retries.untried(index);
             }
             Attempt::Replay => {
-                let cause = if reused {
+                // On HTTP/1.1 a close before any response byte proves the
+                // request unprocessed only as far as RFC 9110 §9.2.2 lets
+                // a client assume it: for idempotent methods.
+                let cause = if reused && head.method.is_idempotent() {
                     Cause::RefusedStream
                 } else {
                     Cause::Reset
@@ -379,7 +406,9 @@ async fn buffer_for_replay(
 /// bytes in all, at most [`INLINE_BODY`] past the head).
 async fn read_into_buffer(c: &mut Client, want: usize, idle: Duration) -> Result<(), SendError> {
     let mut b = std::mem::take(&mut c.buf);
-    b.reserve(want.saturating_sub(b.len()).max(1));
+    // Room for what is still to come, in pool-sized steps (a small body
+    // does not take a 64 KiB buffer).
+    b.reserve(want.saturating_sub(b.len()).clamp(1, buffers::BUFFER));
     let result = rt::timeout(idle, c.stream.read_more(b)).await;
     match result {
         None => Err(SendError::ClientIdle),
@@ -763,6 +792,7 @@ async fn run(
             }
         }
         (send, Err(failure)) => {
+            retries.settle();
             if let Some(Err(e)) = &send {
                 record.error = Some(e.to_string());
             }
@@ -848,10 +878,15 @@ async fn run(
                     retries.grant(cause, wait, clock.deadline())
                 })
                 .flatten();
+            if retry.is_none() {
+                // The retry in progress (if any) ends with its head.
+                retries.settle();
+            }
             if let Some(wait) = retry {
                 // The response is dropped; its connection is kept only when
                 // all of it is here.
                 let whole = match response.framing {
+                    _ if response.status == 101 => false,
                     Framing::None => rbuf.len() == response.len,
                     Framing::Length(n) => rbuf.len() as u64 == response.len as u64 + n,
                     _ => false,

@@ -6,8 +6,9 @@
 //!
 //! A retry is granted when every one of these holds, checked in this
 //! order: the policy retries on what happened; attempts are left; the
-//! whole request is still held for replay; the backoff ends before the
-//! route timeout; a `Retry-After` (429, 503) is within the backoff cap;
+//! whole request is still held for replay (or nothing of it was sent: a
+//! connect failure); the wait (the drawn backoff, or a 429's or 503's
+//! `Retry-After` up to the backoff cap) ends before the route timeout;
 //! the cluster's `max_retries` breaker has room (else counted `overflow`);
 //! the cluster's budget has a retry left (else counted
 //! `budget_exhausted`). A refused retry lets the last response (or the
@@ -35,8 +36,8 @@ impl RetryOn {
     /// a reused connection closed before any response byte (HTTP/2's
     /// REFUSED_STREAM later).
     pub const REFUSED_STREAM: RetryOn = RetryOn(1 << 1);
-    /// No response at all: disconnect, reset, malformed head, per-try
-    /// timeout.
+    /// No response at all: no connection, disconnect, reset, malformed
+    /// head, per-try timeout.
     pub const RESET: RetryOn = RetryOn(1 << 2);
     /// Any 5xx response, and everything `reset`, `connect-failure` and
     /// `refused-stream` cover.
@@ -150,7 +151,7 @@ impl RetryPolicy {
         use RetryOn as O;
         let gateway = O::SERVER_ERROR.with(O::GATEWAY_ERROR);
         match cause {
-            Cause::ConnectFailure => self.on.any(gateway.with(O::CONNECT_FAILURE)),
+            Cause::ConnectFailure => self.on.any(gateway.with(O::RESET).with(O::CONNECT_FAILURE)),
             Cause::RefusedStream => self.on.any(gateway.with(O::RESET).with(O::REFUSED_STREAM)),
             Cause::Reset | Cause::PerTryTimeout => self.on.any(gateway.with(O::RESET)),
             Cause::Status(s) => {
@@ -227,11 +228,31 @@ impl<'a> Retries<'a> {
     }
 
     /// Whether a retry could follow `cause` at all (policy, attempts,
-    /// replay): checked before a response is given up on.
+    /// replay): checked before a response is given up on. A connect
+    /// failure sent nothing, so even a streamed request may follow it.
     pub fn wanted(&self, cause: Cause) -> bool {
         match self.policy {
-            Some(p) => self.replayable && self.made < p.attempts && p.retries_on(cause),
+            Some(p) => {
+                (self.replayable || cause == Cause::ConnectFailure)
+                    && self.made < p.attempts
+                    && p.retries_on(cause)
+            }
             None => false,
+        }
+    }
+
+    /// The retry in progress is over (its response head arrived, or it
+    /// failed): its `max_retries` slot is released, whatever the
+    /// response's body still takes.
+    pub fn settle(&mut self) {
+        self.slot = None;
+    }
+
+    /// Forgets the last endpoint tried (a stale pooled connection to it
+    /// says nothing about the endpoint).
+    pub fn untried(&mut self, index: usize) {
+        if self.tried_len > 0 && self.tried[self.tried_len - 1] == index {
+            self.tried_len -= 1;
         }
     }
 
@@ -250,11 +271,9 @@ impl<'a> Retries<'a> {
         if !self.wanted(cause) {
             return None;
         }
+        // A server's `Retry-After` is honoured up to the backoff cap.
         let wait = match retry_after {
-            // The server asked for a wait longer than the cap: retrying
-            // sooner would defy it (Envoy's rate-limited backoff).
-            Some(w) if w > policy.backoff.max => return None,
-            Some(w) => w,
+            Some(w) => w.min(policy.backoff.max),
             None => policy.backoff.draw(self.made + 1),
         };
         let now = Instant::now();
@@ -329,7 +348,10 @@ mod tests {
         };
         assert_eq!(covered(&["connect-failure"]), [ConnectFailure]);
         assert_eq!(covered(&["refused-stream"]), [RefusedStream]);
-        assert_eq!(covered(&["reset"]), [RefusedStream, Reset, PerTryTimeout]);
+        assert_eq!(
+            covered(&["reset"]),
+            [ConnectFailure, RefusedStream, Reset, PerTryTimeout]
+        );
         assert_eq!(
             covered(&["5xx"]),
             [

@@ -619,7 +619,7 @@ impl RetriesDoc {
                 let mut ok = true;
                 let mut codes = Vec::new();
                 for (i, item) in list(d, vn, &vp).unwrap_or(&[]).iter().enumerate() {
-                    match integer(d, item, &format!("{vp}[{i}]"), 100, 599) {
+                    match integer(d, item, &format!("{vp}[{i}]"), 200, 599) {
                         Some(c) => codes.push(c as u16),
                         None => ok = false,
                     }
