@@ -130,16 +130,19 @@ struct Clock {
     sent_at: Cell<Option<Instant>>,
     /// When the first attempt's was.
     first_sent: Cell<Option<Instant>>,
-    /// When the exchange began (the request whole, when it is buffered):
-    /// the route timeout counts from here until a request was sent, so
-    /// connects and their retries are bounded too.
-    started: Instant,
+    /// When the route timeout ends while nothing was sent yet, so connects
+    /// and their retries are bounded too.
+    unsent_deadline: Instant,
 }
 
 impl Clock {
     /// When the route timeout ends.
     fn deadline(&self) -> Option<Instant> {
-        Some(self.first_sent.get().unwrap_or(self.started) + self.timeout)
+        Some(
+            self.first_sent
+                .get()
+                .map_or(self.unsent_deadline, |t| t + self.timeout),
+        )
     }
 }
 
@@ -173,12 +176,15 @@ pub(crate) async fn forward(
     }
     // A request that may be retried is read whole first (up to
     // INLINE_BODY), so it can be sent again.
-    let mut started = record.started();
+    // Until a request is sent, the route timeout counts from the head
+    // (the client's whole wait, an injected delay included), or from the
+    // body's end when it was read whole here.
+    let mut unsent_deadline = record.started() + leg.forward.timeout;
     if body_coming && policy.is_some_and(|p| p.attempts > 0) {
         if let Err(e) = buffer_for_replay(c, head, idle).await {
             return client_failed(c, record, leg, e).await;
         }
-        started = Instant::now();
+        unsent_deadline = Instant::now() + leg.timeout;
     }
     let mut out = buffers::take();
     let fwd = Forwarded {
@@ -229,8 +235,7 @@ pub(crate) async fn forward(
         idle,
         sent_at: Cell::new(None),
         first_sent: Cell::new(None),
-        // The route timeout starts with the request whole (Envoy's).
-        started,
+        unsent_deadline,
     };
     let mut retries = Retries::new(
         policy,
