@@ -422,7 +422,44 @@ fn http_handler(
                 .rate_limit
                 .as_ref()
                 .map(|rl| rl.runtime(http.rate_limit(&l.name, "-"))),
+            tracing: targets.doc.tracing.as_ref().map(|t| tracing(t, http)),
         },
+    })
+}
+
+/// The runtime tracing settings of the config's `tracing`.
+fn tracing(
+    t: &crate::model::TracingDoc,
+    http: &HttpStatsRegistry,
+) -> ringmesh_l7::trace::TracingSettings {
+    ringmesh_l7::trace::TracingSettings {
+        sampling_per_million: crate::model::per_million(t.sampling),
+        w3c: t.propagation.iter().any(|p| p == "w3c"),
+        b3: t.propagation.iter().any(|p| p == "b3"),
+        sink: t.otlp.as_ref().map(|_| http.spans()),
+    }
+}
+
+/// The exporter's settings of a config (`None`: no `tracing.otlp`).
+pub fn export_settings(doc: &Document) -> Option<crate::otlp::ExportSettings> {
+    let otlp = doc.tracing.as_ref()?.otlp.as_ref()?;
+    let node = &doc.node;
+    let mut resource = Vec::new();
+    if let Some(ns) = &node.namespace {
+        resource.push(("service.namespace", ns.clone()));
+    }
+    if let Some(v) = &node.version {
+        resource.push(("service.version", v.clone()));
+    }
+    if let Some(w) = &node.workload {
+        resource.push(("k8s.deployment.name", w.clone()));
+    }
+    Some(crate::otlp::ExportSettings {
+        endpoint: crate::otlp::Endpoint::parse(&otlp.endpoint).ok()?,
+        headers: otlp.headers.clone().into_iter().collect(),
+        timeout: otlp.timeout,
+        service_name: node.service_name().to_owned(),
+        resource,
     })
 }
 

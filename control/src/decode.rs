@@ -189,6 +189,19 @@ impl<'n> Fields<'n> {
         Some((self.entries[i].2, child(&self.path, key)))
     }
 
+    /// Takes every field not taken yet (a mapping of user-chosen keys),
+    /// with its key, value and path.
+    pub(crate) fn take_all(&mut self) -> Vec<(String, &'n Node, String)> {
+        let mut out = Vec::new();
+        for (i, (key, _, value)) in self.entries.iter().enumerate() {
+            if !self.used[i] {
+                self.used[i] = true;
+                out.push(((*key).to_owned(), *value, child(&self.path, key)));
+            }
+        }
+        out
+    }
+
     /// Reports every key that was not taken.
     pub(crate) fn finish(self, d: &mut Decoder, known: &[&str]) {
         for (i, (key, key_node, _)) in self.entries.iter().enumerate() {

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod discovery;
 pub mod limits;
 pub mod model;
+pub mod otlp;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;

@@ -314,6 +314,23 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
             );
         }
     }
+    let spans = http.spans();
+    o.header(
+        "ringmesh_tracing_spans_total",
+        "counter",
+        "Spans of sampled requests by result (`exported`: the collector took them; `dropped`: the queue of 2048 was full; `failed`: the export failed).",
+    );
+    for (result, counter) in [
+        ("exported", &spans.exported),
+        ("dropped", &spans.dropped),
+        ("failed", &spans.failed),
+    ] {
+        o.sample(
+            "ringmesh_tracing_spans_total",
+            &[("result", result)],
+            counter.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
     let listeners = http.listeners();
     o.header(
         "ringmesh_http_requests_active",

@@ -137,6 +137,8 @@ pub struct Proxy {
     /// The descriptor limit and the data plane's share of it.
     pub fd_share: Option<ringmesh_core::fd_share::FdShare>,
     applied: ArcSwap<Applied>,
+    /// The span exporter's settings, from the running config.
+    export: Arc<arc_swap::ArcSwapOption<crate::otlp::ExportSettings>>,
     /// Held through a whole reload, parse included: one large document is
     /// parsed at a time, however many arrive at once.
     reload_lock: Mutex<()>,
@@ -252,6 +254,8 @@ impl Proxy {
                 .await?;
         apply(&mut engine, &document, source, snapshot.clone()).await?;
         self.discovered.retain(&document);
+        self.export
+            .store(crate::compile::export_settings(&document).map(Arc::new));
         self.applied.store(Arc::new(Applied {
             version,
             document,
@@ -618,7 +622,15 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             tracing::warn!(addr = %admin_addr, "THE ADMIN API IS OPEN TO THE NETWORK WITHOUT A TOKEN (admin.allow_remote: true): anyone who can reach it can replace the config or stop the proxy; set admin.token_file");
         }
         let admin = document.admin.clone();
+        // Spans leave on a thread of their own, never a worker's.
+        let export = Arc::new(arc_swap::ArcSwapOption::new(
+            crate::compile::export_settings(&document).map(Arc::new),
+        ));
+        if let Err(e) = crate::otlp::spawn(http.spans(), export.clone()) {
+            tracing::error!(error = %e, "the OTLP exporter thread could not start; spans will be dropped");
+        }
         let proxy = Arc::new(Proxy {
+            export,
             ktls_available: ktls.is_available(),
             fd_share: Some(fd_share),
             reload_lock: Mutex::new(()),

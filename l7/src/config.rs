@@ -57,4 +57,6 @@ pub struct HttpListener {
     pub unrouted: std::sync::Arc<crate::metrics::RouteStats>,
     /// The listener's local rate limit (before routing).
     pub rate_limit: Option<crate::ratelimit::RateLimit>,
+    /// Distributed tracing (the config's `tracing`), if on.
+    pub tracing: Option<crate::trace::TracingSettings>,
 }

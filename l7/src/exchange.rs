@@ -195,6 +195,7 @@ pub(crate) async fn forward(
         proto: if http.tls { "https" } else { "http" },
         request_id: record.request_id_str(),
         default_host: "",
+        trace: None,
     };
     // HTTP/1.0 without Host: the endpoint's address names it, set below.
     let default_host;
@@ -211,9 +212,25 @@ pub(crate) async fn forward(
     } else {
         fwd
     };
+    // The trace headers name this attempt's client span (a retry writes
+    // its own over it).
+    let trace = record.trace;
+    let tracing = http.tracing.as_ref().filter(|_| trace.is_some());
+    let mut client_span = match tracing {
+        Some(_) => crate::trace::new_span_id(),
+        None => [0; 8],
+    };
+    let fwd = Forwarded {
+        trace: tracing
+            .zip(trace.as_ref())
+            .map(|(s, t)| (s, t, client_span)),
+        ..fwd
+    };
+    let sink = tracing.and_then(|t| t.sink.as_ref());
+    let sampled = sink.is_some() && trace.is_some_and(|t| t.sampled);
     let mut rewritten = None;
     let edits = edits_for(leg, c, head, &mut rewritten);
-    write::request_head(
+    let slots = write::request_head(
         &mut out,
         &c.buf,
         head,
@@ -319,6 +336,14 @@ pub(crate) async fn forward(
         retries.tried(index);
         record.endpoint = Some(conn.conn.addr);
         stale = false;
+        if attempt > 1 && tracing.is_some() {
+            client_span = crate::trace::new_span_id();
+            slots.rewrite(&mut out, client_span);
+        }
+        let attempt_started = sampled.then(Instant::now);
+        // This attempt's status (a client span reports its own).
+        record.status = 0;
+        let endpoint = conn.conn.addr;
         let run = attempt_once(
             c,
             http,
@@ -332,7 +357,21 @@ pub(crate) async fn forward(
             &mut retries,
             reused,
         );
-        match run.await {
+        let done = run.await;
+        if let (Some(t0), Some(sink), Some(trace)) = (attempt_started, sink, &trace) {
+            let span = client_span_record(
+                trace,
+                client_span,
+                t0,
+                head,
+                &c.buf,
+                endpoint,
+                record,
+                attempt,
+            );
+            sink.send(span);
+        }
+        match done {
             Attempt::Done(after) => break after,
             Attempt::Retry(wait) => {
                 // The access log tells of the last attempt.
@@ -369,6 +408,54 @@ pub(crate) async fn forward(
     };
     buffers::give(out);
     after
+}
+
+/// The client span of one upstream attempt of a sampled request.
+#[allow(clippy::too_many_arguments)]
+fn client_span_record(
+    trace: &crate::trace::Trace,
+    span_id: [u8; 8],
+    started: Instant,
+    head: &RequestHead,
+    buf: &[u8],
+    endpoint: std::net::SocketAddr,
+    record: &RequestRecord,
+    attempt: u32,
+) -> crate::trace::SpanRecord {
+    use crate::trace::Value::{Int, Str};
+    let method = String::from_utf8_lossy(head.method_span.get(buf)).into_owned();
+    let target = head.target.get(buf);
+    let mut attributes = vec![
+        ("http.request.method", Str(method.clone())),
+        ("server.address", Str(endpoint.ip().to_string())),
+        ("server.port", Int(i64::from(endpoint.port()))),
+        ("network.peer.address", Str(endpoint.ip().to_string())),
+        (
+            "url.full",
+            Str(format!(
+                "http://{endpoint}{}",
+                String::from_utf8_lossy(&target[..target.len().min(256)])
+            )),
+        ),
+    ];
+    let status = record.status;
+    if status > 0 {
+        attributes.push(("http.response.status_code", Int(i64::from(status))));
+    }
+    if attempt > 1 {
+        attributes.push(("http.request.resend_count", Int(i64::from(attempt - 1))));
+    }
+    crate::trace::SpanRecord {
+        trace_id: trace.trace_id,
+        span_id,
+        parent: Some(trace.span_id),
+        kind: crate::trace::SpanKind::Client,
+        name: method,
+        start_unix_nanos: crate::trace::unix_nanos(started),
+        end_unix_nanos: crate::trace::unix_nanos(Instant::now()),
+        attributes,
+        error: status == 0 || status >= 400,
+    }
 }
 
 /// Reads the rest of a request body into the client's buffer so a retry

@@ -253,6 +253,7 @@ pub struct HttpStatsRegistry {
     limits: Mutex<BTreeMap<(String, String), Arc<RateLimitStats>>>,
     upstreams: Mutex<BTreeMap<String, Arc<UpstreamStats>>>,
     budgets: Mutex<BTreeMap<String, Arc<RetryBudget>>>,
+    spans: Arc<crate::trace::SpanSink>,
 }
 
 /// (listener, route, cluster) names.
@@ -367,6 +368,7 @@ impl HttpStatsRegistry {
             limits: Mutex::new(BTreeMap::new()),
             upstreams: Mutex::new(BTreeMap::new()),
             budgets: Mutex::new(BTreeMap::new()),
+            spans: Arc::new(crate::trace::SpanSink::default()),
         }
     }
 
@@ -418,6 +420,11 @@ impl HttpStatsRegistry {
                 b
             }
         }
+    }
+
+    /// The process's span queue (tracing).
+    pub fn spans(&self) -> Arc<crate::trace::SpanSink> {
+        self.spans.clone()
     }
 
     /// Every HTTP listener's stats.

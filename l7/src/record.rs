@@ -20,6 +20,14 @@ pub(crate) struct LogText {
     request_id: String,
 }
 
+/// The request's fields a sampled server span reports.
+pub(crate) struct SpanStart {
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    pub scheme: &'static str,
+}
+
 /// What is known about one request, finished once.
 pub(crate) struct RequestRecord {
     started: Instant,
@@ -37,6 +45,10 @@ pub(crate) struct RequestRecord {
     pub target: Option<usize>,
     /// What went wrong, for the log.
     pub error: Option<String>,
+    /// The request's trace (tracing on).
+    pub trace: Option<crate::trace::Trace>,
+    /// What the server span needs of the request (sampled requests only).
+    pub span: Option<Box<SpanStart>>,
     /// The id sent upstream when the proxy generated one.
     request_id: Option<[u8; 36]>,
     minor: u8,
@@ -81,8 +93,27 @@ impl RequestRecord {
                 set(&mut text.request_id, f.value.get(buf));
             }
         }
+        let trace = http
+            .tracing
+            .as_ref()
+            .map(|t| t.start(&c.buf, head, &c.fields));
+        let recorded = http.tracing.as_ref().is_some_and(|t| t.sink.is_some());
+        let span = trace.filter(|t| t.sampled && recorded).map(|_| {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let target = head.target.get(&c.buf);
+            let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+            Box::new(SpanStart {
+                method: text(head.method_span.get(&c.buf)),
+                // Envoy's max_path_tag_length.
+                path: text(&path[..path.len().min(256)]),
+                authority: head.host.map(|h| text(h.get(&c.buf))).unwrap_or_default(),
+                scheme: if http.tls { "https" } else { "http" },
+            })
+        });
         RequestRecord {
             started,
+            trace,
+            span,
             status: 0,
             flag: None,
             endpoint: None,
@@ -114,9 +145,20 @@ impl RequestRecord {
             None => &http.unrouted,
         };
         stats.record(core, self.status.max(100), elapsed);
+        let sink = http.tracing.as_ref().and_then(|t| t.sink.as_ref());
+        if let (Some(trace), Some(span), Some(sink)) = (&self.trace, &self.span, sink) {
+            sink.send(self.server_span(trace, span, route, c));
+        }
         if !http.settings.access_log {
             return;
         }
+        let trace_id = self
+            .trace
+            .map(|t| crate::trace::propagation::trace_id_hex(&t.trace_id));
+        let trace_id = trace_id
+            .as_ref()
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .unwrap_or("-");
         let or_dash = |s: &str| if s.is_empty() { "-" } else { s }.to_owned();
         let endpoint = self.endpoint.map(|a| a.to_string());
         let cluster = match (route.map(|r| &r.action), self.target) {
@@ -144,9 +186,64 @@ impl RequestRecord {
             bytes_sent = c.bytes.sent.get() - self.sent_before,
             identity = c.facts.identity.as_deref().unwrap_or("-"),
             request_id = %or_dash(&c.log.request_id),
-            trace_id = "-",
+            trace_id = trace_id,
             error = self.error.as_deref().unwrap_or(""),
             "request"
         );
+    }
+
+    /// The proxy's server span of a sampled request.
+    fn server_span(
+        &self,
+        trace: &crate::trace::Trace,
+        span: &SpanStart,
+        route: Option<&crate::route::Route>,
+        c: &Client,
+    ) -> crate::trace::SpanRecord {
+        use crate::trace::Value::{Int, Str};
+        let mut attributes = vec![
+            ("http.request.method", Str(span.method.clone())),
+            ("url.path", Str(span.path.clone())),
+            ("url.scheme", Str(span.scheme.to_owned())),
+            ("server.address", Str(span.authority.clone())),
+            ("network.peer.address", Str(c.peer_ip.clone())),
+            (
+                "network.protocol.version",
+                Str(if self.minor == 0 { "1.0" } else { "1.1" }.to_owned()),
+            ),
+        ];
+        if self.status > 0 {
+            attributes.push(("http.response.status_code", Int(i64::from(self.status))));
+        }
+        if let Some(r) = route {
+            attributes.push(("http.route", Str(r.name.to_string())));
+        }
+        if let Some(f) = self.flag {
+            attributes.push(("ringmesh.response_flags", Str(f.as_str().to_owned())));
+        }
+        if let Some(e) = self.endpoint {
+            attributes.push(("ringmesh.upstream", Str(e.to_string())));
+        }
+        if self.attempts > 1 {
+            attributes.push(("ringmesh.attempts", Int(i64::from(self.attempts))));
+        }
+        if let Some(id) = &c.facts.identity {
+            attributes.push(("ringmesh.peer.identity", Str(id.to_string())));
+        }
+        let name = match route {
+            Some(r) => format!("{} {}", span.method, r.name),
+            None => span.method.clone(),
+        };
+        crate::trace::SpanRecord {
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent: trace.parent,
+            kind: crate::trace::SpanKind::Server,
+            name,
+            start_unix_nanos: crate::trace::unix_nanos(self.started),
+            end_unix_nanos: crate::trace::unix_nanos(std::time::Instant::now()),
+            attributes,
+            error: self.status == 0 || self.status >= 500,
+        }
     }
 }

@@ -9,6 +9,7 @@ mod health;
 mod listener;
 mod route;
 mod tls;
+mod tracing;
 
 use serde::Serialize;
 
@@ -23,6 +24,7 @@ pub use route::{
     SplitDoc, StickyDoc, TestDoc, per_million,
 };
 pub use tls::{AuthzDoc, ClusterTlsDoc, ListenerTlsDoc};
+pub use tracing::{NodeDoc, OtlpDoc, TracingDoc};
 
 use crate::decode::{ConfigErrors, Decoder, Fields};
 use crate::validate;
@@ -37,6 +39,11 @@ pub struct Document {
     pub listeners: Vec<ListenerDoc>,
     /// Where traffic goes.
     pub clusters: Vec<ClusterDoc>,
+    /// The workload this proxy serves.
+    pub node: NodeDoc,
+    /// Distributed tracing (off when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingDoc>,
 }
 
 impl Document {
@@ -75,7 +82,7 @@ pub struct Origin {
     pub path: String,
 }
 
-const TOP_KEYS: &[&str] = &["admin", "listeners", "clusters"];
+const TOP_KEYS: &[&str] = &["admin", "node", "tracing", "listeners", "clusters"];
 
 /// Parses, decodes and validates `text`. `file` names the source in errors.
 pub fn load(file: &str, text: &str) -> Result<Document, ConfigErrors> {
@@ -101,11 +108,20 @@ pub fn load(file: &str, text: &str) -> Result<Document, ConfigErrors> {
     let listeners =
         crate::decode::list_field(&mut d, fields.take("listeners"), ListenerDoc::decode);
     let clusters = crate::decode::list_field(&mut d, fields.take("clusters"), ClusterDoc::decode);
+    let node = fields
+        .take("node")
+        .and_then(|(n, p)| NodeDoc::decode(&mut d, n, &p))
+        .unwrap_or_default();
+    let tracing = fields
+        .take("tracing")
+        .and_then(|(n, p)| TracingDoc::decode(&mut d, n, &p));
     fields.finish(&mut d, TOP_KEYS);
     let doc = Document {
         admin: admin.unwrap_or_default(),
         listeners,
         clusters,
+        node,
+        tracing,
     };
     validate::cross_references(&mut d, &doc);
     d.finish(doc)
@@ -116,6 +132,8 @@ fn empty() -> Document {
         admin: AdminDoc::default(),
         listeners: Vec::new(),
         clusters: Vec::new(),
+        node: NodeDoc::default(),
+        tracing: None,
     }
 }
 

@@ -20,6 +20,13 @@ pub struct Forwarded<'a> {
     pub request_id: Option<&'a str>,
     /// Host to send when the request has none (HTTP/1.0 clients).
     pub default_host: &'a str,
+    /// The request's trace and the client span of the attempt: the
+    /// received trace fields are replaced by the proxy's.
+    pub trace: Option<(
+        &'a crate::trace::TracingSettings,
+        &'a crate::trace::Trace,
+        [u8; 8],
+    )>,
 }
 
 /// What a route changes in the request it forwards.
@@ -91,7 +98,8 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 
 /// Writes the upstream request: request line (always HTTP/1.1), the
 /// client's fields without hop-by-hop ones, `Expect` (answered by the
-/// proxy) and the proxy's own forwarding fields, then framing.
+/// proxy) and the proxy's own forwarding fields, then framing. Returns
+/// where the trace headers hold the client span id.
 pub fn request_head(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -100,7 +108,7 @@ pub fn request_head(
     nominated_names: &[Span],
     fwd: &Forwarded<'_>,
     edits: &Edits<'_>,
-) {
+) -> crate::trace::SpanSlots {
     let ops = edits.ops;
     let dropped = |name: &[u8]| !ops.is_empty() && ops.drops(name);
     out.extend_from_slice(head.method_span.get(buf));
@@ -123,8 +131,17 @@ pub fn request_head(
                 out.extend_from_slice(edits.host.unwrap_or_default());
                 out.extend_from_slice(b"\r\n");
             }
-            FieldKind::Other | FieldKind::Host | FieldKind::XRequestId => {
-                if f.kind == FieldKind::Other && nominated(buf, f.name, nominated_names) {
+            FieldKind::TraceContext if fwd.trace.is_some() => {}
+            FieldKind::TraceState if fwd.trace.is_some_and(|(_, t, _)| !t.keep_tracestate) => {}
+            FieldKind::Other
+            | FieldKind::Host
+            | FieldKind::XRequestId
+            | FieldKind::TraceContext
+            | FieldKind::TraceState => {
+                if f.kind != FieldKind::Host
+                    && f.kind != FieldKind::XRequestId
+                    && nominated(buf, f.name, nominated_names)
+                {
                     continue;
                 }
                 field_line(out, buf, f);
@@ -171,6 +188,10 @@ pub fn request_head(
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    let slots = match fwd.trace {
+        Some((settings, trace, span)) => settings.write_headers(out, trace, span),
+        None => crate::trace::SpanSlots::default(),
+    };
     ops.write_appended(out);
     if edits.close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -182,6 +203,7 @@ pub fn request_head(
     }
     framing_line(out, head.framing);
     out.extend_from_slice(b"\r\n");
+    slots
 }
 
 /// How the response goes to the client.
@@ -282,6 +304,7 @@ mod tests {
         proto: "http",
         request_id: Some("00000000-0000-4000-8000-000000000000"),
         default_host: "10.1.1.1:80",
+        trace: None,
     };
 
     #[test]

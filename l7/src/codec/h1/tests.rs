@@ -1540,6 +1540,7 @@ fn write_plain(raw: &[u8], head: &RequestHead, fields: &[Field], nominated: &[Sp
         proto: "http",
         request_id: None,
         default_host: "default.invalid:80",
+        trace: None,
     };
     let mut out = Vec::new();
     write::request_head(
