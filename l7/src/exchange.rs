@@ -359,16 +359,7 @@ pub(crate) async fn forward(
         );
         let done = run.await;
         if let (Some(t0), Some(sink), Some(trace)) = (attempt_started, sink, &trace) {
-            let span = client_span_record(
-                trace,
-                client_span,
-                t0,
-                head,
-                &c.buf,
-                endpoint,
-                record,
-                attempt,
-            );
+            let span = client_span_record(trace, client_span, t0, endpoint, record, attempt);
             sink.send(span);
         }
         match done {
@@ -410,33 +401,29 @@ pub(crate) async fn forward(
     after
 }
 
-/// The client span of one upstream attempt of a sampled request.
-#[allow(clippy::too_many_arguments)]
+/// The client span of one upstream attempt of a sampled request (the
+/// request's bytes may have left the buffer: its fields come from the
+/// record's copy).
 fn client_span_record(
     trace: &crate::trace::Trace,
     span_id: [u8; 8],
     started: Instant,
-    head: &RequestHead,
-    buf: &[u8],
     endpoint: std::net::SocketAddr,
     record: &RequestRecord,
     attempt: u32,
 ) -> crate::trace::SpanRecord {
     use crate::trace::Value::{Int, Str};
-    let method = String::from_utf8_lossy(head.method_span.get(buf)).into_owned();
-    let target = head.target.get(buf);
+    let (method, path) = record
+        .span
+        .as_ref()
+        .map(|s| (s.method.clone(), s.path.as_str()))
+        .unwrap_or_default();
     let mut attributes = vec![
         ("http.request.method", Str(method.clone())),
         ("server.address", Str(endpoint.ip().to_string())),
         ("server.port", Int(i64::from(endpoint.port()))),
         ("network.peer.address", Str(endpoint.ip().to_string())),
-        (
-            "url.full",
-            Str(format!(
-                "http://{endpoint}{}",
-                String::from_utf8_lossy(&target[..target.len().min(256)])
-            )),
-        ),
+        ("url.full", Str(format!("http://{endpoint}{path}"))),
     ];
     let status = record.status;
     if status > 0 {

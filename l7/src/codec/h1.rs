@@ -97,10 +97,11 @@ pub enum FieldKind {
     XForwardedProto,
     /// `X-Request-Id`.
     XRequestId,
-    /// A trace context field the proxy rewrites when tracing is on:
-    /// `traceparent`, `b3`, `X-B3-TraceId`, `X-B3-SpanId`,
-    /// `X-B3-ParentSpanId`, `X-B3-Sampled`, `X-B3-Flags`.
-    TraceContext,
+    /// `traceparent` (rewritten by the proxy when it propagates W3C).
+    TraceParent,
+    /// `b3`, `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-ParentSpanId`,
+    /// `X-B3-Sampled`, `X-B3-Flags` (rewritten when it propagates B3).
+    B3,
     /// `tracestate` (kept only with a valid `traceparent` when tracing is on).
     TraceState,
 }
@@ -111,12 +112,13 @@ impl FieldKind {
         // Dispatch on length first: most names are compared once at most.
         match name.len() {
             2 if is("te") => FieldKind::Te,
-            2 if is("b3") => FieldKind::TraceContext,
+            2 if is("b3") => FieldKind::B3,
             10 if is("tracestate") => FieldKind::TraceState,
-            10 if is("x-b3-flags") => FieldKind::TraceContext,
-            11 if is("traceparent") || is("x-b3-spanid") => FieldKind::TraceContext,
-            12 if is("x-b3-traceid") || is("x-b3-sampled") => FieldKind::TraceContext,
-            17 if is("x-b3-parentspanid") => FieldKind::TraceContext,
+            10 if is("x-b3-flags") => FieldKind::B3,
+            11 if is("traceparent") => FieldKind::TraceParent,
+            11 if is("x-b3-spanid") => FieldKind::B3,
+            12 if is("x-b3-traceid") || is("x-b3-sampled") => FieldKind::B3,
+            17 if is("x-b3-parentspanid") => FieldKind::B3,
             4 if is("host") => FieldKind::Host,
             6 if is("expect") => FieldKind::Expect,
             7 if is("upgrade") => FieldKind::Upgrade,
@@ -267,7 +269,7 @@ pub struct RequestHead {
     pub last_xff: Option<usize>,
     /// An `X-Request-Id` was sent.
     pub has_request_id: bool,
-    /// A trace context field was sent (see [`FieldKind::TraceContext`]).
+    /// A `traceparent` or B3 field was sent.
     pub has_trace_context: bool,
 }
 
@@ -656,7 +658,7 @@ pub fn parse_request(
             FieldKind::Te => head.te_trailers |= has_token(h.value, "trailers"),
             FieldKind::XForwardedFor => head.last_xff = Some(fields.len()),
             FieldKind::XRequestId => head.has_request_id = true,
-            FieldKind::TraceContext => head.has_trace_context = true,
+            FieldKind::TraceParent | FieldKind::B3 => head.has_trace_context = true,
             _ => {}
         }
         fields.push(Field {

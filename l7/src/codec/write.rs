@@ -131,12 +131,19 @@ pub fn request_head(
                 out.extend_from_slice(edits.host.unwrap_or_default());
                 out.extend_from_slice(b"\r\n");
             }
-            FieldKind::TraceContext if fwd.trace.is_some() => {}
-            FieldKind::TraceState if fwd.trace.is_some_and(|(_, t, _)| !t.keep_tracestate) => {}
+            // The formats the proxy propagates are written by it, below;
+            // others pass through.
+            FieldKind::TraceParent if fwd.trace.is_some_and(|(s, _, _)| s.w3c) => {}
+            FieldKind::B3 if fwd.trace.is_some_and(|(s, _, _)| s.b3) => {}
+            FieldKind::TraceState
+                if fwd
+                    .trace
+                    .is_some_and(|(s, t, _)| s.w3c && !t.keep_tracestate) => {}
             FieldKind::Other
             | FieldKind::Host
             | FieldKind::XRequestId
-            | FieldKind::TraceContext
+            | FieldKind::TraceParent
+            | FieldKind::B3
             | FieldKind::TraceState => {
                 if f.kind != FieldKind::Host
                     && f.kind != FieldKind::XRequestId

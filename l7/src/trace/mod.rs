@@ -94,7 +94,10 @@ impl TracingSettings {
         let mut b3_single = None;
         let mut multi = B3Multi::default();
         let mut traceparent = None;
-        for f in fields.iter().filter(|f| f.kind == FieldKind::TraceContext) {
+        for f in fields
+            .iter()
+            .filter(|f| matches!(f.kind, FieldKind::TraceParent | FieldKind::B3))
+        {
             let name = f.name.get(buf);
             let value = f.value.get(buf);
             if name.eq_ignore_ascii_case(b"traceparent") {
