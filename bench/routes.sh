@@ -8,6 +8,9 @@
 #   prefix    $ROUTES routes, each its own `path_prefix:`; the request is under the last one's
 #   fault0    (with CELLS) one route with a fault filter at 0%: its cost when it never fires
 #   ratelimit (with CELLS) one route with a rate limit that never triggers (one shared CAS)
+#   trace1    (with CELLS) tracing on, 1% of new traces sampled, spans exported over OTLP/HTTP
+#             (to the nginx backend, which refuses the POST: encoding and sending are paid)
+#   trace100  (with CELLS) the same at 100%
 #   retry     (with CELLS) one route with a retry policy that never fires (nginx answers 200):
 #             the budget deposit per request and the replay bookkeeping
 #
@@ -112,7 +115,13 @@ YAML
   # The baseline names its cluster on the listener (one implicit route):
   # the form every ringmesh since HTTP listeners accepts, for A/B runs
   # against a binary from before routes (CELLS=baseline RINGMESH=old).
-  [ "$1" = baseline ] && echo "    cluster: c" >> "$f" || echo "    routes:" >> "$f"
+  case "$1" in
+    trace1|trace100)
+      echo "    cluster: c" >> "$f"
+      echo "tracing: { sampling: ${1#trace}, otlp: { endpoint: \"http://127.0.0.1:$BACKEND/v1/traces\" } }" >> "$f" ;;
+    baseline) echo "    cluster: c" >> "$f" ;;
+    *) echo "    routes:" >> "$f" ;;
+  esac
   case "$1" in
     baseline) ;;
     host) for i in $(seq 0 "$LAST"); do echo "      - { match: { host: svc-$i.example.com }, cluster: c }"; done >> "$f" ;;
@@ -205,6 +214,8 @@ titles = {
     "fault0": "1 route with a fault filter at 0% (abort and delay)",
     "ratelimit": "1 route with a rate limit that never triggers",
     "retry": "1 route with a retry policy that never fires",
+    "trace1": "tracing on, 1% sampled, spans exported (OTLP/HTTP)",
+    "trace100": "tracing on, 100% sampled, spans exported (OTLP/HTTP)",
 }
 us = {c: {r: cost / n * (1 if cg else 1e6) for r, (n, cost, _, _) in v.items()} for c, v in rows.items()}
 fmt = (lambda x: f"{x:.0f}") if cg else (lambda x: f"{x:.2f}")

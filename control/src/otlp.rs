@@ -7,14 +7,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use ringmesh_l7::trace::{SpanKind, SpanRecord, SpanSink, Value};
+use ringmesh_l7::trace::SpanSink;
+use ringmesh_l7::trace::encode::{Attr, export_request};
+use ringmesh_l7::trace::span::{BATCH, Pending};
 
-/// OpenTelemetry SDK's `maxExportBatchSize`.
-pub const BATCH: usize = 512;
 /// OpenTelemetry SDK's `scheduledDelayMillis`.
 pub const INTERVAL: Duration = Duration::from_secs(5);
 
@@ -68,172 +67,33 @@ impl Endpoint {
     }
 }
 
-/// The OTLP messages exported (opentelemetry-proto's `trace.proto`,
-/// `common.proto`, `resource.proto` and `trace_service.proto`; only the
-/// fields the proxy fills).
-pub mod proto {
-    /// `ExportTraceServiceRequest`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportTraceServiceRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub resource_spans: Vec<ResourceSpans>,
-    }
-    /// `ResourceSpans`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceSpans {
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        #[prost(message, repeated, tag = "2")]
-        pub scope_spans: Vec<ScopeSpans>,
-    }
-    /// `Resource`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Resource {
-        #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<KeyValue>,
-    }
-    /// `ScopeSpans`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeSpans {
-        #[prost(message, optional, tag = "1")]
-        pub scope: Option<InstrumentationScope>,
-        #[prost(message, repeated, tag = "2")]
-        pub spans: Vec<Span>,
-    }
-    /// `InstrumentationScope`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InstrumentationScope {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub version: String,
-    }
-    /// `Span`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Span {
-        #[prost(bytes = "vec", tag = "1")]
-        pub trace_id: Vec<u8>,
-        #[prost(bytes = "vec", tag = "2")]
-        pub span_id: Vec<u8>,
-        #[prost(bytes = "vec", tag = "4")]
-        pub parent_span_id: Vec<u8>,
-        #[prost(string, tag = "5")]
-        pub name: String,
-        /// 2 server, 3 client.
-        #[prost(int32, tag = "6")]
-        pub kind: i32,
-        #[prost(fixed64, tag = "7")]
-        pub start_time_unix_nano: u64,
-        #[prost(fixed64, tag = "8")]
-        pub end_time_unix_nano: u64,
-        #[prost(message, repeated, tag = "9")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(message, optional, tag = "15")]
-        pub status: Option<Status>,
-    }
-    /// `Status`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
-        #[prost(string, tag = "2")]
-        pub message: String,
-        /// 0 unset, 1 ok, 2 error.
-        #[prost(int32, tag = "3")]
-        pub code: i32,
-    }
-    /// `KeyValue`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
-        #[prost(string, tag = "1")]
-        pub key: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<AnyValue>,
-    }
-    /// `AnyValue` (string and integer only).
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AnyValue {
-        #[prost(oneof = "any_value::Value", tags = "1, 3")]
-        pub value: Option<any_value::Value>,
-    }
-    /// `AnyValue.value`.
-    pub mod any_value {
-        /// The value.
-        #[derive(Clone, PartialEq, prost::Oneof)]
-        pub enum Value {
-            #[prost(string, tag = "1")]
-            StringValue(String),
-            #[prost(int64, tag = "3")]
-            IntValue(i64),
-        }
-    }
-}
-
-fn key_value(key: &str, value: Value) -> proto::KeyValue {
-    let value = match value {
-        Value::Str(s) => proto::any_value::Value::StringValue(s),
-        Value::Int(i) => proto::any_value::Value::IntValue(i),
-    };
-    proto::KeyValue {
-        key: key.to_owned(),
-        value: Some(proto::AnyValue { value: Some(value) }),
-    }
-}
-
-/// Encodes one batch as an `ExportTraceServiceRequest`.
-pub fn encode(settings: &ExportSettings, batch: Vec<SpanRecord>) -> Vec<u8> {
-    use prost::Message;
-    let mut resource = vec![key_value(
-        "service.name",
-        Value::Str(settings.service_name.clone()),
-    )];
+/// The `ExportTraceServiceRequest` of spans encoded by the workers.
+pub fn request(settings: &ExportSettings, spans: &[u8]) -> Vec<u8> {
+    let mut resource: Vec<(&str, Attr<'_>)> =
+        vec![("service.name", Attr::Str(settings.service_name.as_bytes()))];
     resource.extend(
         settings
             .resource
             .iter()
-            .map(|(k, v)| key_value(k, Value::Str(v.clone()))),
+            .map(|(k, v)| (*k, Attr::Str(v.as_bytes()))),
     );
-    resource.push(key_value(
-        "telemetry.sdk.name",
-        Value::Str("ringmesh".into()),
-    ));
-    let spans = batch
-        .into_iter()
-        .map(|s| proto::Span {
-            trace_id: s.trace_id.to_vec(),
-            span_id: s.span_id.to_vec(),
-            parent_span_id: s.parent.map(|p| p.to_vec()).unwrap_or_default(),
-            name: s.name,
-            kind: match s.kind {
-                SpanKind::Server => 2,
-                SpanKind::Client => 3,
-            },
-            start_time_unix_nano: s.start_unix_nanos,
-            end_time_unix_nano: s.end_unix_nanos,
-            attributes: s
-                .attributes
-                .into_iter()
-                .map(|(k, v)| key_value(k, v))
-                .collect(),
-            status: s.error.then(|| proto::Status {
-                message: String::new(),
-                code: 2,
-            }),
-        })
-        .collect();
-    proto::ExportTraceServiceRequest {
-        resource_spans: vec![proto::ResourceSpans {
-            resource: Some(proto::Resource {
-                attributes: resource,
-            }),
-            scope_spans: vec![proto::ScopeSpans {
-                scope: Some(proto::InstrumentationScope {
-                    name: "ringmesh".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                }),
-                spans,
-            }],
-        }],
+    resource.push(("telemetry.sdk.name", Attr::Str(b"ringmesh")));
+    export_request(&resource, spans)
+}
+
+/// Splits drained spans into batches of at most [`BATCH`] spans: byte
+/// ranges of each worker's buffer.
+fn batches(pending: &[Pending]) -> Vec<(usize, std::ops::Range<usize>, usize)> {
+    let mut out = Vec::new();
+    for (w, p) in pending.iter().enumerate() {
+        let mut start = 0;
+        for chunk in p.ends.chunks(BATCH) {
+            let end = chunk.last().copied().unwrap_or(start);
+            out.push((w, start..end, chunk.len()));
+            start = end;
+        }
     }
-    .encode_to_vec()
+    out
 }
 
 /// Starts the exporter thread on `sink`'s queue; `settings` is read at
@@ -242,16 +102,20 @@ pub fn spawn(
     sink: Arc<SpanSink>,
     settings: Arc<ArcSwapOption<ExportSettings>>,
 ) -> std::io::Result<()> {
-    let Some(rx) = sink.take_receiver() else {
+    let Some(waiter) = sink.take_waiter() else {
         return Ok(());
     };
     std::thread::Builder::new()
         .name("ringmesh-otlp".into())
-        .spawn(move || run(rx, &sink, &settings))?;
+        .spawn(move || run(&waiter, &sink, &settings))?;
     Ok(())
 }
 
-fn run(rx: Receiver<SpanRecord>, sink: &SpanSink, settings: &ArcSwapOption<ExportSettings>) {
+fn run(
+    waiter: &std::sync::mpsc::Receiver<()>,
+    sink: &SpanSink,
+    settings: &ArcSwapOption<ExportSettings>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -262,37 +126,33 @@ fn run(rx: Receiver<SpanRecord>, sink: &SpanSink, settings: &ArcSwapOption<Expor
             return;
         }
     };
-    let mut batch = Vec::with_capacity(BATCH);
     let mut next = Instant::now() + INTERVAL;
     loop {
-        let wait = next.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(span) => {
-                batch.push(span);
-                if batch.len() < BATCH {
-                    continue;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+        // Woken by a full batch, or at the interval.
+        if !ringmesh_l7::trace::span::wait(waiter, next.saturating_duration_since(Instant::now())) {
+            return;
         }
-        next = Instant::now() + INTERVAL;
-        if batch.is_empty() {
+        if Instant::now() >= next {
+            next = Instant::now() + INTERVAL;
+        }
+        let pending = sink.drain();
+        if pending.is_empty() {
             continue;
         }
-        let spans = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-        let n = spans.len() as u64;
         let Some(s) = settings.load_full() else {
             continue;
         };
-        let body = encode(&s, spans);
-        match runtime.block_on(post(&s, body)) {
-            Ok(()) => {
-                sink.exported.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => {
-                sink.failed.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(endpoint = %s.endpoint.authority, error = %e, spans = n, "OTLP export failed; the spans are dropped");
+        for (w, range, n) in batches(&pending) {
+            let body = request(&s, &pending[w].bytes[range]);
+            let n = n as u64;
+            match runtime.block_on(post(&s, body)) {
+                Ok(()) => {
+                    sink.exported.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    sink.failed.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(endpoint = %s.endpoint.authority, error = %e, spans = n, "OTLP export failed; the spans are dropped");
+                }
             }
         }
     }
@@ -339,13 +199,6 @@ async fn post(settings: &ExportSettings, body: Vec<u8>) -> Result<(), String> {
     }
 }
 
-/// Nanoseconds since the Unix epoch now (tests).
-pub fn now_unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,31 +223,149 @@ mod tests {
         }
     }
 
+    /// The OTLP messages, declared independently with prost, to decode
+    /// what the workers and the exporter wrote.
+    mod otlp {
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct Request {
+            #[prost(message, repeated, tag = "1")]
+            pub resource_spans: Vec<ResourceSpans>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct ResourceSpans {
+            #[prost(message, optional, tag = "1")]
+            pub resource: Option<Resource>,
+            #[prost(message, repeated, tag = "2")]
+            pub scope_spans: Vec<ScopeSpans>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct Resource {
+            #[prost(message, repeated, tag = "1")]
+            pub attributes: Vec<KeyValue>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct ScopeSpans {
+            #[prost(message, optional, tag = "1")]
+            pub scope: Option<Scope>,
+            #[prost(message, repeated, tag = "2")]
+            pub spans: Vec<Span>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct Scope {
+            #[prost(string, tag = "1")]
+            pub name: String,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct Span {
+            #[prost(bytes = "vec", tag = "1")]
+            pub trace_id: Vec<u8>,
+            #[prost(bytes = "vec", tag = "2")]
+            pub span_id: Vec<u8>,
+            #[prost(bytes = "vec", tag = "4")]
+            pub parent_span_id: Vec<u8>,
+            #[prost(string, tag = "5")]
+            pub name: String,
+            #[prost(int32, tag = "6")]
+            pub kind: i32,
+            #[prost(fixed64, tag = "7")]
+            pub start: u64,
+            #[prost(fixed64, tag = "8")]
+            pub end: u64,
+            #[prost(message, repeated, tag = "9")]
+            pub attributes: Vec<KeyValue>,
+            #[prost(message, optional, tag = "15")]
+            pub status: Option<Status>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct Status {
+            #[prost(int32, tag = "3")]
+            pub code: i32,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct KeyValue {
+            #[prost(string, tag = "1")]
+            pub key: String,
+            #[prost(message, optional, tag = "2")]
+            pub value: Option<AnyValue>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct AnyValue {
+            #[prost(string, tag = "1")]
+            pub string_value: String,
+            #[prost(int64, tag = "3")]
+            pub int_value: i64,
+        }
+    }
+
     #[test]
-    fn a_batch_encodes_to_an_otlp_request_that_decodes_back() {
+    fn spans_encoded_by_a_worker_decode_as_an_otlp_request() {
         use prost::Message;
+        use ringmesh_l7::trace::encode::{SpanHead, span_attribute, span_body};
+        let sink = SpanSink::new(1, 16);
+        for status in [200, 503] {
+            sink.record(0, |out| {
+                let head = SpanHead {
+                    trace_id: &[7; 16],
+                    span_id: &[8; 8],
+                    parent: Some(&[9; 8]),
+                    kind: 3,
+                    start_unix_nanos: 1,
+                    end_unix_nanos: 2,
+                    error: status >= 500,
+                };
+                span_body(out, &head, &[b"GET", b" ", b"api"], |out| {
+                    span_attribute(out, "http.response.status_code", Attr::Int(status));
+                    span_attribute(out, "url.full", Attr::Parts(&[b"http://", b"a:1", b"/x"]));
+                });
+            });
+        }
+        let pending = sink.drain();
         let settings = ExportSettings {
             endpoint: Endpoint::parse("http://127.0.0.1:4318").expect("valid"),
             headers: Vec::new(),
             timeout: Duration::from_secs(1),
             service_name: "reviews".into(),
-            resource: Vec::new(),
+            resource: vec![("service.version", "v1".into())],
         };
-        let span = SpanRecord {
-            trace_id: [7; 16],
-            span_id: [8; 8],
-            parent: Some([9; 8]),
-            kind: SpanKind::Client,
-            name: "GET".into(),
-            start_unix_nanos: 1,
-            end_unix_nanos: 2,
-            attributes: vec![("http.response.status_code", Value::Int(503))],
-            error: true,
-        };
-        let bytes = encode(&settings, vec![span]);
-        let back = proto::ExportTraceServiceRequest::decode(&bytes[..]).expect("decodes");
-        let s = &back.resource_spans[0].scope_spans[0].spans[0];
-        assert_eq!((s.kind, s.parent_span_id.as_slice()), (3, &[9u8; 8][..]));
-        assert_eq!(s.status.as_ref().map(|s| s.code), Some(2));
+        let bytes = request(&settings, &pending[0].bytes);
+        let back = otlp::Request::decode(&bytes[..]).expect("decodes");
+        let rs = &back.resource_spans[0];
+        let resource = rs.resource.as_ref().expect("resource");
+        assert_eq!(resource.attributes[0].key, "service.name");
+        assert_eq!(
+            resource.attributes[0]
+                .value
+                .as_ref()
+                .map(|v| v.string_value.as_str()),
+            Some("reviews")
+        );
+        let spans = &rs.scope_spans[0].spans;
+        assert_eq!(spans.len(), 2);
+        assert_eq!((spans[0].name.as_str(), spans[0].kind), ("GET api", 3));
+        assert_eq!(spans[0].parent_span_id, [9; 8]);
+        assert_eq!(spans[0].status, None);
+        assert_eq!(spans[1].status.as_ref().map(|s| s.code), Some(2));
+        assert_eq!(
+            spans[1].attributes[0].value.as_ref().map(|v| v.int_value),
+            Some(503)
+        );
+        assert_eq!(
+            spans[1].attributes[1]
+                .value
+                .as_ref()
+                .map(|v| v.string_value.as_str()),
+            Some("http://a:1/x")
+        );
+    }
+
+    #[test]
+    fn drained_spans_are_cut_into_batches_of_512() {
+        let sink = SpanSink::new(2, 4096);
+        for i in 0..1100 {
+            sink.record(i % 2, |out| out.push(1));
+        }
+        let pending = sink.drain();
+        let sizes: Vec<usize> = batches(&pending).iter().map(|(_, _, n)| *n).collect();
+        assert_eq!(sizes, [512, 38, 512, 38]);
     }
 }

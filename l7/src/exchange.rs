@@ -216,14 +216,14 @@ pub(crate) async fn forward(
     // its own over it).
     let trace = record.trace;
     let tracing = http.tracing.as_ref().filter(|_| trace.is_some());
-    let mut client_span = match tracing {
+    let mut client_span_id = match tracing {
         Some(_) => crate::trace::new_span_id(),
         None => [0; 8],
     };
     let fwd = Forwarded {
         trace: tracing
             .zip(trace.as_ref())
-            .map(|(s, t)| (s, t, client_span)),
+            .map(|(s, t)| (s, t, client_span_id)),
         ..fwd
     };
     let sink = tracing.and_then(|t| t.sink.as_ref());
@@ -337,8 +337,8 @@ pub(crate) async fn forward(
         record.endpoint = Some(conn.conn.addr);
         stale = false;
         if attempt > 1 && tracing.is_some() {
-            client_span = crate::trace::new_span_id();
-            slots.rewrite(&mut out, client_span);
+            client_span_id = crate::trace::new_span_id();
+            slots.rewrite(&mut out, client_span_id);
         }
         let attempt_started = sampled.then(Instant::now);
         // This attempt's status (a client span reports its own).
@@ -359,8 +359,10 @@ pub(crate) async fn forward(
         );
         let done = run.await;
         if let (Some(t0), Some(sink), Some(trace)) = (attempt_started, sink, &trace) {
-            let span = client_span_record(trace, client_span, t0, endpoint, record, attempt);
-            sink.send(span);
+            let status = record.status;
+            sink.record(core, |out| {
+                client_span(out, trace, client_span_id, t0, endpoint, c, status, attempt)
+            });
         }
         match done {
             Attempt::Done(after) => break after,
@@ -401,48 +403,63 @@ pub(crate) async fn forward(
     after
 }
 
-/// The client span of one upstream attempt of a sampled request (the
-/// request's bytes may have left the buffer: its fields come from the
-/// record's copy).
-fn client_span_record(
+/// Encodes the client span of one upstream attempt of a sampled request
+/// (the request's bytes may have left the buffer: its fields come from
+/// the connection's copy in `LogText`).
+#[allow(clippy::too_many_arguments)]
+fn client_span(
+    out: &mut Vec<u8>,
     trace: &crate::trace::Trace,
     span_id: [u8; 8],
     started: Instant,
     endpoint: std::net::SocketAddr,
-    record: &RequestRecord,
+    c: &Client,
+    status: u16,
     attempt: u32,
-) -> crate::trace::SpanRecord {
-    use crate::trace::Value::{Int, Str};
-    let (method, path) = record
-        .span
-        .as_ref()
-        .map(|s| (s.method.clone(), s.path.as_str()))
-        .unwrap_or_default();
-    let mut attributes = vec![
-        ("http.request.method", Str(method.clone())),
-        ("server.address", Str(endpoint.ip().to_string())),
-        ("server.port", Int(i64::from(endpoint.port()))),
-        ("network.peer.address", Str(endpoint.ip().to_string())),
-        ("url.full", Str(format!("http://{endpoint}{path}"))),
-    ];
-    let status = record.status;
-    if status > 0 {
-        attributes.push(("http.response.status_code", Int(i64::from(status))));
-    }
-    if attempt > 1 {
-        attributes.push(("http.request.resend_count", Int(i64::from(attempt - 1))));
-    }
-    crate::trace::SpanRecord {
-        trace_id: trace.trace_id,
-        span_id,
-        parent: Some(trace.span_id),
-        kind: crate::trace::SpanKind::Client,
-        name: method,
-        start_unix_nanos: crate::trace::unix_nanos(started),
-        end_unix_nanos: crate::trace::unix_nanos(Instant::now()),
-        attributes,
+) {
+    use crate::trace::encode::{Attr, SpanHead, span_attribute, span_body};
+    let method = c.log.method.as_bytes();
+    let target = c.log.path.as_bytes();
+    let (start, end) = crate::trace::span_times(started);
+    let head = SpanHead {
+        trace_id: &trace.trace_id,
+        span_id: &span_id,
+        parent: Some(&trace.span_id),
+        kind: crate::trace::SpanKind::Client as u8,
+        start_unix_nanos: start,
+        end_unix_nanos: end,
         error: status == 0 || status >= 400,
-    }
+    };
+    let mut ip = [0u8; 64];
+    let ip_len = crate::trace::format_ip(&mut ip, endpoint.ip(), false);
+    let mut addr = [0u8; 64];
+    let addr_len = crate::trace::format_addr(&mut addr, endpoint);
+    span_body(out, &head, &[method], |out| {
+        span_attribute(out, "http.request.method", Attr::Str(method));
+        span_attribute(out, "server.address", Attr::Str(&ip[..ip_len]));
+        span_attribute(out, "server.port", Attr::Int(i64::from(endpoint.port())));
+        span_attribute(out, "network.peer.address", Attr::Str(&ip[..ip_len]));
+        let target = &target[..target.len().min(256)];
+        span_attribute(
+            out,
+            "url.full",
+            Attr::Parts(&[b"http://", &addr[..addr_len], target]),
+        );
+        if status > 0 {
+            span_attribute(
+                out,
+                "http.response.status_code",
+                Attr::Int(i64::from(status)),
+            );
+        }
+        if attempt > 1 {
+            span_attribute(
+                out,
+                "http.request.resend_count",
+                Attr::Int(i64::from(attempt - 1)),
+            );
+        }
+    });
 }
 
 /// Reads the rest of a request body into the client's buffer so a retry

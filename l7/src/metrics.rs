@@ -368,7 +368,10 @@ impl HttpStatsRegistry {
             limits: Mutex::new(BTreeMap::new()),
             upstreams: Mutex::new(BTreeMap::new()),
             budgets: Mutex::new(BTreeMap::new()),
-            spans: Arc::new(crate::trace::SpanSink::default()),
+            spans: Arc::new(crate::trace::SpanSink::new(
+                workers,
+                crate::trace::span::QUEUE,
+            )),
         }
     }
 

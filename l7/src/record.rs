@@ -11,21 +11,14 @@ use crate::config::HttpListener;
 use crate::local_reply::ResponseFlag;
 use crate::server::Client;
 
-/// Text fields of the access log, reused by a connection's requests.
+/// Text fields of the access log (and of a sampled request's spans),
+/// reused by a connection's requests.
 #[derive(Debug, Default)]
 pub(crate) struct LogText {
-    method: String,
-    authority: String,
-    path: String,
-    request_id: String,
-}
-
-/// The request's fields a sampled server span reports.
-pub(crate) struct SpanStart {
     pub method: String,
-    pub path: String,
     pub authority: String,
-    pub scheme: &'static str,
+    pub path: String,
+    request_id: String,
 }
 
 /// What is known about one request, finished once.
@@ -47,8 +40,9 @@ pub(crate) struct RequestRecord {
     pub error: Option<String>,
     /// The request's trace (tracing on).
     pub trace: Option<crate::trace::Trace>,
-    /// What the server span needs of the request (sampled requests only).
-    pub span: Option<Box<SpanStart>>,
+    /// Spans are recorded for this request (sampled, with a collector);
+    /// their text fields are in the connection's `LogText`.
+    pub span: bool,
     /// The id sent upstream when the proxy generated one.
     request_id: Option<[u8; 36]>,
     minor: u8,
@@ -73,7 +67,13 @@ impl RequestRecord {
     ) -> Self {
         let request_id = (http.settings.generate_request_id && !head.has_request_id)
             .then(crate::request_id::uuid_v4);
-        if http.settings.access_log {
+        let trace = http
+            .tracing
+            .as_ref()
+            .map(|t| t.start(&c.buf, head, &c.fields));
+        let recorded = http.tracing.as_ref().is_some_and(|t| t.sink.is_some());
+        let span = recorded && trace.is_some_and(|t| t.sampled);
+        if http.settings.access_log || span {
             let text = &mut c.log;
             let buf = &c.buf;
             let set = |s: &mut String, b: &[u8]| {
@@ -93,23 +93,6 @@ impl RequestRecord {
                 set(&mut text.request_id, f.value.get(buf));
             }
         }
-        let trace = http
-            .tracing
-            .as_ref()
-            .map(|t| t.start(&c.buf, head, &c.fields));
-        let recorded = http.tracing.as_ref().is_some_and(|t| t.sink.is_some());
-        let span = trace.filter(|t| t.sampled && recorded).map(|_| {
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            let target = head.target.get(&c.buf);
-            let path = target.split(|&b| b == b'?').next().unwrap_or(target);
-            Box::new(SpanStart {
-                method: text(head.method_span.get(&c.buf)),
-                // Envoy's max_path_tag_length.
-                path: text(&path[..path.len().min(256)]),
-                authority: head.host.map(|h| text(h.get(&c.buf))).unwrap_or_default(),
-                scheme: if http.tls { "https" } else { "http" },
-            })
-        });
         RequestRecord {
             started,
             trace,
@@ -146,8 +129,8 @@ impl RequestRecord {
         };
         stats.record(core, self.status.max(100), elapsed);
         let sink = http.tracing.as_ref().and_then(|t| t.sink.as_ref());
-        if let (Some(trace), Some(span), Some(sink)) = (&self.trace, &self.span, sink) {
-            sink.send(self.server_span(trace, span, route, c));
+        if let (Some(trace), true, Some(sink)) = (&self.trace, self.span, sink) {
+            sink.record(core, |out| self.server_span(out, trace, route, http, c));
         }
         if !http.settings.access_log {
             return;
@@ -192,58 +175,80 @@ impl RequestRecord {
         );
     }
 
-    /// The proxy's server span of a sampled request.
+    /// Encodes the proxy's server span of a sampled request.
     fn server_span(
         &self,
+        out: &mut Vec<u8>,
         trace: &crate::trace::Trace,
-        span: &SpanStart,
         route: Option<&crate::route::Route>,
+        http: &HttpListener,
         c: &Client,
-    ) -> crate::trace::SpanRecord {
-        use crate::trace::Value::{Int, Str};
-        let mut attributes = vec![
-            ("http.request.method", Str(span.method.clone())),
-            ("url.path", Str(span.path.clone())),
-            ("url.scheme", Str(span.scheme.to_owned())),
-            ("server.address", Str(span.authority.clone())),
-            ("network.peer.address", Str(c.peer_ip.clone())),
-            (
-                "network.protocol.version",
-                Str(if self.minor == 0 { "1.0" } else { "1.1" }.to_owned()),
-            ),
-        ];
-        if self.status > 0 {
-            attributes.push(("http.response.status_code", Int(i64::from(self.status))));
-        }
-        if let Some(r) = route {
-            attributes.push(("http.route", Str(r.name.to_string())));
-        }
-        if let Some(f) = self.flag {
-            attributes.push(("ringmesh.response_flags", Str(f.as_str().to_owned())));
-        }
-        if let Some(e) = self.endpoint {
-            attributes.push(("ringmesh.upstream", Str(e.to_string())));
-        }
-        if self.attempts > 1 {
-            attributes.push(("ringmesh.attempts", Int(i64::from(self.attempts))));
-        }
-        if let Some(id) = &c.facts.identity {
-            attributes.push(("ringmesh.peer.identity", Str(id.to_string())));
-        }
-        let name = match route {
-            Some(r) => format!("{} {}", span.method, r.name),
-            None => span.method.clone(),
-        };
-        crate::trace::SpanRecord {
-            trace_id: trace.trace_id,
-            span_id: trace.span_id,
-            parent: trace.parent,
-            kind: crate::trace::SpanKind::Server,
-            name,
-            start_unix_nanos: crate::trace::unix_nanos(self.started),
-            end_unix_nanos: crate::trace::unix_nanos(std::time::Instant::now()),
-            attributes,
+    ) {
+        use crate::trace::encode::{Attr, SpanHead, span_attribute, span_body};
+        let text = &c.log;
+        let target = text.path.as_bytes();
+        let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+        let (start, end) = crate::trace::span_times(self.started);
+        let head = SpanHead {
+            trace_id: &trace.trace_id,
+            span_id: &trace.span_id,
+            parent: trace.parent.as_ref(),
+            kind: crate::trace::SpanKind::Server as u8,
+            start_unix_nanos: start,
+            end_unix_nanos: end,
             error: self.status == 0 || self.status >= 500,
-        }
+        };
+        let route_name = route.map(|r| r.name.as_bytes());
+        let name: &[&[u8]] = match route_name {
+            Some(r) => &[text.method.as_bytes(), b" ", r],
+            None => &[text.method.as_bytes()],
+        };
+        span_body(out, &head, name, |out| {
+            span_attribute(
+                out,
+                "http.request.method",
+                Attr::Str(text.method.as_bytes()),
+            );
+            // Envoy's max_path_tag_length.
+            span_attribute(out, "url.path", Attr::Str(&path[..path.len().min(256)]));
+            let scheme: &[u8] = if http.tls { b"https" } else { b"http" };
+            span_attribute(out, "url.scheme", Attr::Str(scheme));
+            span_attribute(out, "server.address", Attr::Str(text.authority.as_bytes()));
+            span_attribute(out, "network.peer.address", Attr::Str(c.peer_ip.as_bytes()));
+            let version: &[u8] = if self.minor == 0 { b"1.0" } else { b"1.1" };
+            span_attribute(out, "network.protocol.version", Attr::Str(version));
+            if self.status > 0 {
+                span_attribute(
+                    out,
+                    "http.response.status_code",
+                    Attr::Int(i64::from(self.status)),
+                );
+            }
+            if let Some(r) = route_name {
+                span_attribute(out, "http.route", Attr::Str(r));
+            }
+            if let Some(f) = self.flag {
+                span_attribute(
+                    out,
+                    "ringmesh.response_flags",
+                    Attr::Str(f.as_str().as_bytes()),
+                );
+            }
+            if let Some(e) = self.endpoint {
+                let mut addr = [0u8; 64];
+                let n = crate::trace::format_addr(&mut addr, e);
+                span_attribute(out, "ringmesh.upstream", Attr::Str(&addr[..n]));
+            }
+            if self.attempts > 1 {
+                span_attribute(
+                    out,
+                    "ringmesh.attempts",
+                    Attr::Int(i64::from(self.attempts)),
+                );
+            }
+            if let Some(id) = &c.facts.identity {
+                span_attribute(out, "ringmesh.peer.identity", Attr::Str(id.as_bytes()));
+            }
+        });
     }
 }

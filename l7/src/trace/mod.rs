@@ -5,6 +5,7 @@
 //! upstream in the trace headers. Sampled spans are queued (`span.rs`)
 //! for the exporter, which runs off the data plane.
 
+pub mod encode;
 pub mod propagation;
 pub mod span;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::codec::h1::{Field, FieldKind, RequestHead};
 use propagation::{B3Multi, Extracted, push_hex};
-pub use span::{SpanKind, SpanRecord, SpanSink, Value};
+pub use span::{SpanKind, SpanSink};
 
 /// An HTTP listener's tracing settings (the config's top-level `tracing`).
 #[derive(Debug, Clone)]
@@ -179,8 +180,7 @@ pub struct SpanSlots {
 impl SpanSlots {
     /// Writes `span` over the previous one (a new attempt, a new span).
     pub fn rewrite(&self, out: &mut [u8], span: [u8; 8]) {
-        let mut hex = Vec::with_capacity(16);
-        push_hex(&mut hex, &span);
+        let hex = propagation::hex::<16>(&span);
         for at in [self.w3c, self.b3].into_iter().flatten() {
             if let Some(slot) = out.get_mut(at..at + 16) {
                 slot.copy_from_slice(&hex);
@@ -189,12 +189,70 @@ impl SpanSlots {
     }
 }
 
-/// Nanoseconds since the Unix epoch of `at` (an `Instant` in the past).
-pub fn unix_nanos(at: Instant) -> u64 {
+/// Writes `addr` (with its port) into `buf` without allocating; returns
+/// its length.
+pub fn format_addr(buf: &mut [u8; 64], addr: std::net::SocketAddr) -> usize {
+    let n = format_ip(buf, addr.ip(), addr.is_ipv6());
+    let mut digits = [0u8; 5];
+    let d = decimal(&mut digits, u64::from(addr.port()));
+    buf[n] = b':';
+    buf[n + 1..n + 1 + d].copy_from_slice(&digits[5 - d..]);
+    n + 1 + d
+}
+
+/// Writes `ip` into `buf` (bracketed when `bracket` and IPv6); returns its
+/// length. IPv4, the common case, skips the formatting machinery.
+pub fn format_ip(buf: &mut [u8; 64], ip: std::net::IpAddr, bracket: bool) -> usize {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let mut digits = [0u8; 5];
+                let d = decimal(&mut digits, u64::from(*octet));
+                buf[n..n + d].copy_from_slice(&digits[5 - d..]);
+                n += d;
+            }
+            n
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            // 64 bytes hold any "[v6]" form.
+            let _ = if bracket {
+                write!(cursor, "[{v6}]")
+            } else {
+                write!(cursor, "{v6}")
+            };
+            cursor.position() as usize
+        }
+    }
+}
+
+/// Writes `v` (< 100,000) right-aligned in `digits`; returns its length.
+fn decimal(digits: &mut [u8; 5], mut v: u64) -> usize {
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || i == 0 {
+            return digits.len() - i;
+        }
+    }
+}
+
+/// A span's start (`started`) and end (now), in nanoseconds since the
+/// Unix epoch: two clock reads in all.
+pub fn span_times(started: Instant) -> (u64, u64) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
-    now.saturating_sub(at.elapsed()).as_nanos() as u64
+    let end = now.as_nanos() as u64;
+    (end.saturating_sub(started.elapsed().as_nanos() as u64), end)
 }
 
 #[cfg(test)]
@@ -207,7 +265,7 @@ mod tests {
             sampling_per_million: percent * 10_000,
             w3c,
             b3,
-            sink: Some(Arc::new(SpanSink::new(1))),
+            sink: Some(Arc::new(SpanSink::new(1, 1))),
         }
     }
 
@@ -266,6 +324,24 @@ mod tests {
             "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n",
         );
         assert_eq!(t.parent, None);
+    }
+
+    #[test]
+    fn addresses_are_formatted_as_std_does() {
+        for addr in [
+            "10.0.0.255:8080",
+            "1.2.3.4:0",
+            "255.255.255.255:65535",
+            "[::1]:443",
+            "[2001:db8::1]:1",
+        ] {
+            let a: std::net::SocketAddr = addr.parse().expect("addr");
+            let mut buf = [0u8; 64];
+            let n = format_addr(&mut buf, a);
+            assert_eq!(&buf[..n], a.to_string().as_bytes());
+            let n = format_ip(&mut buf, a.ip(), false);
+            assert_eq!(&buf[..n], a.ip().to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -211,22 +211,34 @@ impl B3Multi<'_> {
     }
 }
 
+/// `bytes` as lowercase hex, in a stack array (`N` = twice its length):
+/// no per-digit push on the per-request path.
+pub fn hex<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; N];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
+    out
+}
+
 /// Appends `bytes` as lowercase hex.
 pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 15)]);
+    match bytes.len() {
+        8 => out.extend_from_slice(&hex::<16>(bytes)),
+        16 => out.extend_from_slice(&hex::<32>(bytes)),
+        _ => {
+            for b in bytes {
+                out.extend_from_slice(&hex::<2>(&[*b]));
+            }
+        }
     }
 }
 
 /// The trace id as 32 lowercase hex digits (for logs).
 pub fn trace_id_hex(id: &[u8; 16]) -> [u8; 32] {
-    let mut v = Vec::with_capacity(32);
-    push_hex(&mut v, id);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&v);
-    out
+    hex::<32>(id)
 }
 
 #[cfg(test)]
