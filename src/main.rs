@@ -1,6 +1,7 @@
 //! The `ringmesh` command: run the proxy, or validate a configuration.
 
 mod cert;
+mod ctl;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ enum Command {
     Cert(cert::CertArgs),
     /// Load generator and proxy comparison (see bench/README.md).
     Bench(Box<ringmesh_bench::BenchArgs>),
+    /// Talk to a running proxy's admin API (`ctl tap`: live requests).
+    #[command(subcommand)]
+    Ctl(ctl::CtlCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,6 +99,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ringmesh cert: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Ctl(command) => match ctl::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringmesh ctl: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -423,6 +423,7 @@ fn http_handler(
                 .as_ref()
                 .map(|rl| rl.runtime(http.rate_limit(&l.name, "-"))),
             tracing: targets.doc.tracing.as_ref().map(|t| tracing(t, http)),
+            taps: http.taps(),
         },
     })
 }

@@ -314,6 +314,12 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
             );
         }
     }
+    o.header(
+        "ringmesh_admin_taps_open",
+        "gauge",
+        "Taps open on the admin API now (GET /tap).",
+    );
+    o.sample("ringmesh_admin_taps_open", &[], http.taps().open() as u64);
     let spans = http.spans();
     o.header(
         "ringmesh_tracing_spans_total",

@@ -59,4 +59,6 @@ pub struct HttpListener {
     pub rate_limit: Option<crate::ratelimit::RateLimit>,
     /// Distributed tracing (the config's `tracing`), if on.
     pub tracing: Option<crate::trace::TracingSettings>,
+    /// The process's open taps.
+    pub taps: std::sync::Arc<crate::tap::TapHub>,
 }

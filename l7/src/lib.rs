@@ -19,7 +19,7 @@
 //! [`headers`] (what a route changes in a request and its response),
 //! `direct` (redirects and direct responses), [`fault`] (fault injection),
 //! [`ratelimit`] (local rate limits), [`retry`] (retry policies, budgets),
-//! [`trace`] (trace context and spans),
+//! [`trace`] (trace context and spans), [`tap`] (live request records),
 //! `mirror` (shadow copies),
 //! [`random`] (the per-worker generator), [`local_reply`] (answers the
 //! proxy makes itself, with their response flags) and [`metrics`]. Endpoint picking, connect, breakers,
@@ -46,6 +46,7 @@ pub mod retry;
 pub mod rewrite;
 pub mod route;
 mod server;
+pub mod tap;
 pub mod trace;
 
 use std::any::Any;

@@ -254,6 +254,7 @@ pub struct HttpStatsRegistry {
     upstreams: Mutex<BTreeMap<String, Arc<UpstreamStats>>>,
     budgets: Mutex<BTreeMap<String, Arc<RetryBudget>>>,
     spans: Arc<crate::trace::SpanSink>,
+    taps: Arc<crate::tap::TapHub>,
 }
 
 /// (listener, route, cluster) names.
@@ -368,6 +369,7 @@ impl HttpStatsRegistry {
             limits: Mutex::new(BTreeMap::new()),
             upstreams: Mutex::new(BTreeMap::new()),
             budgets: Mutex::new(BTreeMap::new()),
+            taps: Arc::default(),
             spans: Arc::new(crate::trace::SpanSink::new(
                 workers,
                 crate::trace::span::QUEUE,
@@ -423,6 +425,11 @@ impl HttpStatsRegistry {
                 b
             }
         }
+    }
+
+    /// The process's open taps.
+    pub fn taps(&self) -> Arc<crate::tap::TapHub> {
+        self.taps.clone()
     }
 
     /// The process's span queue (tracing).

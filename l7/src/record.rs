@@ -43,6 +43,8 @@ pub(crate) struct RequestRecord {
     /// Spans are recorded for this request (sampled, with a collector);
     /// their text fields are in the connection's `LogText`.
     pub span: bool,
+    /// The connection's `LogText` holds this request's fields.
+    texted: bool,
     /// The id sent upstream when the proxy generated one.
     request_id: Option<[u8; 36]>,
     minor: u8,
@@ -73,7 +75,8 @@ impl RequestRecord {
             .map(|t| t.start(&c.buf, head, &c.fields));
         let recorded = http.tracing.as_ref().is_some_and(|t| t.sink.is_some());
         let span = recorded && trace.is_some_and(|t| t.sampled);
-        if http.settings.access_log || span {
+        let texted = http.settings.access_log || span || http.taps.is_active();
+        if texted {
             let text = &mut c.log;
             let buf = &c.buf;
             let set = |s: &mut String, b: &[u8]| {
@@ -97,6 +100,7 @@ impl RequestRecord {
             started,
             trace,
             span,
+            texted,
             status: 0,
             flag: None,
             endpoint: None,
@@ -131,6 +135,10 @@ impl RequestRecord {
         let sink = http.tracing.as_ref().and_then(|t| t.sink.as_ref());
         if let (Some(trace), true, Some(sink)) = (&self.trace, self.span, sink) {
             sink.record(core, |out| self.server_span(out, trace, route, http, c));
+        }
+        // A tap opened while this request ran sees the next ones.
+        if self.texted && http.taps.is_active() {
+            self.tap(http, route, c, elapsed);
         }
         if !http.settings.access_log {
             return;
@@ -249,6 +257,65 @@ impl RequestRecord {
             if let Some(id) = &c.facts.identity {
                 span_attribute(out, "ringmesh.peer.identity", Attr::Str(id.as_bytes()));
             }
+        });
+    }
+
+    /// Offers the finished request to the open taps (their filters use the
+    /// request's head, which may have left the buffer: the head's copy is
+    /// built only when a tap wants it, from what the record kept).
+    fn tap(
+        &self,
+        http: &HttpListener,
+        route: Option<&crate::route::Route>,
+        c: &Client,
+        elapsed: std::time::Duration,
+    ) {
+        let cluster = match (route.map(|r| &r.action), self.target) {
+            (Some(crate::route::Action::Forward(f)), Some(t)) => {
+                f.targets.get(t).map(|t| &*t.target.cluster.name)
+            }
+            _ => None,
+        };
+        let text = &c.log;
+        let view = crate::tap::TapView {
+            listener: &http.name,
+            route: route.map(|r| &*r.name).unwrap_or("-"),
+            cluster: cluster.unwrap_or("-"),
+            method: &text.method,
+            path: &text.path,
+            status: self.status,
+        };
+        http.taps.publish(&view, || crate::tap::TapEvent {
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            listener: view.listener.to_owned(),
+            route: view.route.to_owned(),
+            cluster: view.cluster.to_owned(),
+            method: text.method.clone(),
+            authority: text.authority.clone(),
+            path: text.path.clone(),
+            status: self.status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            flags: self.flag.map_or("-", |f| f.as_str()).to_owned(),
+            upstream: self
+                .endpoint
+                .map_or_else(|| "-".to_owned(), |e| e.to_string()),
+            attempts: self.attempts,
+            peer: c.facts.peer.to_string(),
+            identity: c.facts.identity.as_deref().unwrap_or("-").to_owned(),
+            request_id: if text.request_id.is_empty() {
+                "-".to_owned()
+            } else {
+                text.request_id.clone()
+            },
+            trace_id: self
+                .trace
+                .map(|t| {
+                    String::from_utf8_lossy(&crate::trace::propagation::trace_id_hex(&t.trace_id))
+                        .into_owned()
+                })
+                .unwrap_or_else(|| "-".to_owned()),
         });
     }
 }

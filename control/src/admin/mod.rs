@@ -121,6 +121,7 @@ fn router(state: AdminState) -> Router {
             axum::routing::put(put_endpoints),
         )
         .route("/metrics", get(metrics))
+        .route("/tap", get(tap))
         .route("/drain", post(drain))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
@@ -540,4 +541,141 @@ async fn metrics(
 async fn drain(State(proxy): State<Arc<Proxy>>) -> Response {
     proxy.request_drain();
     json_response(StatusCode::ACCEPTED, json!({"status": "draining"}))
+}
+
+/// `GET /tap?listener=&route=&cluster=&method=&path_prefix=&status=&limit=`:
+/// live request records as newline-delimited JSON, until the client goes
+/// away or `limit` records were sent. Each tap has a queue of 1,024
+/// records; a slow reader loses records, never slows the data plane (a
+/// line `{"dropped": N}` says how many, when it happens).
+async fn tap(
+    State(proxy): State<Arc<Proxy>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let mut filter = ringmesh_l7::tap::TapFilter::default();
+    let mut limit = u64::MAX;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        let slot = match key {
+            "listener" => &mut filter.listener,
+            "route" => &mut filter.route,
+            "cluster" => &mut filter.cluster,
+            "method" => &mut filter.method,
+            "path_prefix" => &mut filter.path_prefix,
+            "status" => {
+                match ringmesh_l7::tap::StatusFilter::parse(&value) {
+                    Some(s) => filter.status = Some(s),
+                    None => {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            json!({"error": "status: a code (503) or a class (5xx)"}),
+                        );
+                    }
+                }
+                continue;
+            }
+            "limit" => {
+                match value.parse::<u64>() {
+                    Ok(n) if n > 0 => limit = n,
+                    _ => {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            json!({"error": "limit: a positive number"}),
+                        );
+                    }
+                }
+                continue;
+            }
+            other => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("unknown tap filter `{other}` (listener, route, cluster, method, path_prefix, status, limit)")}),
+                );
+            }
+        };
+        *slot = Some(value);
+    }
+    let subscription = proxy.http.taps().subscribe(filter);
+    let stream = futures_util::stream::unfold(
+        (subscription, limit, 0u64),
+        |(mut sub, left, reported)| async move {
+            if left == 0 {
+                return None;
+            }
+            let event = sub.events.recv().await?;
+            let dropped = sub.tap.dropped.load(Ordering::Relaxed);
+            let mut line = String::new();
+            if dropped > reported {
+                line.push_str(&json!({ "dropped": dropped - reported }).to_string());
+                line.push('\n');
+            }
+            line.push_str(&tap_json(&event).to_string());
+            line.push('\n');
+            Some((
+                Ok::<_, std::convert::Infallible>(line),
+                (sub, left - 1, dropped),
+            ))
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| {
+            json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "tap"}))
+        })
+}
+
+/// A tap record as JSON.
+fn tap_json(e: &ringmesh_l7::tap::TapEvent) -> serde_json::Value {
+    json!({
+        "unix_ms": e.unix_ms,
+        "listener": e.listener,
+        "route": e.route,
+        "cluster": e.cluster,
+        "method": e.method,
+        "authority": e.authority,
+        "path": e.path,
+        "status": e.status,
+        "duration_ms": e.duration_ms,
+        "flags": e.flags,
+        "upstream": e.upstream,
+        "attempts": e.attempts,
+        "peer": e.peer,
+        "identity": e.identity,
+        "request_id": e.request_id,
+        "trace_id": e.trace_id,
+    })
+}
+
+/// Decodes `%XX` escapes and `+` (a query value).
+fn percent_decode(v: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+            (b'+', _, _) => out.push(b' '),
+            (c, _, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
