@@ -424,6 +424,7 @@ fn http_handler(
                 .map(|rl| rl.runtime(http.rate_limit(&l.name, "-"))),
             tracing: targets.doc.tracing.as_ref().map(|t| tracing(t, http)),
             taps: http.taps(),
+            mesh: (targets.doc.node != crate::model::NodeDoc::default()).then(|| http.mesh()),
         },
     })
 }

@@ -37,6 +37,8 @@ pub struct ProxyInfo<'a> {
     pub ktls_available: bool,
     /// `(listener, data path)` of every TLS listener: `userspace` or `ktls`.
     pub tls_paths: Vec<(String, &'static str)>,
+    /// The running config's `node` when it has one (mesh metrics on).
+    pub node: Option<crate::model::NodeDoc>,
     /// Discovery per cluster: `(cluster, lists applied, failures)`.
     pub discovery: Vec<(String, u64, u64)>,
     /// Admin connections closed at once because the cap was reached.
@@ -435,6 +437,146 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
             u.bad_responses(),
         );
     }
+}
+
+/// Istio's standard metrics (README "Mesh metrics"), reported as the
+/// destination: the source from the client's SPIFFE ID, the destination
+/// from the config's `node`.
+fn render_mesh(o: &mut Out, node: &crate::model::NodeDoc, mesh: &ringmesh_l7::mesh::MeshStats) {
+    use ringmesh_l7::mesh::{BYTES_BUCKETS, DURATION_BUCKETS_MS, spiffe_workload};
+    let unknown = "unknown";
+    let workload = node.workload.as_deref().unwrap_or(unknown);
+    let namespace = node.namespace.as_deref().unwrap_or(unknown);
+    let app = node
+        .service
+        .as_deref()
+        .or(node.workload.as_deref())
+        .unwrap_or(unknown);
+    let version = node.version.as_deref().unwrap_or(unknown);
+    let service_name = node.service.as_deref().unwrap_or(unknown);
+    let service = match (&node.service, &node.namespace) {
+        (Some(s), Some(ns)) => format!("{s}.{ns}.svc.cluster.local"),
+        (Some(s), None) => s.clone(),
+        _ => unknown.to_owned(),
+    };
+    let series = mesh.series();
+    let names = [
+        (
+            "istio_requests_total",
+            "counter",
+            "Requests, by Istio's standard labels (reporter destination: the client's identity as source, this proxy's node as destination).",
+        ),
+        (
+            "istio_request_duration_milliseconds",
+            "histogram",
+            "Request durations in milliseconds, by Istio's standard labels.",
+        ),
+        (
+            "istio_request_bytes",
+            "histogram",
+            "Request sizes in bytes (head and body), by Istio's standard labels.",
+        ),
+        (
+            "istio_response_bytes",
+            "histogram",
+            "Response sizes in bytes (head and body), by Istio's standard labels.",
+        ),
+    ];
+    for (name, kind, help) in names {
+        o.header(name, kind, help);
+        for s in &series {
+            let principal: &str = &s.source;
+            let known = principal != "unknown" && principal != "overflow";
+            let (src_workload, src_namespace) = if known {
+                spiffe_workload(principal)
+            } else {
+                (principal, principal)
+            };
+            let code = s.code.to_string();
+            let flags = s.flag.map_or("-", |f| f.as_str());
+            let labels: Vec<(&str, &str)> = vec![
+                ("reporter", "destination"),
+                ("source_workload", src_workload),
+                ("source_workload_namespace", src_namespace),
+                ("source_principal", principal),
+                ("source_app", src_workload),
+                ("source_version", unknown),
+                ("source_canonical_service", src_workload),
+                ("source_canonical_revision", "latest"),
+                ("source_cluster", unknown),
+                ("destination_workload", workload),
+                ("destination_workload_namespace", namespace),
+                ("destination_principal", unknown),
+                ("destination_app", app),
+                ("destination_version", version),
+                ("destination_service", &service),
+                ("destination_service_name", service_name),
+                ("destination_service_namespace", namespace),
+                ("destination_canonical_service", app),
+                ("destination_canonical_revision", version),
+                ("destination_cluster", unknown),
+                ("request_protocol", "http"),
+                ("response_code", &code),
+                ("grpc_response_status", ""),
+                ("response_flags", flags),
+                (
+                    "connection_security_policy",
+                    if known { "mutual_tls" } else { "none" },
+                ),
+            ];
+            match name {
+                "istio_requests_total" => o.sample(name, &labels, s.requests),
+                "istio_request_duration_milliseconds" => mesh_histogram(
+                    o,
+                    name,
+                    &labels,
+                    &DURATION_BUCKETS_MS,
+                    &s.duration,
+                    s.duration_sum_ms,
+                ),
+                "istio_request_bytes" => mesh_histogram(
+                    o,
+                    name,
+                    &labels,
+                    &BYTES_BUCKETS,
+                    &s.request_bytes,
+                    s.request_bytes_sum as f64,
+                ),
+                _ => mesh_histogram(
+                    o,
+                    name,
+                    &labels,
+                    &BYTES_BUCKETS,
+                    &s.response_bytes,
+                    s.response_bytes_sum as f64,
+                ),
+            }
+        }
+    }
+}
+
+/// A histogram from per-bucket counts (the last one: above every bound).
+fn mesh_histogram(
+    o: &mut Out,
+    name: &str,
+    labels: &[(&str, &str)],
+    bounds: &[f64],
+    counts: &[u64],
+    sum: f64,
+) {
+    let bucket = format!("{name}_bucket");
+    let mut total = 0;
+    for (i, count) in counts.iter().enumerate() {
+        total += count;
+        let le = bounds
+            .get(i)
+            .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+        let mut l = labels.to_vec();
+        l.push(("le", &le));
+        o.sample(&bucket, &l, total);
+    }
+    o.sample(&format!("{name}_sum"), labels, sum);
+    o.sample(&format!("{name}_count"), labels, total);
 }
 
 /// Renders every metric.
@@ -860,6 +1002,9 @@ pub fn render(
     o.sample("process_cpu_seconds_total", &[], process.cpu_seconds);
     render_health(&mut o, health);
     render_http(&mut o, http);
+    if let Some(node) = &info.node {
+        render_mesh(&mut o, node, &http.mesh());
+    }
     o.header(
         "ringmesh_discovery_updates_total",
         "counter",
@@ -960,6 +1105,10 @@ mod tests {
             certificates: vec![("listener/db".into(), 86400)],
             ktls_available: false,
             tls_paths: vec![("db".into(), "userspace")],
+            node: Some(crate::model::NodeDoc {
+                service: Some("reviews".into()),
+                ..Default::default()
+            }),
             discovery: vec![("pg".into(), 2, 1)],
             admin_connections_rejected: 1,
             admin_refused: vec![("origin", 2)],

@@ -61,4 +61,6 @@ pub struct HttpListener {
     pub tracing: Option<crate::trace::TracingSettings>,
     /// The process's open taps.
     pub taps: std::sync::Arc<crate::tap::TapHub>,
+    /// Istio's mesh metrics, when the config names its `node`.
+    pub mesh: Option<std::sync::Arc<crate::mesh::MeshStats>>,
 }

@@ -20,6 +20,7 @@
 //! `direct` (redirects and direct responses), [`fault`] (fault injection),
 //! [`ratelimit`] (local rate limits), [`retry`] (retry policies, budgets),
 //! [`trace`] (trace context and spans), [`tap`] (live request records),
+//! [`mesh`] (Istio's metrics by workload identity),
 //! `mirror` (shadow copies),
 //! [`random`] (the per-worker generator), [`local_reply`] (answers the
 //! proxy makes itself, with their response flags) and [`metrics`]. Endpoint picking, connect, breakers,
@@ -34,6 +35,7 @@ mod exchange;
 pub mod fault;
 pub mod headers;
 pub mod local_reply;
+pub mod mesh;
 pub mod metrics;
 mod mirror;
 mod phases;

@@ -41,6 +41,37 @@ pub enum ResponseFlag {
 }
 
 impl ResponseFlag {
+    /// Every flag, in index order.
+    pub const ALL: [ResponseFlag; 14] = [
+        ResponseFlag::UpstreamConnectFailure,
+        ResponseFlag::NoHealthyUpstream,
+        ResponseFlag::UpstreamOverflow,
+        ResponseFlag::UpstreamTimeout,
+        ResponseFlag::UpstreamConnectionTermination,
+        ResponseFlag::UpstreamProtocolError,
+        ResponseFlag::DownstreamConnectionTermination,
+        ResponseFlag::DownstreamProtocolError,
+        ResponseFlag::LocalResource,
+        ResponseFlag::NoRoute,
+        ResponseFlag::FaultInjected,
+        ResponseFlag::DelayInjected,
+        ResponseFlag::RateLimited,
+        ResponseFlag::StreamIdleTimeout,
+    ];
+
+    /// Its index in [`ResponseFlag::ALL`].
+    pub fn index(self) -> usize {
+        ResponseFlag::ALL
+            .iter()
+            .position(|f| *f == self)
+            .unwrap_or(0)
+    }
+
+    /// The flag of index `i`.
+    pub fn from_index(i: usize) -> Option<ResponseFlag> {
+        ResponseFlag::ALL.get(i).copied()
+    }
+
     /// The short code in logs and bodies.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -255,6 +255,7 @@ pub struct HttpStatsRegistry {
     budgets: Mutex<BTreeMap<String, Arc<RetryBudget>>>,
     spans: Arc<crate::trace::SpanSink>,
     taps: Arc<crate::tap::TapHub>,
+    mesh: Arc<crate::mesh::MeshStats>,
 }
 
 /// (listener, route, cluster) names.
@@ -370,6 +371,7 @@ impl HttpStatsRegistry {
             upstreams: Mutex::new(BTreeMap::new()),
             budgets: Mutex::new(BTreeMap::new()),
             taps: Arc::default(),
+            mesh: Arc::new(crate::mesh::MeshStats::new(workers)),
             spans: Arc::new(crate::trace::SpanSink::new(
                 workers,
                 crate::trace::span::QUEUE,
@@ -425,6 +427,11 @@ impl HttpStatsRegistry {
                 b
             }
         }
+    }
+
+    /// The process's mesh metrics (Istio's names).
+    pub fn mesh(&self) -> Arc<crate::mesh::MeshStats> {
+        self.mesh.clone()
     }
 
     /// The process's open taps.

@@ -136,6 +136,20 @@ impl RequestRecord {
         if let (Some(trace), true, Some(sink)) = (&self.trace, self.span, sink) {
             sink.record(core, |out| self.server_span(out, trace, route, http, c));
         }
+        if let Some(mesh) = &http.mesh {
+            let source = c.mesh_source(mesh);
+            mesh.record(
+                core,
+                &crate::mesh::Sample {
+                    source,
+                    code: self.status,
+                    flag: self.flag,
+                    duration: elapsed,
+                    request_bytes: c.bytes.received.get() - self.received_before,
+                    response_bytes: c.bytes.sent.get() - self.sent_before,
+                },
+            );
+        }
         // A tap opened while this request ran sees the next ones.
         if self.texted && http.taps.is_active() {
             self.tap(http, route, c, elapsed);

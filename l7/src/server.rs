@@ -54,6 +54,9 @@ pub(crate) struct Client {
     pub resp_nominated: Vec<Span>,
     /// Access-log text of the current request (reused).
     pub log: crate::record::LogText,
+    /// The client's identity as the mesh metrics know it (interned once
+    /// per connection).
+    mesh_source: std::cell::Cell<Option<u16>>,
     /// The last request's body was not read to its end (the connection
     /// closes with a lingering close).
     pub body_unread: bool,
@@ -117,6 +120,7 @@ pub(crate) async fn serve(conn: Connection) -> ConnectionEnd {
         resp_fields: Vec::with_capacity(16),
         resp_nominated: Vec::new(),
         log: Default::default(),
+        mesh_source: std::cell::Cell::new(None),
         body_unread: false,
     };
     let end = client.run().await;
@@ -125,6 +129,16 @@ pub(crate) async fn serve(conn: Connection) -> ConnectionEnd {
 }
 
 impl Client {
+    /// The client's interned identity in `mesh` (a lock the first time).
+    pub fn mesh_source(&self, mesh: &crate::mesh::MeshStats) -> u16 {
+        if let Some(i) = self.mesh_source.get() {
+            return i;
+        }
+        let i = mesh.sources.intern(self.facts.identity.as_deref());
+        self.mesh_source.set(Some(i));
+        i
+    }
+
     async fn run(&mut self) -> ConnectionEnd {
         loop {
             let listener = self.watch.current();

@@ -511,6 +511,8 @@ async fn metrics(
                 ))
             })
             .collect(),
+        node: (applied.document.node != crate::model::NodeDoc::default())
+            .then(|| applied.document.node.clone()),
         discovery: proxy
             .discovered
             .states()
