@@ -11,6 +11,7 @@
 #   trace1    (with CELLS) tracing on, 1% of new traces sampled, spans exported over OTLP/HTTP
 #             (to the nginx backend, which refuses the POST: encoding and sending are paid)
 #   trace100  (with CELLS) the same at 100%
+#   mesh      (with CELLS) a `node` block: Istio's mesh metrics counted per request
 #   retry     (with CELLS) one route with a retry policy that never fires (nginx answers 200):
 #             the budget deposit per request and the replay bookkeeping
 #
@@ -120,6 +121,9 @@ YAML
       echo "    cluster: c" >> "$f"
       echo "tracing: { sampling: ${1#trace}, otlp: { endpoint: \"http://127.0.0.1:$BACKEND/v1/traces\" } }" >> "$f" ;;
     baseline) echo "    cluster: c" >> "$f" ;;
+    mesh)
+      echo "    cluster: c" >> "$f"
+      echo "node: { service: svc, namespace: bench, workload: svc-v1, version: v1 }" >> "$f" ;;
     *) echo "    routes:" >> "$f" ;;
   esac
   case "$1" in
@@ -216,6 +220,7 @@ titles = {
     "retry": "1 route with a retry policy that never fires",
     "trace1": "tracing on, 1% sampled, spans exported (OTLP/HTTP)",
     "trace100": "tracing on, 100% sampled, spans exported (OTLP/HTTP)",
+    "mesh": "a node block: Istio's mesh metrics per request",
 }
 us = {c: {r: cost / n * (1 if cg else 1e6) for r, (n, cost, _, _) in v.items()} for c, v in rows.items()}
 fmt = (lambda x: f"{x:.0f}") if cg else (lambda x: f"{x:.2f}")
