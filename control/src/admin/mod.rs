@@ -22,6 +22,7 @@
 pub mod body;
 pub mod guard;
 pub mod server;
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,6 +123,8 @@ fn router(state: AdminState) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/tap", get(tap))
+        .route("/ui", get(ui::page))
+        .route("/ui/data", get(ui::data))
         .route("/drain", post(drain))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
