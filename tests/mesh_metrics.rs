@@ -247,3 +247,71 @@ fn without_a_node_there_are_no_mesh_metrics() {
     http::request(&mut c, "GET", "/api/a", &[("Host", "reviews")], b"").expect("response");
     assert!(!proxy.metrics().contains("istio_"));
 }
+
+#[test]
+fn tcp_connections_are_counted_in_istios_tcp_metrics_by_source() {
+    use helpers::tcp::EchoServer;
+    let echo = EchoServer::start();
+    let pki = Pki::new();
+    let id = "spiffe://mesh.local/ns/shop/sa/orders";
+    pki.issue("orders", &["--spiffe", id]);
+    let config = format!(
+        "admin:\n  listen: 127.0.0.1:0\n{NODE}listeners:\n  - name: db\n    listen: 127.0.0.1:0\n    cluster: pg\n    access_log: false\n    {}\nclusters:\n  - name: pg\n    endpoints: [\"{}\"]\n",
+        pki.listener_tls(true),
+        echo.addr
+    );
+    let proxy = Proxy::start("uring", &config);
+    let client = tlsh::client_config(
+        &pki.path("ca.pem"),
+        Some(&pki.path("orders")),
+        Versions::Both,
+    );
+    for _ in 0..2 {
+        let mut c = tlsh::connect(proxy.listener("db"), client.clone());
+        assert_eq!(
+            tlsh::roundtrip(&mut c, b"hello mesh").expect("echo"),
+            b"hello mesh"
+        );
+        drop(c);
+    }
+    let labels = |extra: &[(&'static str, &'static str)]| {
+        let mut l = vec![
+            ("source_principal", id),
+            ("source_workload", "orders"),
+            ("connection_security_policy", "mutual_tls"),
+            ("request_protocol", "tcp"),
+            ("destination_service", "reviews.shop.svc.cluster.local"),
+        ];
+        l.extend_from_slice(extra);
+        l
+    };
+    let find = |text: &str, name: &str| -> Option<f64> {
+        let want = labels(&[]);
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| {
+                want.iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let text = loop {
+        let text = proxy.metrics();
+        if find(&text, "istio_tcp_connections_closed_total") == Some(2.0)
+            || std::time::Instant::now() >= deadline
+        {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        find(&text, "istio_tcp_connections_opened_total"),
+        Some(2.0),
+        "{}",
+        series_labels(&text, "istio_tcp_connections_opened_total").join("\n")
+    );
+    assert_eq!(find(&text, "istio_tcp_connections_closed_total"), Some(2.0));
+    assert_eq!(find(&text, "istio_tcp_received_bytes_total"), Some(20.0));
+    assert_eq!(find(&text, "istio_tcp_sent_bytes_total"), Some(20.0));
+}

@@ -165,7 +165,13 @@ pub fn compile(
             };
             http_handler(&mut d, l, h, &targets, tls.is_some())
         });
+        let observer: Option<Arc<dyn ringmesh_core::protocol::ConnectionObserver>> =
+            match (&protocol, doc.node != crate::model::NodeDoc::default()) {
+                (None, true) => Some(registries.http.mesh()),
+                _ => None,
+            };
         listeners.push(Arc::new(ListenerConfig {
+            observer,
             name: Arc::from(l.name.as_str()),
             listen: l.listen,
             cluster: cluster.clone(),

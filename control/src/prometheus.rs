@@ -555,6 +555,91 @@ fn render_mesh(o: &mut Out, node: &crate::model::NodeDoc, mesh: &ringmesh_l7::me
     }
 }
 
+/// Istio's TCP metrics of TCP listeners (with a `node`), by source.
+fn render_mesh_tcp(o: &mut Out, node: &crate::model::NodeDoc, mesh: &ringmesh_l7::mesh::MeshStats) {
+    use ringmesh_l7::mesh::spiffe_workload;
+    let series = mesh.tcp_series();
+    let unknown = "unknown";
+    let workload = node.workload.as_deref().unwrap_or(unknown);
+    let namespace = node.namespace.as_deref().unwrap_or(unknown);
+    let app = node
+        .service
+        .as_deref()
+        .or(node.workload.as_deref())
+        .unwrap_or(unknown);
+    let version = node.version.as_deref().unwrap_or(unknown);
+    let service_name = node.service.as_deref().unwrap_or(unknown);
+    let service = match (&node.service, &node.namespace) {
+        (Some(s), Some(ns)) => format!("{s}.{ns}.svc.cluster.local"),
+        (Some(s), None) => s.clone(),
+        _ => unknown.to_owned(),
+    };
+    type Value = fn(&ringmesh_l7::mesh::TcpSeries) -> u64;
+    let families: [(&str, &str, Value); 4] = [
+        (
+            "istio_tcp_connections_opened_total",
+            "TCP connections opened, by Istio's standard labels.",
+            |s| s.opened,
+        ),
+        (
+            "istio_tcp_connections_closed_total",
+            "TCP connections closed, by Istio's standard labels.",
+            |s| s.closed,
+        ),
+        (
+            "istio_tcp_received_bytes_total",
+            "Bytes received from clients on TCP connections, by Istio's standard labels.",
+            |s| s.received,
+        ),
+        (
+            "istio_tcp_sent_bytes_total",
+            "Bytes sent to clients on TCP connections, by Istio's standard labels.",
+            |s| s.sent,
+        ),
+    ];
+    for (name, help, value) in families {
+        o.header(name, "counter", help);
+        for s in &series {
+            let principal: &str = &s.source;
+            let known = principal != "unknown" && principal != "overflow";
+            let (src_workload, src_namespace) = if known {
+                spiffe_workload(principal)
+            } else {
+                (principal, principal)
+            };
+            let labels: Vec<(&str, &str)> = vec![
+                ("reporter", "destination"),
+                ("source_workload", src_workload),
+                ("source_workload_namespace", src_namespace),
+                ("source_principal", principal),
+                ("source_app", src_workload),
+                ("source_version", unknown),
+                ("source_canonical_service", src_workload),
+                ("source_canonical_revision", "latest"),
+                ("source_cluster", unknown),
+                ("destination_workload", workload),
+                ("destination_workload_namespace", namespace),
+                ("destination_principal", unknown),
+                ("destination_app", app),
+                ("destination_version", version),
+                ("destination_service", &service),
+                ("destination_service_name", service_name),
+                ("destination_service_namespace", namespace),
+                ("destination_canonical_service", app),
+                ("destination_canonical_revision", version),
+                ("destination_cluster", unknown),
+                ("request_protocol", "tcp"),
+                ("response_flags", "-"),
+                (
+                    "connection_security_policy",
+                    if known { "mutual_tls" } else { "none" },
+                ),
+            ];
+            o.sample(name, &labels, value(s));
+        }
+    }
+}
+
 /// A histogram from per-bucket counts (the last one: above every bound).
 fn mesh_histogram(
     o: &mut Out,
@@ -1004,6 +1089,7 @@ pub fn render(
     render_http(&mut o, http);
     if let Some(node) = &info.node {
         render_mesh(&mut o, node, &http.mesh());
+        render_mesh_tcp(&mut o, node, &http.mesh());
     }
     o.header(
         "ringmesh_discovery_updates_total",

@@ -315,6 +315,9 @@ async fn proxy_to(
         record.reason = CloseReason::UpstreamOverflow;
         return;
     };
+    if let Some(o) = &ctx.config.observer {
+        record.observed = Some(o.opened(ctx.core, record.identity.as_deref()));
+    }
     proxy_to_admitted(downstream, cluster, ctx, record).await;
 }
 
@@ -476,6 +479,8 @@ struct ConnectionRecord {
     bytes_received: Cell<u64>,
     /// Bytes written to the client.
     bytes_sent: Cell<u64>,
+    /// The listener's observer's token, once forwarding began.
+    observed: Option<u16>,
 }
 
 impl ConnectionRecord {
@@ -494,6 +499,7 @@ impl ConnectionRecord {
             error: None,
             bytes_received: Cell::new(0),
             bytes_sent: Cell::new(0),
+            observed: None,
         }
     }
 
@@ -510,6 +516,14 @@ impl ConnectionRecord {
         let duration = self.started.elapsed();
         let config = &ctx.config;
         config.stats.record_close(ctx.core, self.reason, duration);
+        if let (Some(o), Some(token)) = (&config.observer, self.observed) {
+            o.closed(
+                ctx.core,
+                token,
+                self.bytes_received.get(),
+                self.bytes_sent.get(),
+            );
+        }
         if !config.access_log || self.handed_over {
             return;
         }

@@ -132,3 +132,15 @@ impl Deref for ListenerRef {
         &self.0.config
     }
 }
+
+/// Told of each proxied TCP connection (mesh metrics): when forwarding
+/// begins and when the connection ends. Called once per connection, never
+/// per read or write.
+pub trait ConnectionObserver: Send + Sync + std::fmt::Debug {
+    /// Forwarding began for a client with `identity` (its SPIFFE ID under
+    /// mTLS) on worker `core`; returns a token given back at the close.
+    fn opened(&self, core: usize, identity: Option<&str>) -> u16;
+    /// The connection of `token` ended having moved `received` bytes from
+    /// the client and `sent` bytes to it.
+    fn closed(&self, core: usize, token: u16, received: u64, sent: u64);
+}

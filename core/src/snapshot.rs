@@ -59,6 +59,8 @@ pub struct ListenerConfig {
     pub protocol: Option<Arc<dyn crate::protocol::ProtocolHandler>>,
     /// Counters, shared with earlier snapshots of the same listener name.
     pub stats: Arc<ListenerStats>,
+    /// Told of each proxied TCP connection (mesh metrics), if any.
+    pub observer: Option<Arc<dyn crate::protocol::ConnectionObserver>>,
 }
 
 /// When a plain TCP connection forwards its bytes with `splice(2)` (socket

@@ -153,12 +153,58 @@ pub struct Sample {
     pub response_bytes: u64,
 }
 
+/// A worker's TCP counters, by source: opened, closed, received, sent.
+#[derive(Debug)]
+struct TcpTable {
+    by_source: Box<[[AtomicU64; 4]]>,
+}
+
+impl Default for TcpTable {
+    fn default() -> Self {
+        TcpTable {
+            by_source: (0..MAX_SOURCES + 2).map(|_| Default::default()).collect(),
+        }
+    }
+}
+
+/// One source's merged TCP counters.
+#[derive(Debug, Clone)]
+pub struct TcpSeries {
+    /// The client's SPIFFE ID, `unknown` or `overflow`.
+    pub source: Arc<str>,
+    pub opened: u64,
+    pub closed: u64,
+    /// Bytes from clients.
+    pub received: u64,
+    /// Bytes to clients.
+    pub sent: u64,
+}
+
 /// The mesh metrics of the process.
 #[derive(Debug)]
 pub struct MeshStats {
     /// Client identities.
     pub sources: Sources,
     tables: PerCore<Table>,
+    tcp: PerCore<TcpTable>,
+}
+
+impl ringmesh_core::protocol::ConnectionObserver for MeshStats {
+    fn opened(&self, core: usize, identity: Option<&str>) -> u16 {
+        let source = self.sources.intern(identity);
+        if let Some(c) = self.tcp.get(core).by_source.get(usize::from(source)) {
+            bump(&c[0], 1);
+        }
+        source
+    }
+
+    fn closed(&self, core: usize, token: u16, received: u64, sent: u64) {
+        if let Some(c) = self.tcp.get(core).by_source.get(usize::from(token)) {
+            bump(&c[1], 1);
+            bump(&c[2], received);
+            bump(&c[3], sent);
+        }
+    }
 }
 
 impl MeshStats {
@@ -167,6 +213,7 @@ impl MeshStats {
         MeshStats {
             sources: Sources::default(),
             tables: PerCore::new(workers),
+            tcp: PerCore::new(workers),
         }
     }
 
@@ -209,6 +256,28 @@ impl MeshStats {
             1,
         );
         bump(&slot.response_bytes_sum, s.response_bytes);
+    }
+
+    /// Every TCP source's merged counters (sources that opened any).
+    pub fn tcp_series(&self) -> Vec<TcpSeries> {
+        (0..MAX_SOURCES + 2)
+            .filter_map(|i| {
+                let sum = |k: usize| -> u64 {
+                    self.tcp
+                        .iter()
+                        .map(|t| t.by_source[i][k].load(Relaxed))
+                        .sum()
+                };
+                let opened = sum(0);
+                (opened > 0).then(|| TcpSeries {
+                    source: self.sources.name(i as u16),
+                    opened,
+                    closed: sum(1),
+                    received: sum(2),
+                    sent: sum(3),
+                })
+            })
+            .collect()
     }
 
     /// Every label set's merged counters.
