@@ -400,3 +400,47 @@ fn tracing_settings_are_checked() {
         assert_eq!(r.error_paths(), [path], "{tracing}: {}", r.body);
     }
 }
+
+#[test]
+fn the_server_span_names_the_clients_spiffe_identity_under_mtls() {
+    use helpers::tls::{self as tlsh, Pki, Versions};
+    let Some(collector) = Collector::start() else {
+        return;
+    };
+    let server = echo_trace_headers();
+    let pki = Pki::new();
+    let id = "spiffe://mesh.local/ns/shop/sa/checkout";
+    pki.issue("checkout", &["--spiffe", id]);
+    let tracing = format!(
+        "{{ sampling: 100, otlp: {{ endpoint: \"http://127.0.0.1:{}\" }} }}",
+        collector.port
+    );
+    let config = config(server.addr, &tracing, "service: payments").replace(
+        "    access_log: true\n",
+        &format!("    access_log: true\n    {}\n", pki.listener_tls(true)),
+    );
+    let proxy = Proxy::start("uring", &config);
+    let client = tlsh::client_config(
+        &pki.path("ca.pem"),
+        Some(&pki.path("checkout")),
+        Versions::Both,
+    );
+    let mut tls = tlsh::connect(proxy.listener("web"), client);
+    {
+        use std::io::Write;
+        tls.write_all(b"GET /pay HTTP/1.1\r\nHost: payments\r\n\r\n")
+            .expect("write");
+    }
+    let mut r = BufReader::new(&mut tls);
+    assert_eq!(
+        http::read_response(&mut r, false).expect("response").status,
+        200
+    );
+    let spans = collector.wait_for(2);
+    let server_span = spans
+        .iter()
+        .find(|s| s["kind"] == 2)
+        .unwrap_or_else(|| panic!("no server span: {spans:#?}"));
+    assert_eq!(server_span["attributes"]["ringmesh.peer.identity"], id);
+    assert_eq!(server_span["attributes"]["url.scheme"], "https");
+}
