@@ -439,26 +439,79 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
     }
 }
 
+/// Istio's labels of the destination (this proxy's `node`; what is not
+/// configured is `unknown`).
+struct Destination {
+    workload: String,
+    namespace: String,
+    app: String,
+    version: String,
+    service: String,
+    service_name: String,
+}
+
+impl Destination {
+    fn of(node: &crate::model::NodeDoc) -> Destination {
+        let or_unknown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "unknown".into());
+        Destination {
+            workload: or_unknown(node.workload.as_ref()),
+            namespace: or_unknown(node.namespace.as_ref()),
+            app: or_unknown(node.service.as_ref().or(node.workload.as_ref())),
+            version: or_unknown(node.version.as_ref()),
+            service_name: or_unknown(node.service.as_ref()),
+            service: match (&node.service, &node.namespace) {
+                (Some(s), Some(ns)) => format!("{s}.{ns}.svc.cluster.local"),
+                (Some(s), None) => s.clone(),
+                _ => "unknown".into(),
+            },
+        }
+    }
+
+    /// Every label but the request's own, for a source whose principal
+    /// (SPIFFE ID) is `principal` (or `unknown`, `overflow`).
+    fn labels<'a>(&'a self, principal: &'a str, protocol: &'a str) -> Vec<(&'a str, &'a str)> {
+        let known = principal != "unknown" && principal != "overflow";
+        let (src_workload, src_namespace) = if known {
+            ringmesh_l7::mesh::spiffe_workload(principal)
+        } else {
+            (principal, principal)
+        };
+        vec![
+            ("reporter", "destination"),
+            ("source_workload", src_workload),
+            ("source_workload_namespace", src_namespace),
+            ("source_principal", principal),
+            ("source_app", src_workload),
+            ("source_version", "unknown"),
+            ("source_canonical_service", src_workload),
+            ("source_canonical_revision", "latest"),
+            ("source_cluster", "unknown"),
+            ("destination_workload", &self.workload),
+            ("destination_workload_namespace", &self.namespace),
+            ("destination_principal", "unknown"),
+            ("destination_app", &self.app),
+            ("destination_version", &self.version),
+            ("destination_service", &self.service),
+            ("destination_service_name", &self.service_name),
+            ("destination_service_namespace", &self.namespace),
+            ("destination_canonical_service", &self.app),
+            ("destination_canonical_revision", &self.version),
+            ("destination_cluster", "unknown"),
+            ("request_protocol", protocol),
+            (
+                "connection_security_policy",
+                if known { "mutual_tls" } else { "none" },
+            ),
+        ]
+    }
+}
+
 /// Istio's standard metrics (README "Mesh metrics"), reported as the
 /// destination: the source from the client's SPIFFE ID, the destination
 /// from the config's `node`.
 fn render_mesh(o: &mut Out, node: &crate::model::NodeDoc, mesh: &ringmesh_l7::mesh::MeshStats) {
-    use ringmesh_l7::mesh::{BYTES_BUCKETS, DURATION_BUCKETS_MS, spiffe_workload};
-    let unknown = "unknown";
-    let workload = node.workload.as_deref().unwrap_or(unknown);
-    let namespace = node.namespace.as_deref().unwrap_or(unknown);
-    let app = node
-        .service
-        .as_deref()
-        .or(node.workload.as_deref())
-        .unwrap_or(unknown);
-    let version = node.version.as_deref().unwrap_or(unknown);
-    let service_name = node.service.as_deref().unwrap_or(unknown);
-    let service = match (&node.service, &node.namespace) {
-        (Some(s), Some(ns)) => format!("{s}.{ns}.svc.cluster.local"),
-        (Some(s), None) => s.clone(),
-        _ => unknown.to_owned(),
-    };
+    use ringmesh_l7::mesh::{BYTES_BUCKETS, DURATION_BUCKETS_MS};
+    let destination = Destination::of(node);
     let series = mesh.series();
     let names = [
         (
@@ -485,45 +538,13 @@ fn render_mesh(o: &mut Out, node: &crate::model::NodeDoc, mesh: &ringmesh_l7::me
     for (name, kind, help) in names {
         o.header(name, kind, help);
         for s in &series {
-            let principal: &str = &s.source;
-            let known = principal != "unknown" && principal != "overflow";
-            let (src_workload, src_namespace) = if known {
-                spiffe_workload(principal)
-            } else {
-                (principal, principal)
-            };
             let code = s.code.to_string();
-            let flags = s.flag.map_or("-", |f| f.as_str());
-            let labels: Vec<(&str, &str)> = vec![
-                ("reporter", "destination"),
-                ("source_workload", src_workload),
-                ("source_workload_namespace", src_namespace),
-                ("source_principal", principal),
-                ("source_app", src_workload),
-                ("source_version", unknown),
-                ("source_canonical_service", src_workload),
-                ("source_canonical_revision", "latest"),
-                ("source_cluster", unknown),
-                ("destination_workload", workload),
-                ("destination_workload_namespace", namespace),
-                ("destination_principal", unknown),
-                ("destination_app", app),
-                ("destination_version", version),
-                ("destination_service", &service),
-                ("destination_service_name", service_name),
-                ("destination_service_namespace", namespace),
-                ("destination_canonical_service", app),
-                ("destination_canonical_revision", version),
-                ("destination_cluster", unknown),
-                ("request_protocol", "http"),
-                ("response_code", &code),
+            let mut labels = destination.labels(&s.source, "http");
+            labels.extend([
+                ("response_code", code.as_str()),
                 ("grpc_response_status", ""),
-                ("response_flags", flags),
-                (
-                    "connection_security_policy",
-                    if known { "mutual_tls" } else { "none" },
-                ),
-            ];
+                ("response_flags", s.flag.map_or("-", |f| f.as_str())),
+            ]);
             match name {
                 "istio_requests_total" => o.sample(name, &labels, s.requests),
                 "istio_request_duration_milliseconds" => mesh_histogram(
@@ -557,24 +578,9 @@ fn render_mesh(o: &mut Out, node: &crate::model::NodeDoc, mesh: &ringmesh_l7::me
 
 /// Istio's TCP metrics of TCP listeners (with a `node`), by source.
 fn render_mesh_tcp(o: &mut Out, node: &crate::model::NodeDoc, mesh: &ringmesh_l7::mesh::MeshStats) {
-    use ringmesh_l7::mesh::spiffe_workload;
-    let series = mesh.tcp_series();
-    let unknown = "unknown";
-    let workload = node.workload.as_deref().unwrap_or(unknown);
-    let namespace = node.namespace.as_deref().unwrap_or(unknown);
-    let app = node
-        .service
-        .as_deref()
-        .or(node.workload.as_deref())
-        .unwrap_or(unknown);
-    let version = node.version.as_deref().unwrap_or(unknown);
-    let service_name = node.service.as_deref().unwrap_or(unknown);
-    let service = match (&node.service, &node.namespace) {
-        (Some(s), Some(ns)) => format!("{s}.{ns}.svc.cluster.local"),
-        (Some(s), None) => s.clone(),
-        _ => unknown.to_owned(),
-    };
     type Value = fn(&ringmesh_l7::mesh::TcpSeries) -> u64;
+    let destination = Destination::of(node);
+    let series = mesh.tcp_series();
     let families: [(&str, &str, Value); 4] = [
         (
             "istio_tcp_connections_opened_total",
@@ -600,41 +606,8 @@ fn render_mesh_tcp(o: &mut Out, node: &crate::model::NodeDoc, mesh: &ringmesh_l7
     for (name, help, value) in families {
         o.header(name, "counter", help);
         for s in &series {
-            let principal: &str = &s.source;
-            let known = principal != "unknown" && principal != "overflow";
-            let (src_workload, src_namespace) = if known {
-                spiffe_workload(principal)
-            } else {
-                (principal, principal)
-            };
-            let labels: Vec<(&str, &str)> = vec![
-                ("reporter", "destination"),
-                ("source_workload", src_workload),
-                ("source_workload_namespace", src_namespace),
-                ("source_principal", principal),
-                ("source_app", src_workload),
-                ("source_version", unknown),
-                ("source_canonical_service", src_workload),
-                ("source_canonical_revision", "latest"),
-                ("source_cluster", unknown),
-                ("destination_workload", workload),
-                ("destination_workload_namespace", namespace),
-                ("destination_principal", unknown),
-                ("destination_app", app),
-                ("destination_version", version),
-                ("destination_service", &service),
-                ("destination_service_name", service_name),
-                ("destination_service_namespace", namespace),
-                ("destination_canonical_service", app),
-                ("destination_canonical_revision", version),
-                ("destination_cluster", unknown),
-                ("request_protocol", "tcp"),
-                ("response_flags", "-"),
-                (
-                    "connection_security_policy",
-                    if known { "mutual_tls" } else { "none" },
-                ),
-            ];
+            let mut labels = destination.labels(&s.source, "tcp");
+            labels.push(("response_flags", "-"));
             o.sample(name, &labels, value(s));
         }
     }
