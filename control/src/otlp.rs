@@ -127,6 +127,7 @@ fn run(
         }
     };
     let mut next = Instant::now() + INTERVAL;
+    let mut kept = None;
     loop {
         // Woken by a full batch, or at the interval.
         if !ringmesh_l7::trace::span::wait(waiter, next.saturating_duration_since(Instant::now())) {
@@ -145,7 +146,7 @@ fn run(
         for (w, range, n) in batches(&pending) {
             let body = request(&s, &pending[w].bytes[range]);
             let n = n as u64;
-            match runtime.block_on(post(&s, body)) {
+            match runtime.block_on(post(&s, body, &mut kept)) {
                 Ok(()) => {
                     sink.exported.fetch_add(n, Ordering::Relaxed);
                 }
@@ -158,44 +159,98 @@ fn run(
     }
 }
 
-/// Posts one batch; `Err` unless the collector answered 2xx.
-async fn post(settings: &ExportSettings, body: Vec<u8>) -> Result<(), String> {
+/// The exporter's connection to the collector, kept alive between
+/// batches (a new connection per batch would cost more than the batch).
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// Opens a connection to the collector.
+async fn connect(settings: &ExportSettings) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(&settings.endpoint.authority)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Sends one batch on `sender`; `Ok(None)` when the connection turned out
+/// closed before the request went out (a kept-alive connection the
+/// collector dropped meanwhile).
+async fn send(
+    sender: &mut Sender,
+    settings: &ExportSettings,
+    body: &bytes::Bytes,
+) -> Result<Option<hyper::StatusCode>, String> {
+    use http_body_util::BodyExt;
+    if sender.ready().await.is_err() {
+        return Ok(None);
+    }
+    let mut request = hyper::Request::post(&settings.endpoint.path)
+        .header("host", &settings.endpoint.authority)
+        .header("content-type", "application/x-protobuf")
+        .header(
+            "user-agent",
+            concat!("ringmesh/", env!("CARGO_PKG_VERSION")),
+        );
+    for (k, v) in &settings.headers {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    let request = request
+        .body(http_body_util::Full::new(body.clone()))
+        .map_err(|e| format!("request: {e}"))?;
+    let response = match sender.send_request(request).await {
+        Ok(r) => r,
+        Err(e) if e.is_canceled() || e.is_closed() => return Ok(None),
+        Err(e) => return Err(format!("send: {e}")),
+    };
+    let status = response.status();
+    // The answer is read whole, so the connection can carry the next batch.
+    let _ = response.into_body().collect().await;
+    Ok(Some(status))
+}
+
+/// Posts one batch, on the kept-alive connection when there is one;
+/// `Err` unless the collector answered 2xx.
+async fn post(
+    settings: &ExportSettings,
+    body: Vec<u8>,
+    kept: &mut Option<(String, Sender)>,
+) -> Result<(), String> {
+    let body = bytes::Bytes::from(body);
     let work = async {
-        let stream = tokio::net::TcpStream::connect(&settings.endpoint.authority)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
-        let mut request = hyper::Request::post(&settings.endpoint.path)
-            .header("host", &settings.endpoint.authority)
-            .header("content-type", "application/x-protobuf")
-            .header(
-                "user-agent",
-                concat!("ringmesh/", env!("CARGO_PKG_VERSION")),
-            );
-        for (k, v) in &settings.headers {
-            request = request.header(k.as_str(), v.as_str());
+        let reused = kept
+            .take()
+            .filter(|(authority, _)| *authority == settings.endpoint.authority);
+        let mut attempts = match reused {
+            Some((_, s)) => vec![Some(s), None],
+            None => vec![None],
+        };
+        for candidate in attempts.drain(..) {
+            let mut sender = match candidate {
+                Some(s) => s,
+                None => connect(settings).await?,
+            };
+            if let Some(status) = send(&mut sender, settings, &body).await? {
+                *kept = Some((settings.endpoint.authority.clone(), sender));
+                return if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("collector answered {status}"))
+                };
+            }
         }
-        let request = request
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("collector answered {status}"))
-        }
+        Err("the collector closed the connection".to_owned())
     };
     match tokio::time::timeout(settings.timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", settings.timeout)),
+        Err(_) => {
+            *kept = None;
+            Err(format!("no answer within {:?}", settings.timeout))
+        }
     }
 }
 
