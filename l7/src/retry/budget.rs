@@ -53,15 +53,20 @@ impl Ring {
     /// The count over the window ending in slot `epoch`, and the current
     /// slot's word as read.
     fn window(&self, epoch: u64) -> (u64, u64) {
+        let current = epoch as usize % SLOTS;
+        // The current slot is read once: the count and the word a
+        // compare-and-swap expects must be the same reading, or a
+        // concurrent withdrawal could slip between them.
+        let now = self.slots[current].load(Relaxed);
         let mut total = 0;
-        for slot in &self.slots {
-            let word = slot.load(Relaxed);
+        for (i, slot) in self.slots.iter().enumerate() {
+            let word = if i == current { now } else { slot.load(Relaxed) };
             let at = word >> 32;
             if at <= epoch && at + SLOTS as u64 > epoch {
                 total += word & u64::from(u32::MAX);
             }
         }
-        (total, self.slots[epoch as usize % SLOTS].load(Relaxed))
+        (total, now)
     }
 }
 
