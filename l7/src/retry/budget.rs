@@ -60,7 +60,11 @@ impl Ring {
         let now = self.slots[current].load(Relaxed);
         let mut total = 0;
         for (i, slot) in self.slots.iter().enumerate() {
-            let word = if i == current { now } else { slot.load(Relaxed) };
+            let word = if i == current {
+                now
+            } else {
+                slot.load(Relaxed)
+            };
             let at = word >> 32;
             if at <= epoch && at + SLOTS as u64 > epoch {
                 total += word & u64::from(u32::MAX);
