@@ -315,3 +315,53 @@ fn tcp_connections_are_counted_in_istios_tcp_metrics_by_source() {
     assert_eq!(find(&text, "istio_tcp_received_bytes_total"), Some(20.0));
     assert_eq!(find(&text, "istio_tcp_sent_bytes_total"), Some(20.0));
 }
+
+#[test]
+fn an_outbound_listener_reports_its_node_as_the_source_of_calls_to_its_clusters() {
+    let up = upstream();
+    let config = config(up.addr, NODE, "mesh_role: outbound");
+    let proxy = Proxy::start("uring", &config);
+    let mut c = http::connect(proxy.listener("web"));
+    for path in ["/api/a", "/api/fail", "/api/b"] {
+        http::request(&mut c, "GET", path, &[("Host", "app")], b"").expect("response");
+    }
+    let text = settled(&proxy, 3.0);
+    let labels = |code: &'static str| {
+        vec![
+            ("reporter", "source"),
+            ("source_workload", "reviews-v1"),
+            ("source_workload_namespace", "shop"),
+            ("source_app", "reviews"),
+            ("source_version", "v1"),
+            ("destination_service", "app"),
+            ("destination_service_name", "app"),
+            ("destination_workload", "unknown"),
+            ("connection_security_policy", "unknown"),
+            ("response_code", code),
+        ]
+    };
+    let find = |code| {
+        let want = labels(code);
+        text.lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .find(|l| {
+                want.iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+    };
+    assert_eq!(
+        find("200"),
+        Some(2.0),
+        "{}",
+        series_labels(&text, "istio_requests_total").join("\n")
+    );
+    assert_eq!(find("503"), Some(1.0));
+    assert!(
+        !text.contains("reporter=\"destination\""),
+        "an outbound listener reports only as the source"
+    );
+    let r = proxy.put_config(&config.replace("mesh_role: outbound", "mesh_role: sideways"));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.error_paths(), ["listeners[0].mesh_role"]);
+}

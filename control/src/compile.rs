@@ -216,6 +216,7 @@ impl Targets<'_> {
                 idle_timeout: pool.idle_timeout,
             },
             budget: self.http.retry_budget(name, budget.settings()),
+            mesh_id: self.http.mesh().destinations.intern(Some(name)),
         })
     }
 }
@@ -431,6 +432,7 @@ fn http_handler(
             tracing: targets.doc.tracing.as_ref().map(|t| tracing(t, http)),
             taps: http.taps(),
             mesh: (targets.doc.node != crate::model::NodeDoc::default()).then(|| http.mesh()),
+            mesh_outbound: h.mesh_role == "outbound",
         },
     })
 }

@@ -467,6 +467,37 @@ impl Destination {
         }
     }
 
+    /// Every label but the request's own for a call this proxy made on its
+    /// workload's behalf (`mesh_role: outbound`): the node is the source,
+    /// the cluster called the destination service (Istio's source
+    /// reporter knows no more of the destination).
+    fn outbound_labels<'a>(&'a self, cluster: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("reporter", "source"),
+            ("source_workload", &self.workload),
+            ("source_workload_namespace", &self.namespace),
+            ("source_principal", "unknown"),
+            ("source_app", &self.app),
+            ("source_version", &self.version),
+            ("source_canonical_service", &self.app),
+            ("source_canonical_revision", &self.version),
+            ("source_cluster", "unknown"),
+            ("destination_workload", "unknown"),
+            ("destination_workload_namespace", "unknown"),
+            ("destination_principal", "unknown"),
+            ("destination_app", "unknown"),
+            ("destination_version", "unknown"),
+            ("destination_service", cluster),
+            ("destination_service_name", cluster),
+            ("destination_service_namespace", "unknown"),
+            ("destination_canonical_service", "unknown"),
+            ("destination_canonical_revision", "unknown"),
+            ("destination_cluster", "unknown"),
+            ("request_protocol", "http"),
+            ("connection_security_policy", "unknown"),
+        ]
+    }
+
     /// Every label but the request's own, for a source whose principal
     /// (SPIFFE ID) is `principal` (or `unknown`, `overflow`).
     fn labels<'a>(&'a self, principal: &'a str, protocol: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -539,7 +570,10 @@ fn render_mesh(o: &mut Out, node: &crate::model::NodeDoc, mesh: &ringmesh_l7::me
         o.header(name, kind, help);
         for s in &series {
             let code = s.code.to_string();
-            let mut labels = destination.labels(&s.source, "http");
+            let mut labels = match &s.destination {
+                Some(cluster) if s.outbound => destination.outbound_labels(cluster),
+                _ => destination.labels(&s.source, "http"),
+            };
             labels.extend([
                 ("response_code", code.as_str()),
                 ("grpc_response_status", ""),

@@ -63,4 +63,7 @@ pub struct HttpListener {
     pub taps: std::sync::Arc<crate::tap::TapHub>,
     /// Istio's mesh metrics, when the config names its `node`.
     pub mesh: Option<std::sync::Arc<crate::mesh::MeshStats>>,
+    /// The listener calls out for its workload (`mesh_role: outbound`):
+    /// the mesh metrics report it as the source.
+    pub mesh_outbound: bool,
 }

@@ -131,9 +131,14 @@ impl Default for Table {
     }
 }
 
-/// The key of a label set (never 0: 0 is an empty slot).
-fn key(source: u16, code: u16, flag: u8) -> u64 {
-    1 << 63 | u64::from(source) << 32 | u64::from(code) << 8 | u64::from(flag)
+/// The key of a label set (never 0: 0 is an empty slot): the source
+/// (inbound) or the destination cluster (outbound, bit 62) in bits 32-47.
+fn key(peer: u16, outbound: bool, code: u16, flag: u8) -> u64 {
+    1 << 63
+        | u64::from(outbound) << 62
+        | u64::from(peer) << 32
+        | u64::from(code) << 8
+        | u64::from(flag)
 }
 
 /// The overflow series' key.
@@ -142,8 +147,11 @@ const OVERFLOW_KEY: u64 = u64::MAX;
 /// One request's measurements.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
-    /// The client's interned identity.
+    /// The client's interned identity (inbound), or the destination
+    /// cluster's (outbound).
     pub source: u16,
+    /// The proxy called out for its workload: it is the source.
+    pub outbound: bool,
     /// The status answered (0: none).
     pub code: u16,
     /// The response flag, if any.
@@ -185,6 +193,8 @@ pub struct TcpSeries {
 pub struct MeshStats {
     /// Client identities.
     pub sources: Sources,
+    /// Destination clusters of outbound listeners.
+    pub destinations: Sources,
     tables: PerCore<Table>,
     tcp: PerCore<TcpTable>,
 }
@@ -212,6 +222,7 @@ impl MeshStats {
     pub fn new(workers: usize) -> Self {
         MeshStats {
             sources: Sources::default(),
+            destinations: Sources::default(),
             tables: PerCore::new(workers),
             tcp: PerCore::new(workers),
         }
@@ -220,7 +231,7 @@ impl MeshStats {
     /// Counts one request on worker `core`.
     pub fn record(&self, core: usize, s: &Sample) {
         let flag = s.flag.map_or(0, |f| f.index() as u8 + 1);
-        let k = key(s.source, s.code, flag);
+        let k = key(s.source, s.outbound, s.code, flag);
         let table = self.tables.get(core);
         let mut i = (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize % SLOTS;
         let mut slot = &table.slots[SLOTS];
@@ -290,7 +301,7 @@ impl MeshStats {
                     continue;
                 }
                 let s = merged.entry(k).or_insert_with(|| {
-                    let (source, code, flag) = if k == OVERFLOW_KEY {
+                    let (peer, code, flag) = if k == OVERFLOW_KEY {
                         (OVERFLOW, 0, None)
                     } else {
                         let flag = (k & 0xff) as usize;
@@ -300,8 +311,15 @@ impl MeshStats {
                             flag.checked_sub(1).and_then(ResponseFlag::from_index),
                         )
                     };
+                    let outbound = k != OVERFLOW_KEY && k >> 62 & 1 == 1;
                     Series {
-                        source: self.sources.name(source),
+                        outbound,
+                        source: if outbound {
+                            Arc::from("unknown")
+                        } else {
+                            self.sources.name(peer)
+                        },
+                        destination: outbound.then(|| self.destinations.name(peer)),
                         code,
                         flag,
                         overflow: k == OVERFLOW_KEY,
@@ -338,8 +356,12 @@ impl MeshStats {
 /// One label set's merged counters (bucket counts not cumulative).
 #[derive(Debug, Clone)]
 pub struct Series {
-    /// The client's SPIFFE ID, `unknown` or `overflow`.
+    /// The client's SPIFFE ID, `unknown` or `overflow` (inbound).
     pub source: Arc<str>,
+    /// The proxy was the source: `destination` is the cluster called.
+    pub outbound: bool,
+    /// The destination cluster (outbound).
+    pub destination: Option<Arc<str>>,
     pub code: u16,
     pub flag: Option<ResponseFlag>,
     /// The worker's table was full: labels beyond the source are unknown.
@@ -377,6 +399,7 @@ mod tests {
     fn sample(source: u16, code: u16, ms: u64) -> Sample {
         Sample {
             source,
+            outbound: false,
             code,
             flag: None,
             duration: Duration::from_millis(ms),

@@ -137,11 +137,22 @@ impl RequestRecord {
             sink.record(core, |out| self.server_span(out, trace, route, http, c));
         }
         if let Some(mesh) = &http.mesh {
-            let source = c.mesh_source(mesh);
+            // Outbound: the series is keyed by the cluster called.
+            let source = if http.mesh_outbound {
+                match (route.map(|r| &r.action), self.target) {
+                    (Some(crate::route::Action::Forward(f)), Some(t)) => {
+                        f.targets.get(t).map_or(0, |t| t.target.mesh_id)
+                    }
+                    _ => 0,
+                }
+            } else {
+                c.mesh_source(mesh)
+            };
             mesh.record(
                 core,
                 &crate::mesh::Sample {
                     source,
+                    outbound: http.mesh_outbound,
                     code: self.status,
                     flag: self.flag,
                     duration: elapsed,

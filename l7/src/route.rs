@@ -33,6 +33,8 @@ pub struct Target {
     pub pool: crate::pool::PoolSettings,
     /// The cluster's retry budget.
     pub budget: Arc<crate::retry::RetryBudget>,
+    /// The cluster as the mesh metrics' destination (interned).
+    pub mesh_id: u16,
 }
 
 /// One cluster of a forwarding route, with its share.
@@ -228,6 +230,9 @@ pub struct DirectResponse {
 }
 
 /// What a route does with the requests it matches.
+// Forwarding is the common action and is read on every request: kept
+// inline (no pointer to chase) though the answers are smaller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Action {
     /// Forward upstream.

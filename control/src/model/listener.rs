@@ -131,6 +131,10 @@ pub struct HttpDoc {
     /// The listener's local rate limit (before routing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<super::RateLimitDoc>,
+    /// Which side of a call the mesh metrics report: `inbound` (the
+    /// default: this proxy is the destination) or `outbound` (it calls out
+    /// on its workload's behalf: the source).
+    pub mesh_role: String,
     #[serde(skip)]
     pub(crate) routes_origin: Origin,
 }
@@ -150,6 +154,7 @@ impl Default for HttpDoc {
             request_headers: None,
             response_headers: None,
             rate_limit: None,
+            mesh_role: "inbound".to_owned(),
             routes_origin: Origin::default(),
         }
     }
@@ -170,6 +175,7 @@ const HTTP_KEYS: &[&str] = &[
     "request_headers",
     "response_headers",
     "rate_limit",
+    "mesh_role",
 ];
 
 impl HttpDoc {
@@ -235,6 +241,19 @@ impl HttpDoc {
                     doc.response_headers = super::HeaderOpsDoc::decode(d, n, &p);
                 }
                 "rate_limit" => doc.rate_limit = super::RateLimitDoc::decode(d, n, &p),
+                "mesh_role" => match crate::decode::scalar(d, n, &p, "a mesh role")? {
+                    v @ ("inbound" | "outbound") => doc.mesh_role = v.to_owned(),
+                    v => {
+                        d.error(
+                            n.mark,
+                            &p,
+                            format!(
+                                "unknown mesh_role `{}`: use `inbound` or `outbound`",
+                                crate::limits::quote(v)
+                            ),
+                        );
+                    }
+                },
                 _ => {}
             }
         }

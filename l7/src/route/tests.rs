@@ -167,6 +167,7 @@ fn split(weights: &[u32], sticky: Option<Sticky>) -> Forward {
                     stats: registry.upstream(&name),
                     pool: Default::default(),
                     budget: registry.retry_budget(&name, Default::default()),
+                    mesh_id: 0,
                 },
                 weight,
                 stats: registry.route("l", "r", &name),
