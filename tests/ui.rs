@@ -115,6 +115,11 @@ fn the_dashboard_draws_the_graph_tables_and_tap_in_headless_chromium() {
     );
     // The success rate of the window is shown as a percentage.
     assert!(routes.contains("%</td>"), "{routes}");
+    // Connections per worker (2 workers).
+    assert!(
+        dom.contains("w0 ") && dom.contains("w1 "),
+        "no per-worker figures: {dom}"
+    );
     // The live tap shows records with their trace ids.
     assert!(
         dom.contains("class=\"tap-record\""),

@@ -257,6 +257,21 @@ impl ListenerStats {
         }
     }
 
+    /// Connections open now on each worker (accepted, less refused, less
+    /// closed: per-core counters, so no shared state is added).
+    pub fn active_by_core(&self) -> Vec<u64> {
+        self.cores
+            .iter()
+            .map(|c| {
+                let refused = c.rejected_max_connections.get()
+                    + c.rejected_per_client.get()
+                    + c.rejected_local_resource.get();
+                let closed: u64 = c.closed.iter().map(|n| n.get()).sum();
+                c.accepted.get().saturating_sub(refused + closed)
+            })
+            .collect()
+    }
+
     pub(crate) fn record_close(&self, core: usize, reason: CloseReason, duration: Duration) {
         let c = self.cores.get(core);
         c.closed[reason.index()].inc();
@@ -344,6 +359,11 @@ impl ClusterStats {
             cores: PerCore::new(workers),
             local,
         }
+    }
+
+    /// Upstream connections open now, by worker.
+    pub fn active_by_core(&self) -> Vec<i64> {
+        self.cores.iter().map(|c| c.active.get()).collect()
     }
 
     /// Merges every core's counters.

@@ -81,6 +81,7 @@ pub(super) async fn data(State(proxy): State<Arc<Proxy>>) -> Response {
                 "retries": u.map(|u| u.retries()),
                 "active_requests": t.active_requests,
                 "active_connections": t.active,
+                "active_by_worker": c.stats.active_by_core(),
                 "endpoints": c.endpoints.iter().map(|e| {
                     let h = e.health.view();
                     json!({
@@ -103,6 +104,7 @@ pub(super) async fn data(State(proxy): State<Arc<Proxy>>) -> Response {
             json!({
                 "name": name,
                 "active_connections": t.active,
+                "active_by_worker": l.active_by_core(),
                 "accepted": t.accepted,
                 "bytes_received": t.bytes_received,
                 "bytes_sent": t.bytes_sent,
