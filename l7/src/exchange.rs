@@ -137,12 +137,10 @@ struct Clock {
 
 impl Clock {
     /// When the route timeout ends.
-    fn deadline(&self) -> Option<Instant> {
-        Some(
-            self.first_sent
-                .get()
-                .map_or(self.unsent_deadline, |t| t + self.timeout),
-        )
+    fn deadline(&self) -> Instant {
+        self.first_sent
+            .get()
+            .map_or(self.unsent_deadline, |t| t + self.timeout)
     }
 }
 
@@ -296,9 +294,7 @@ pub(crate) async fn forward(
                     break local(c, head, record, ResponseFlag::UpstreamOverflow, None, true).await;
                 };
                 // Connects (and their failover) spend the route timeout too.
-                let left = clock.deadline().map_or(clock.timeout, |d| {
-                    d.saturating_duration_since(Instant::now())
-                });
+                let left = clock.deadline().saturating_duration_since(Instant::now());
                 let Some(connected) =
                     rt::timeout(left, upstream::connect(cluster, core, pick)).await
                 else {

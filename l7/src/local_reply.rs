@@ -219,9 +219,20 @@ pub fn for_flag_after(out: &mut Vec<u8>, flag: ResponseFlag, close: bool, attemp
     }
     if attempts > 1 {
         put(ATTEMPTS);
-        let mut digits = Vec::new();
-        push_decimal(&mut digits, u64::from(attempts));
-        put(&digits);
+        // Decimal digits on the stack: no allocation on an answer path
+        // that overload can make hot.
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        let mut n = attempts;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        put(&digits[i..]);
         put(b"\r\n");
     }
     write_with(

@@ -264,7 +264,7 @@ impl<'a> Retries<'a> {
         &mut self,
         cause: Cause,
         retry_after: Option<Duration>,
-        deadline: Option<Instant>,
+        deadline: Instant,
     ) -> Option<Duration> {
         self.slot = None;
         let policy = self.policy?;
@@ -277,7 +277,7 @@ impl<'a> Retries<'a> {
             None => policy.backoff.draw(self.made + 1),
         };
         let now = Instant::now();
-        if deadline.is_some_and(|d| now + wait >= d) {
+        if now + wait >= deadline {
             return None;
         }
         let counters = self.stats.cores.get(self.core);
