@@ -12,6 +12,66 @@ pub enum CtlCommand {
     /// Stream live request records (one JSON object per line) matching the
     /// filters, until interrupted or `--limit` records were printed.
     Tap(TapArgs),
+    /// Control plane: one line per proxy (node, workload, version, ACKed
+    /// config, SYNCED/STALE/NACK/NOT CONNECTED, certificate expiry, last
+    /// seen). Exits 1 if any proxy is not SYNCED.
+    Status {
+        #[command(flatten)]
+        control: crate::mesh_ctl::ControlArgs,
+        /// Print the JSON of GET /proxies instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Control plane: the config a proxy was sent.
+    Config {
+        #[command(flatten)]
+        control: crate::mesh_ctl::ControlArgs,
+        /// The proxy's node name.
+        node: String,
+    },
+    /// Control plane: print (`get`) or replace (`put FILE`) the desired state.
+    Mesh {
+        #[command(flatten)]
+        control: crate::mesh_ctl::ControlArgs,
+        #[command(subcommand)]
+        action: MeshAction,
+    },
+    /// Control plane: the stored versions of the desired state.
+    History {
+        #[command(flatten)]
+        control: crate::mesh_ctl::ControlArgs,
+    },
+    /// Control plane: make stored version VERSION current again (stored as
+    /// a new version; history is never rewritten).
+    Rollback {
+        #[command(flatten)]
+        control: crate::mesh_ctl::ControlArgs,
+        /// The version to return to.
+        version: u64,
+    },
+    /// Control plane: print a bootstrap token for a workload's proxies.
+    Token {
+        #[command(flatten)]
+        control: crate::mesh_ctl::ControlArgs,
+        /// The workload's namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The workload.
+        #[arg(long)]
+        workload: String,
+    },
+}
+
+/// `ctl mesh` actions.
+#[derive(clap::Subcommand, Debug)]
+pub enum MeshAction {
+    /// Print the desired state.
+    Get,
+    /// Replace it with FILE (validated first; every error is printed).
+    Put {
+        /// The mesh document.
+        file: PathBuf,
+    },
 }
 
 /// `ringmesh ctl tap` options (every filter given must hold).
@@ -60,13 +120,43 @@ fn encode(value: &str) -> String {
 }
 
 /// Runs a `ctl` command.
-pub fn run(command: CtlCommand) -> anyhow::Result<()> {
-    let CtlCommand::Tap(args) = command;
+pub fn run(command: CtlCommand) -> anyhow::Result<std::process::ExitCode> {
+    use crate::mesh_ctl::{Request, run as mesh};
+    let args = match command {
+        CtlCommand::Tap(args) => args,
+        CtlCommand::Status { control, json } => return mesh(control, Request::Status { json }),
+        CtlCommand::Config { control, node } => return mesh(control, Request::Config { node }),
+        CtlCommand::Mesh { control, action } => {
+            let request = match action {
+                MeshAction::Get => Request::MeshGet,
+                MeshAction::Put { file } => Request::MeshPut { file },
+            };
+            return mesh(control, request);
+        }
+        CtlCommand::History { control } => return mesh(control, Request::History),
+        CtlCommand::Rollback { control, version } => {
+            return mesh(control, Request::Rollback { version });
+        }
+        CtlCommand::Token {
+            control,
+            namespace,
+            workload,
+        } => {
+            return mesh(
+                control,
+                Request::Token {
+                    namespace,
+                    workload,
+                },
+            );
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(tap(args))
+    runtime.block_on(tap(args))?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn tap(args: TapArgs) -> anyhow::Result<()> {

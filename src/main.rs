@@ -2,6 +2,7 @@
 
 mod cert;
 mod ctl;
+mod mesh_ctl;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,16 +40,47 @@ enum Command {
     Cert(cert::CertArgs),
     /// Load generator and proxy comparison (see bench/README.md).
     Bench(Box<ringmesh_bench::BenchArgs>),
-    /// Talk to a running proxy's admin API (`ctl tap`: live requests).
+    /// Talk to a running proxy's admin API (`ctl tap`) or to the control
+    /// plane (`ctl status`, `config`, `mesh`, `history`, `rollback`, `token`).
     #[command(subcommand)]
     Ctl(ctl::CtlCommand),
+    /// Run the control plane: the mesh's desired state, the mesh CA, and
+    /// each proxy's config pushed over a watch (README "The mesh").
+    Control(ControlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ControlArgs {
+    /// The mesh document. Applied as a new version at start when it
+    /// changed since it was last applied; else the stored state is current.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the control API listens (TLS).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15010")]
+    listen: std::net::SocketAddr,
+    /// History of the desired state, the mesh CA and the secrets.
+    #[arg(long, value_name = "DIR", default_value = "ringmesh-control")]
+    state_dir: PathBuf,
+    /// DNS names (or IPs) proxies use to reach the control plane
+    /// (repeatable; the listen IP is always included).
+    #[arg(long = "server-name", value_name = "NAME", default_values_t = ["localhost".to_owned()])]
+    server_names: Vec<String>,
+    /// The operators' token (default: DIR/admin.token, made on first start).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// The YAML configuration file (see the README's config reference).
-    #[arg(short, long, value_name = "FILE")]
-    config: PathBuf,
+    /// With --control, optional: a bootstrap whose admin settings are kept.
+    #[arg(short, long, value_name = "FILE", required_unless_present = "control")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    join: JoinArgs,
     /// Worker threads, each pinned to its own CPU with its own runtime and
     /// accept socket per listener. Default: one per CPU this process may use.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -70,6 +102,92 @@ struct RunArgs {
     /// config are checked for changes (rotation without restart).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     cert_watch_interval: Duration,
+}
+
+/// Joining a mesh: `ringmesh run --control URL --node NAME ...`.
+#[derive(clap::Args, Debug)]
+struct JoinArgs {
+    /// The control plane (`https://HOST:PORT`): the proxy takes its
+    /// configuration and its workload certificate from it.
+    #[arg(long, value_name = "URL", requires_all = ["node", "workload", "app_port", "token_file", "ca"])]
+    control: Option<String>,
+    /// This proxy's node name, unique in the mesh.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// The workload it serves (its identity: spiffe://TD/ns/NS/sa/WORKLOAD).
+    #[arg(long, value_name = "NAME")]
+    workload: Option<String>,
+    /// The workload's namespace.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    namespace: String,
+    /// The workload's version label (e.g. v1).
+    #[arg(long = "workload-version", value_name = "LABEL")]
+    workload_version: Option<String>,
+    /// Port of the local app, on 127.0.0.1, the inbound listener forwards to.
+    #[arg(long, value_name = "PORT")]
+    app_port: Option<u16>,
+    /// Where the inbound listener (mTLS, from other sidecars) binds.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15006")]
+    inbound: std::net::SocketAddr,
+    /// The address other sidecars reach the inbound listener at (default:
+    /// --inbound, with 127.0.0.1 for an unspecified IP).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<std::net::SocketAddr>,
+    /// Where the outbound listener (the app's calls) binds.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
+    outbound: std::net::SocketAddr,
+    /// The inbound listener takes connections redirected by iptables
+    /// (Istio's 15006 pattern) and forwards each to its original port.
+    #[arg(long)]
+    capture: bool,
+    /// File holding the bootstrap token (`ringmesh ctl token`).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The mesh CA bundle (the control plane's state-dir/ca.pem).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Where the key, certificate and last good config are kept.
+    #[arg(long, value_name = "DIR", default_value = "ringmesh-state")]
+    state_dir: PathBuf,
+    /// The admin API's address when no config file is given.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
+}
+
+impl JoinArgs {
+    fn options(&self) -> anyhow::Result<Option<ringmesh_control::mesh::JoinOptions>> {
+        let Some(control) = &self.control else {
+            return Ok(None);
+        };
+        let missing = |what: &str| anyhow::anyhow!("--control needs {what}");
+        let address = self.advertise.unwrap_or_else(|| {
+            let mut a = self.inbound;
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            a
+        });
+        Ok(Some(ringmesh_control::mesh::JoinOptions {
+            control: control.clone(),
+            ca_file: self.ca.clone().ok_or_else(|| missing("--ca"))?,
+            token_file: self
+                .token_file
+                .clone()
+                .ok_or_else(|| missing("--token-file"))?,
+            state_dir: self.state_dir.clone(),
+            registration: ringmesh_control::mesh::protocol::Registration {
+                node: self.node.clone().ok_or_else(|| missing("--node"))?,
+                namespace: self.namespace.clone(),
+                workload: self.workload.clone().ok_or_else(|| missing("--workload"))?,
+                version: self.workload_version.clone(),
+                address,
+                inbound: self.inbound,
+                outbound: self.outbound,
+                app_port: self.app_port.ok_or_else(|| missing("--app-port"))?,
+                capture: self.capture,
+            },
+        }))
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -102,8 +220,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Control(args) => {
+            let _guard = init_logging(args.log_format);
+            let options = ringmesh_plane::ControlOptions {
+                mesh_file: args.config,
+                listen: args.listen,
+                state_dir: args.state_dir,
+                server_names: args.server_names,
+                admin_token_file: args.admin_token_file,
+            };
+            match ringmesh_plane::run(options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("ringmesh control: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Ctl(command) => match ctl::run(command) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("ringmesh ctl: {e:#}");
                 ExitCode::FAILURE
@@ -134,6 +270,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let fds = raise_open_file_limit();
     tracing::info!(open_file_limit = fds, "file descriptors available");
     let options = ringmesh_control::RunOptions {
+        mesh: args.join.options()?,
+        admin_listen: args.join.admin,
         config_path: args.config,
         workers: args.workers.map(usize::from),
         io_engine: match args.io_engine {

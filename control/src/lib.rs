@@ -11,6 +11,7 @@ pub mod compile;
 pub mod decode;
 pub mod discovery;
 pub mod limits;
+pub mod mesh;
 pub mod model;
 pub mod otlp;
 pub mod process;

@@ -29,8 +29,13 @@ use ringmesh_core::health::HealthRegistry;
 /// How to run the proxy (from the command line).
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// The YAML config file; SIGHUP re-reads it.
-    pub config_path: PathBuf,
+    /// The YAML config file; SIGHUP re-reads it. With `mesh`, a bootstrap
+    /// (its admin settings stay; the rest comes from the control plane).
+    pub config_path: Option<PathBuf>,
+    /// Join a mesh: the config and certificate come from its control plane.
+    pub mesh: Option<crate::mesh::JoinOptions>,
+    /// The admin API's address when there is no config file (mesh mode).
+    pub admin_listen: Option<SocketAddr>,
     /// Worker threads; default one per usable CPU.
     pub workers: Option<usize>,
     /// I/O driver choice.
@@ -65,6 +70,9 @@ pub enum RunError {
     /// The control thread's runtime could not start.
     #[error("control runtime: {0}")]
     Runtime(std::io::Error),
+    /// The proxy cannot join its mesh.
+    #[error("joining the mesh: {0}")]
+    Join(#[from] crate::mesh::JoinError),
 }
 
 /// Why a new config was not applied. The running config is untouched.
@@ -82,6 +90,11 @@ pub enum ReloadError {
     /// Something outside the config went wrong.
     #[error("{0}")]
     Internal(String),
+    /// The proxy takes its config from a control plane.
+    #[error(
+        "this proxy takes its configuration from the control plane (ringmesh run --control); change the mesh's desired state instead"
+    )]
+    Managed,
 }
 
 /// Why `PUT /clusters/{name}/endpoints` was refused.
@@ -142,7 +155,9 @@ pub struct Proxy {
     /// Held through a whole reload, parse included: one large document is
     /// parsed at a time, however many arrive at once.
     reload_lock: Mutex<()>,
-    config_path: PathBuf,
+    config_path: Option<PathBuf>,
+    /// Joined to a mesh: only its control plane changes the config.
+    managed: bool,
     admin: crate::model::AdminDoc,
     draining: AtomicBool,
     drain_requested: Notify,
@@ -215,6 +230,9 @@ impl Proxy {
         if self.is_draining() {
             return Err(ReloadError::Draining);
         }
+        if self.managed {
+            return Err(ReloadError::Managed);
+        }
         let _one_at_a_time = self.reload_lock.lock().await;
         let owned_source = source.to_owned();
         let document = tokio::task::spawn_blocking(move || load(&owned_source, &text))
@@ -241,6 +259,39 @@ impl Proxy {
             }])));
         }
         self.apply_document(source, document).await
+    }
+
+    /// Applies a config pushed by the control plane: loaded like a file,
+    /// its mesh file names made local by `localize`, the admin settings
+    /// kept as they run. Returns the new local version.
+    pub async fn apply_pushed(
+        &self,
+        version: &str,
+        text: String,
+        localize: impl FnOnce(&mut Document),
+    ) -> Result<u64, ReloadError> {
+        if self.is_draining() {
+            return Err(ReloadError::Draining);
+        }
+        let source = format!("<control plane push {version}>");
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let owned_source = source.clone();
+        let result = async {
+            let mut document = tokio::task::spawn_blocking(move || load(&owned_source, &text))
+                .await
+                .map_err(|e| ReloadError::Internal(format!("parse task failed: {e}")))?
+                .map_err(ReloadError::Invalid)?;
+            localize(&mut document);
+            document.admin = self.admin.clone();
+            self.apply_document(&source, document).await
+        }
+        .await;
+        let counter = match &result {
+            Ok(_) => &self.reloads_applied,
+            Err(_) => &self.reloads_rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
     }
 
     /// Compiles `document` (re-reading every certificate file) and makes it
@@ -365,8 +416,11 @@ impl Proxy {
 
     /// Re-reads the config file (SIGHUP).
     pub async fn reload_file(&self) -> Result<u64, ReloadError> {
-        let source = self.config_path.display().to_string();
-        match crate::limits::read_text_file(&self.config_path) {
+        let Some(path) = &self.config_path else {
+            return Err(self.reject("SIGHUP", ReloadError::Managed));
+        };
+        let source = path.display().to_string();
+        match crate::limits::read_text_file(path) {
             Ok(text) => self.reload(&source, text).await,
             Err(e) => Err(self.reject(&source, ReloadError::Internal(e.to_string()))),
         }
@@ -536,11 +590,52 @@ fn admin_token(
 
 /// Runs the proxy until it has drained. Returns when it is time to exit 0.
 pub fn run(options: RunOptions) -> Result<(), RunError> {
-    let source = options.config_path.display().to_string();
-    let text = crate::limits::read_text_file(&options.config_path)?;
-    let document = load(&source, &text).map_err(RunError::Config)?;
+    let (source, text) = match &options.config_path {
+        Some(path) => (
+            path.display().to_string(),
+            crate::limits::read_text_file(path)?,
+        ),
+        None => {
+            let admin = options
+                .admin_listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 15000)));
+            (
+                "<bootstrap>".to_owned(),
+                format!("admin: {{ listen: \"{admin}\" }}\n"),
+            )
+        }
+    };
+    let mut document = load(&source, &text).map_err(RunError::Config)?;
     drop(text);
     let token = admin_token(&source, &document.admin).map_err(RunError::Config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("ringmesh-control")
+        .build()
+        .map_err(RunError::Runtime)?;
+    let mesh = match options.mesh.clone() {
+        None => None,
+        Some(join) => {
+            let client = crate::mesh::MeshClient::new(join)?;
+            runtime.block_on(client.ensure_identity())?;
+            // The last good config, when kept, serves at once: a proxy
+            // restarted while the control plane is away still forwards.
+            if let Some(cached) = client.cached_config() {
+                match load("<cached control plane config>", &cached.config) {
+                    Ok(mut doc) => {
+                        client.localize(&mut doc);
+                        doc.admin = document.admin.clone();
+                        tracing::info!(version = %cached.version, "starting with the last configuration from the control plane");
+                        document = doc;
+                    }
+                    Err(e) => {
+                        tracing::warn!(errors = %e, "the kept configuration is unusable; waiting for the control plane")
+                    }
+                }
+            }
+            Some(client)
+        }
+    };
     let fd_share = ringmesh_core::fd_share::reserve(crate::admin::server::RESERVED_DESCRIPTORS);
     tracing::info!(
         limit = fd_share.limit,
@@ -570,11 +665,6 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             tracing::info!(reason = %reason, "kTLS unavailable: TLS runs in userspace (rustls)")
         }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("ringmesh-control")
-        .build()
-        .map_err(RunError::Runtime)?;
     runtime.block_on(async move {
         let stats = engine.stats().clone();
         let health = engine.health().clone();
@@ -647,7 +737,12 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
                 snapshot,
                 source: source.clone(),
             }),
-            config_path: options.config_path.clone(),
+            config_path: if mesh.is_some() {
+                None
+            } else {
+                options.config_path.clone()
+            },
+            managed: mesh.is_some(),
             admin,
             draining: AtomicBool::new(false),
             drain_requested: Notify::new(),
@@ -666,7 +761,17 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             options.cert_watch_interval,
         ));
         tokio::spawn(crate::discovery::supervise(proxy.clone()));
+        if let Some(client) = &mesh {
+            tokio::spawn(client.clone().watch_forever(proxy.clone()));
+            tokio::spawn(client.clone().renew_forever(proxy.clone()));
+        }
         wait_for_drain_request(&proxy, signals.term, signals.int).await;
+        if let Some(client) = &mesh {
+            // Leave first: callers stop picking this instance while its
+            // open connections finish.
+            proxy.draining.store(true, Ordering::Relaxed);
+            client.leave().await;
+        }
         proxy.drain(options.drain_timeout).await;
         Ok(())
     })

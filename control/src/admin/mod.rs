@@ -183,6 +183,9 @@ fn reload_error(e: ReloadError) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({"error": e.to_string()}),
         ),
+        e @ ReloadError::Managed => {
+            json_response(StatusCode::CONFLICT, json!({"error": e.to_string()}))
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub use admin::{AdminDoc, read_token};
 pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy, PoolDoc};
 pub use discovery::{DiscoveryDoc, parse_endpoint_list};
 pub use health::{HealthCheckDoc, OutlierDetectionDoc};
+pub(crate) use listener::human;
 pub use listener::{HttpDoc, ListenerDoc, Protocol};
 pub use route::{
     ActionDoc, ConditionDoc, DirectResponseDoc, FaultAbortDoc, FaultDelayDoc, FaultDoc,

@@ -1,0 +1,306 @@
+//! From the mesh's desired state and its registered instances to one
+//! proxy's config: the same document an operator would write for
+//! `ringmesh run -c`, as JSON.
+//!
+//! A proxy beside workload W of service S gets:
+//! - `inbound`: mTLS with the mesh identity, the authz S declares, to the
+//!   local app (`127.0.0.1:<app port>`), with inbound mesh metrics;
+//! - `outbound`: plain HTTP from the app on 127.0.0.1, one group of routes
+//!   per service W calls (matched on its Host names: `review`,
+//!   `review.<ns>`, `review.<ns>.svc`, `review.<ns>.svc.cluster.local`),
+//!   with source-side mesh metrics; a TCP listener per TCP service called;
+//! - a cluster per called service and per declared version
+//!   (`review-v2`), its endpoints the registered instances, mTLS expecting
+//!   the service workload's SPIFFE ID.
+//!
+//! Only what W may call and says it calls is sent (Istio's Sidecar scope):
+//! a proxy's config grows with its dependencies, not with the mesh.
+
+use std::collections::BTreeSet;
+
+use ringmesh_control::mesh::desired::{MeshDoc, ServiceDoc};
+use ringmesh_control::mesh::protocol::{IDENTITY_FILE, Registration, TRUST_FILE};
+use ringmesh_control::model::Protocol;
+use serde_json::{Value, json};
+
+/// Cluster keys the control plane sets (removed from `traffic`).
+const DERIVED: [&str; 4] = ["name", "endpoints", "discovery", "tls"];
+
+/// The Host names callers may use for `s`.
+pub fn hosts(s: &ServiceDoc) -> Vec<String> {
+    vec![
+        s.name.clone(),
+        format!("{}.{}", s.name, s.namespace),
+        format!("{}.{}.svc", s.name, s.namespace),
+        format!("{}.{}.svc.cluster.local", s.name, s.namespace),
+    ]
+}
+
+/// The services `me` calls: those that allow it and that its service's
+/// `calls` names (all allowed ones without `calls`), never its own.
+pub fn called<'m>(mesh: &'m MeshDoc, me: &Registration) -> Vec<&'m ServiceDoc> {
+    let own = mesh.service_of(&me.namespace, &me.workload);
+    let calls = own.and_then(|s| s.calls.as_ref());
+    mesh.services
+        .iter()
+        .filter(|t| !(t.namespace == me.namespace && t.workload == me.workload))
+        .filter(|t| t.allows(&me.namespace, &me.workload))
+        .filter(|t| calls.is_none_or(|c| c.contains(&t.name)))
+        .collect()
+}
+
+fn protocol(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "http",
+        Protocol::Tcp => "tcp",
+    }
+}
+
+fn cluster(
+    mesh: &MeshDoc,
+    s: &ServiceDoc,
+    name: &str,
+    version: Option<&str>,
+    instances: &[&Registration],
+) -> Value {
+    let endpoints: Vec<Value> = instances
+        .iter()
+        .filter(|r| r.namespace == s.namespace && r.workload == s.workload)
+        .filter(|r| version.is_none_or(|v| r.version.as_deref() == Some(v)))
+        .map(|r| match &r.version {
+            Some(v) => json!({ "address": r.address.to_string(), "metadata": { "version": v } }),
+            None => json!(r.address.to_string()),
+        })
+        .collect();
+    let mut c = s
+        .traffic
+        .as_ref()
+        .and_then(|t| serde_json::to_value(t).ok())
+        .unwrap_or_else(|| json!({}));
+    if let Some(map) = c.as_object_mut() {
+        for k in DERIVED {
+            map.remove(k);
+        }
+        map.insert("name".into(), json!(name));
+        map.insert("endpoints".into(), Value::Array(endpoints));
+        map.insert(
+            "tls".into(),
+            json!({
+                "ca": TRUST_FILE,
+                "san": mesh.spiffe_id(&s.namespace, &s.workload),
+                "cert": IDENTITY_FILE,
+                "key": IDENTITY_FILE,
+            }),
+        );
+    }
+    c
+}
+
+/// The config of the proxy registered as `me`, given every live
+/// instance (`instances`, sorted by node, `me` among them).
+pub fn derive(mesh: &MeshDoc, instances: &[&Registration], me: &Registration) -> Value {
+    let td = &mesh.mesh.trust_domain;
+    let own = mesh.service_of(&me.namespace, &me.workload);
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    if let Some(s) = own {
+        let allow: Vec<String> = match &s.authz {
+            None => vec![format!("spiffe://{td}/ns/*/sa/*")],
+            Some(a) => a
+                .allow
+                .iter()
+                .map(|c| {
+                    let (ns, w) = c.split_once('/').unwrap_or((&s.namespace, c));
+                    mesh.spiffe_id(ns, w)
+                })
+                .collect(),
+        };
+        let mut inbound = json!({
+            "name": "inbound",
+            "listen": me.inbound.to_string(),
+            "protocol": protocol(s.protocol),
+            "cluster": "inbound-app",
+            "tls": { "cert": IDENTITY_FILE, "key": IDENTITY_FILE, "client_ca": TRUST_FILE },
+            "authz": { "allow": allow },
+        });
+        if s.protocol == Protocol::Http {
+            inbound["mesh_role"] = json!("inbound");
+        }
+        listeners.push(inbound);
+        clusters.push(json!({
+            "name": "inbound-app",
+            "endpoints": [format!("127.0.0.1:{}", me.app_port)],
+        }));
+    }
+    let called = called(mesh, me);
+    let mut routes = Vec::new();
+    // Clusters routes send to (a route may split to another service's).
+    let mut wanted: BTreeSet<String> = BTreeSet::new();
+    for t in &called {
+        match t.protocol {
+            Protocol::Http => {
+                let hosts = hosts(t);
+                let service_routes: Vec<Value> = if t.routes.is_empty() {
+                    vec![json!({ "cluster": t.name })]
+                } else {
+                    t.routes
+                        .iter()
+                        .filter_map(|r| serde_json::to_value(r).ok())
+                        .collect()
+                };
+                for (i, mut r) in service_routes.into_iter().enumerate() {
+                    let name = match r.get("name").and_then(Value::as_str) {
+                        Some(n) => format!("{}.{n}", t.name),
+                        None => format!("{}.{i}", t.name),
+                    };
+                    r["name"] = json!(name);
+                    if r.get("match").is_none() {
+                        r["match"] = json!({});
+                    }
+                    r["match"]["host"] = json!(hosts);
+                    for key in ["cluster"] {
+                        if let Some(c) = r.get(key).and_then(Value::as_str) {
+                            wanted.insert(c.to_owned());
+                        }
+                    }
+                    if let Some(split) = r.get("split").and_then(Value::as_array) {
+                        for part in split {
+                            if let Some(c) = part.get("cluster").and_then(Value::as_str) {
+                                wanted.insert(c.to_owned());
+                            }
+                        }
+                    }
+                    if let Some(c) = r.pointer("/mirror/cluster").and_then(Value::as_str) {
+                        wanted.insert(c.to_owned());
+                    }
+                    routes.push(r);
+                }
+            }
+            Protocol::Tcp => {
+                let mut listen = me.outbound;
+                listen.set_port(t.port);
+                listeners.push(json!({
+                    "name": format!("outbound-{}", t.name),
+                    "listen": listen.to_string(),
+                    "protocol": "tcp",
+                    "cluster": t.name,
+                }));
+                wanted.insert(t.name.clone());
+            }
+        }
+    }
+    if routes.is_empty() {
+        routes.push(json!({
+            "name": "no-service",
+            "direct_response": { "status": 404, "body": "this workload calls no HTTP service of the mesh\n" },
+        }));
+    }
+    listeners.push(json!({
+        "name": "outbound",
+        "listen": me.outbound.to_string(),
+        "protocol": "http",
+        "mesh_role": "outbound",
+        "routes": routes,
+    }));
+    for s in &mesh.services {
+        if wanted.contains(&s.name) {
+            clusters.push(cluster(mesh, s, &s.name, None, instances));
+        }
+        for v in &s.versions {
+            let name = format!("{}-{v}", s.name);
+            if wanted.contains(&name) {
+                clusters.push(cluster(mesh, s, &name, Some(v), instances));
+            }
+        }
+    }
+    let mut node = json!({ "workload": me.workload, "namespace": me.namespace });
+    if let Some(v) = &me.version {
+        node["version"] = json!(v);
+    }
+    if let Some(s) = own {
+        node["service"] = json!(s.name);
+    }
+    json!({ "node": node, "listeners": listeners, "clusters": clusters })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmesh_control::mesh::load_mesh;
+
+    const MESH: &str = "\
+services:
+  - { name: product, port: 9080, calls: [review] }
+  - name: review
+    port: 9081
+    versions: [v1, v2]
+    authz: { allow: [product] }
+    routes:
+      - { name: canary, match: { headers: { x-canary: { exact: \"true\" } } }, cluster: review-v2 }
+      - split: [{ cluster: review-v1, weight: 90 }, { cluster: review-v2, weight: 10 }]
+  - { name: recommendation, port: 9082 }
+  - { name: db, port: 5432, protocol: tcp }
+";
+
+    fn reg(node: &str, workload: &str, version: Option<&str>, port: u16) -> Registration {
+        Registration {
+            node: node.into(),
+            namespace: "default".into(),
+            workload: workload.into(),
+            version: version.map(Into::into),
+            address: format!("127.0.0.1:{port}").parse().expect("addr"),
+            inbound: format!("127.0.0.1:{port}").parse().expect("addr"),
+            outbound: format!("127.0.0.{}:15001", port % 200 + 2)
+                .parse()
+                .expect("addr"),
+            app_port: port + 1000,
+            capture: false,
+        }
+    }
+
+    #[test]
+    fn a_caller_gets_only_what_it_calls_and_the_config_loads() {
+        let mesh = load_mesh("mesh.yaml", MESH).expect("mesh");
+        let product = reg("p1", "product", Some("v1"), 7000);
+        let r1 = reg("r1", "review", Some("v1"), 7001);
+        let r2 = reg("r2", "review", Some("v2"), 7002);
+        let all = [&product, &r1, &r2];
+        let doc = derive(&mesh, &all, &product);
+        let text = doc.to_string();
+        let loaded =
+            ringmesh_control::load("derived.json", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let names: Vec<&str> = loaded.clusters.iter().map(|c| c.name.as_str()).collect();
+        // product calls review only (`calls`), not recommendation or db.
+        assert_eq!(names, ["inbound-app", "review-v1", "review-v2"]);
+        let v2 = &loaded.clusters[2];
+        assert_eq!(v2.endpoints.len(), 1);
+        assert_eq!(v2.endpoints[0].port, 7002);
+        assert_eq!(
+            v2.tls.as_ref().map(|t| t.san.as_str()),
+            Some("spiffe://ringmesh.local/ns/default/sa/review")
+        );
+        let outbound = &loaded.listeners[1];
+        assert_eq!(outbound.name, "outbound");
+        let routes = &outbound.http.as_ref().expect("http").routes;
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].name.as_deref(), Some("review.canary"));
+        assert_eq!(routes[0].matcher.host[0], "review");
+    }
+
+    #[test]
+    fn authz_is_derived_from_the_allowed_callers() {
+        let mesh = load_mesh("mesh.yaml", MESH).expect("mesh");
+        let r1 = reg("r1", "review", Some("v1"), 7001);
+        let doc = derive(&mesh, &[&r1], &r1);
+        assert_eq!(
+            doc.pointer("/listeners/0/authz/allow/0"),
+            Some(&json!("spiffe://ringmesh.local/ns/default/sa/product"))
+        );
+        // review calls every service that allows it (no `calls`), never
+        // itself.
+        let loaded = ringmesh_control::load("d.json", &doc.to_string()).expect("loads");
+        let names: Vec<&str> = loaded.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["inbound-app", "product", "recommendation", "db"]);
+        assert!(loaded.listeners.iter().any(|l| l.name == "outbound-db"));
+    }
+}

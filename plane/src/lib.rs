@@ -1,0 +1,280 @@
+//! `ringmesh control`: the mesh's control plane.
+//!
+//! It holds the desired state ([`store`], validated by the proxy's own
+//! model), derives each proxy's config from it and from the registered
+//! instances ([`derive`], [`registry`]), pushes it over a long-poll watch
+//! and records each ACK/NACK, and issues workload certificates from its
+//! mesh CA ([`ca`]) to proxies that prove who they are ([`tokens`]). The
+//! HTTP API ([`api`]) serves proxies and operators over TLS ([`server`]).
+
+pub mod api;
+pub mod ca;
+pub mod derive;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringmesh_control::ConfigErrors;
+use ringmesh_control::decode::ConfigError;
+use ringmesh_control::mesh::desired::MeshDoc;
+use ringmesh_control::mesh::load_mesh;
+use ringmesh_control::mesh::protocol::Registration;
+use thiserror::Error;
+
+use crate::ca::MeshCa;
+use crate::registry::{Desired, Registry};
+use crate::store::{FileStore, Store, StoredVersion, fingerprint};
+use crate::tokens::Secrets;
+
+/// How to run the control plane (from the command line).
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    /// The mesh document: applied as a new version when it changed since
+    /// it was last applied from the file.
+    pub mesh_file: Option<PathBuf>,
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// State: history, CA, secrets.
+    pub state_dir: PathBuf,
+    /// Names in the control plane's server certificate (besides the
+    /// listen IP).
+    pub server_names: Vec<String>,
+    /// Operators' token file (default: state-dir/admin.token, made on
+    /// first start).
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Why the control plane cannot start.
+#[derive(Debug, Error)]
+pub enum PlaneError {
+    /// The mesh document is invalid.
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    /// Something in the state directory.
+    #[error("{0}")]
+    State(String),
+    /// The API could not listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Error.
+        source: std::io::Error,
+    },
+}
+
+/// Why a change to the desired state was refused.
+#[derive(Debug, Error)]
+pub enum UpdateError {
+    /// Invalid: every error.
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    /// The store failed.
+    #[error("{0}")]
+    Store(String),
+}
+
+/// The control plane's state.
+pub struct Plane {
+    /// The desired state's history.
+    pub store: Box<dyn Store>,
+    /// The mesh CA.
+    pub ca: MeshCa,
+    /// Tokens.
+    pub secrets: Secrets,
+    /// Proxies.
+    pub registry: Registry,
+    /// Changes to the desired state are applied one at a time.
+    update_lock: tokio::sync::Mutex<()>,
+}
+
+/// A derived config must load in the proxy: each service's workload is
+/// derived once against a stand-in instance and loaded by the proxy's own
+/// loader, so a desired state no proxy could run is refused here.
+fn check_derivable(source: &str, mesh: &MeshDoc) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let stand_ins: Vec<Registration> = mesh
+        .services
+        .iter()
+        .map(|s| Registration {
+            node: format!("check-{}", s.name),
+            namespace: s.namespace.clone(),
+            workload: s.workload.clone(),
+            version: s.versions.first().cloned(),
+            address: addr(1),
+            inbound: addr(1),
+            outbound: addr(2),
+            app_port: 3,
+            capture: false,
+        })
+        .collect();
+    let refs: Vec<&Registration> = stand_ins.iter().collect();
+    for (s, me) in mesh.services.iter().zip(&stand_ins) {
+        let text = derive::derive(mesh, &refs, me).to_string();
+        if let Err(e) = ringmesh_control::load("<derived>", &text) {
+            let (line, column) = s.position();
+            for inner in e.0 {
+                errors.push(ConfigError {
+                    file: source.to_owned(),
+                    line,
+                    column,
+                    path: format!("services[{}]", s.name),
+                    message: format!(
+                        "the config derived for workload `{}` is invalid: {}: {}",
+                        s.workload, inner.path, inner.message
+                    ),
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Loads and checks a mesh document.
+pub fn validate(source: &str, text: &str) -> Result<MeshDoc, ConfigErrors> {
+    let mesh = load_mesh(source, text)?;
+    check_derivable(source, &mesh)?;
+    Ok(mesh)
+}
+
+impl Plane {
+    /// Validates `text`, stores it as the next version and pushes it.
+    pub async fn update(&self, source: &str, text: &str) -> Result<StoredVersion, UpdateError> {
+        let _one = self.update_lock.lock().await;
+        let mesh = validate(source, text).map_err(UpdateError::Invalid)?;
+        let stored = self
+            .store
+            .commit(text, source)
+            .map_err(|e| UpdateError::Store(e.to_string()))?;
+        tracing::info!(version = stored.version, source, "desired state updated");
+        self.registry.set_desired(Desired {
+            version: stored.version,
+            mesh,
+        });
+        Ok(stored)
+    }
+
+    /// Makes stored version `version` current again, as a new version.
+    pub async fn rollback(&self, version: u64) -> Result<Option<StoredVersion>, UpdateError> {
+        let Some(old) = self
+            .store
+            .get(version)
+            .map_err(|e| UpdateError::Store(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        self.update(&format!("rollback to {version}"), &old.text)
+            .await
+            .map(Some)
+    }
+}
+
+/// Opens the state, applies the mesh file if it changed, and returns the
+/// control plane ready to serve.
+pub fn open(options: &ControlOptions) -> Result<Plane, PlaneError> {
+    let state = |e: &dyn std::fmt::Display| PlaneError::State(e.to_string());
+    std::fs::create_dir_all(&options.state_dir).map_err(|e| {
+        PlaneError::State(format!(
+            "state directory `{}`: {e}",
+            options.state_dir.display()
+        ))
+    })?;
+    let store = FileStore::open(&options.state_dir).map_err(|e| state(&e))?;
+    let mut current = store.current().map_err(|e| state(&e))?;
+    if let Some(path) = &options.mesh_file {
+        let source = path.display().to_string();
+        let text = ringmesh_control::limits::read_text_file(path).map_err(|e| state(&e))?;
+        let print = fingerprint(&text);
+        if store.marker("seeded").as_deref() != Some(print.as_str()) {
+            validate(&source, &text).map_err(PlaneError::Invalid)?;
+            let stored = store.commit(&text, &source).map_err(|e| state(&e))?;
+            store.set_marker("seeded", &print).map_err(|e| state(&e))?;
+            tracing::info!(version = stored.version, file = %source, "desired state from the mesh file");
+            current = Some(stored);
+        } else {
+            tracing::info!(file = %source, "the mesh file is unchanged since it was applied; the stored desired state is current");
+        }
+    }
+    let Some(current) = current else {
+        return Err(PlaneError::State(
+            "no desired state yet: start with -c mesh.yaml".into(),
+        ));
+    };
+    let source = format!("<stored version {}>", current.version);
+    let mesh = validate(&source, &current.text).map_err(PlaneError::Invalid)?;
+    let ca = MeshCa::load_or_create(&options.state_dir, &mesh.mesh.trust_domain)
+        .map_err(|e| state(&e))?;
+    let secrets = Secrets::load_or_create(&options.state_dir, options.admin_token_file.as_deref())
+        .map_err(|e| state(&e))?;
+    tracing::info!(
+        version = current.version,
+        services = mesh.services.len(),
+        "desired state loaded"
+    );
+    Ok(Plane {
+        store: Box::new(store),
+        ca,
+        secrets,
+        registry: Registry::new(Desired {
+            version: current.version,
+            mesh,
+        }),
+        update_lock: tokio::sync::Mutex::new(()),
+    })
+}
+
+/// Runs the control plane until SIGTERM or SIGINT.
+pub fn run(options: ControlOptions) -> Result<(), PlaneError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("ringmesh-control-plane")
+        .build()
+        .map_err(|e| PlaneError::State(format!("runtime: {e}")))?;
+    runtime.block_on(async move {
+        let plane = Arc::new(open(&options)?);
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| PlaneError::Listen {
+                addr: options.listen,
+                source,
+            })?;
+        let bound = listener.local_addr().unwrap_or(options.listen);
+        let mut names = options.server_names.clone();
+        if !bound.ip().is_unspecified() {
+            names.push(bound.ip().to_string());
+        }
+        let tls = server::tls_config(&plane, &names).map_err(PlaneError::State)?;
+        tracing::info!(addr = %bound, ca = %options.state_dir.join("ca.pem").display(), "control plane listening");
+        let sweeper = plane.clone();
+        tokio::spawn(async move {
+            loop {
+                let lease = sweeper.registry.lease();
+                tokio::time::sleep((lease / 4).max(Duration::from_millis(100))).await;
+                sweeper.registry.expire();
+            }
+        });
+        tokio::spawn(server::serve(listener, tls, plane));
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| PlaneError::State(format!("signals: {e}")))?;
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(|e| PlaneError::State(format!("signals: {e}")))?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("control plane stopping; proxies keep their configuration");
+        Ok(())
+    })
+}
