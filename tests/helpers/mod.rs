@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod dns;
 pub mod http;
+pub mod mesh;
 pub mod proxy;
 pub mod tcp;
 pub mod tls;

@@ -56,11 +56,28 @@ impl Proxy {
             }
             None => Command::new(binary()),
         };
-        cmd.arg("run")
-            .arg("-c")
-            .arg(&config_path)
-            .args(["--log-format", "json"])
-            .args(args)
+        cmd.arg("run").arg("-c").arg(&config_path).args(args);
+        Self::spawn(cmd, config_path, dir, "admin API listening")
+    }
+
+    /// Runs `ringmesh ARGS --log-format json` (any subcommand that logs
+    /// `ready` with an `addr` field once serving: `admin API listening`
+    /// for `run`, `control plane listening` for `control`); `admin` is
+    /// that address. `dir` lives as long as the process.
+    pub fn launch(args: &[String], dir: tempfile::TempDir, ready: &str) -> Result<Proxy, String> {
+        let mut cmd = Command::new(binary());
+        cmd.args(args);
+        let config_path = dir.path().to_owned();
+        Self::spawn(cmd, config_path, dir, ready)
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        config_path: PathBuf,
+        dir: tempfile::TempDir,
+        ready: &str,
+    ) -> Result<Proxy, String> {
+        cmd.args(["--log-format", "json"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -97,7 +114,7 @@ impl Proxy {
             _dir: dir,
         };
         let found = proxy.wait_log(Duration::from_secs(30), |v| {
-            v["message"] == "admin API listening" || v.get("eof").is_some()
+            v["message"] == ready || v.get("eof").is_some()
         });
         match found
             .as_ref()

@@ -275,9 +275,21 @@ impl MeshClient {
     pub async fn renew_forever(self, proxy: Arc<crate::proxy::Proxy>) {
         let mut backoff = Backoff::new();
         loop {
-            let due = match self.identity_validity() {
-                Some((from, until)) => from + (until - from) / 2,
-                None => now_unix(),
+            // Half of the lifetime left when it arrived (the file's time):
+            // the CA backdates `not_before` for clock skew, which must not
+            // bring renewal forward.
+            let received = std::fs::metadata(&self.files.identity)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64);
+            let due = match (self.identity_validity(), received) {
+                (Some((from, until)), Some(at)) => {
+                    let start = at.clamp(from, until);
+                    start + (until - start) / 2
+                }
+                (Some((from, until)), None) => from + (until - from) / 2,
+                (None, _) => now_unix(),
             };
             let wait = (due - now_unix()).max(0) as u64;
             tokio::time::sleep(Duration::from_secs(wait)).await;
