@@ -2,6 +2,7 @@
 
 mod cert;
 mod ctl;
+mod inject;
 mod mesh_ctl;
 
 use std::path::PathBuf;
@@ -47,6 +48,10 @@ enum Command {
     /// Run the control plane: the mesh's desired state, the mesh CA, and
     /// each proxy's config pushed over a watch (README "The mesh").
     Control(ControlArgs),
+    /// Add the ringmesh sidecar, its bootstrap and the traffic-capture init
+    /// container to Kubernetes workloads (like `linkerd inject`): manifests
+    /// in (FILE or `-`), manifests out on stdout, notes on stderr.
+    Inject(inject::InjectArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -217,6 +222,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ringmesh cert: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Inject(args) => match inject::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringmesh inject: {e:#}");
                 ExitCode::FAILURE
             }
         },
