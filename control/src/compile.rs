@@ -51,6 +51,8 @@ pub fn compile(
     let mut ordered = Vec::with_capacity(doc.clusters.len());
     for c in &doc.clusters {
         let endpoints: Vec<Found> = match (&c.discovery, registries.discovered.get(&c.name)) {
+            // Each connection brings its own destination: no list.
+            (DiscoveryDoc::OriginalDestination, _) => Vec::new(),
             (DiscoveryDoc::Static, _) | (DiscoveryDoc::Api, None) => {
                 // One endpoint at a time, so an error points at its line.
                 let mut out = Vec::with_capacity(c.endpoints.len());
@@ -89,9 +91,23 @@ pub fn compile(
             .collect();
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let ids: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
-        // Seeded per version so runs differ; any seed is correct.
+        let original_destination = match c.discovery {
+            DiscoveryDoc::OriginalDestination => Some(
+                c.original_destination
+                    .map(|o| o.runtime())
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        };
+        // Seeded per version so runs differ; any seed is correct. An
+        // `original_destination` cluster never asks its balancer (no
+        // endpoints); round robin keeps no per-endpoint state to update.
+        let lb = match original_destination {
+            Some(_) => ringmesh_core::LbPolicy::RoundRobin,
+            None => c.lb,
+        };
         let balancer = Balancer::with_peak_ewma(
-            c.lb,
+            lb,
             &ids,
             &weights,
             workers,
@@ -114,6 +130,7 @@ pub fn compile(
             outlier: c.outlier_detection.as_ref().map(|o| o.0.clone()),
             health_check: c.health_check.as_ref().map(|h| h.0.clone()),
             panic_threshold: c.panic_threshold,
+            original_destination,
         });
         clusters.insert(c.name.as_str(), cluster.clone());
         ordered.push(cluster);
@@ -181,6 +198,7 @@ pub fn compile(
             idle_timeout: l.idle_timeout,
             access_log: l.access_log,
             zero_copy: l.zero_copy,
+            original_destination: l.original_destination,
             tls,
             sni_routes,
             protocol,

@@ -126,7 +126,12 @@ impl Discovered {
         let wanted: HashMap<&str, String> = doc
             .clusters
             .iter()
-            .filter(|c| c.discovery != DiscoveryDoc::Static)
+            .filter(|c| {
+                !matches!(
+                    c.discovery,
+                    DiscoveryDoc::Static | DiscoveryDoc::OriginalDestination
+                )
+            })
             .map(|c| (c.name.as_str(), source_key(c)))
             .collect();
         self.lock()
@@ -341,7 +346,7 @@ pub async fn prime_discovery(
                     }
                 }
             }
-            DiscoveryDoc::Static | DiscoveryDoc::Api => {}
+            DiscoveryDoc::Static | DiscoveryDoc::Api | DiscoveryDoc::OriginalDestination => {}
         }
     }
     if errors.is_empty() {
@@ -399,7 +404,9 @@ pub async fn supervise(proxy: Arc<Proxy>) {
                     path.clone(),
                     *interval,
                 )),
-                DiscoveryDoc::Static | DiscoveryDoc::Api => continue,
+                DiscoveryDoc::Static | DiscoveryDoc::Api | DiscoveryDoc::OriginalDestination => {
+                    continue;
+                }
             };
             next.insert(c.name.clone(), (key, task));
         }

@@ -1,8 +1,9 @@
-//! Checks that span resources: unique names and addresses, and listeners
-//! that name clusters which exist. Field-level checks happen while decoding
-//! (see `model/`), so one pass reports everything.
+//! Checks that span resources: unique names and addresses, listeners
+//! that name clusters which exist, and `original_destination` clusters used
+//! only by listeners that recover original destinations. Field-level checks
+//! happen while decoding (see `model/`), so one pass reports everything.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::decode::Decoder;
 use crate::model::Document;
@@ -63,6 +64,7 @@ pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {
             );
         }
     }
+    original_destinations(d, doc);
     for l in &doc.listeners {
         for r in &l.sni_routes {
             if !cluster_names.contains_key(r.cluster.as_str()) {
@@ -98,6 +100,47 @@ pub(crate) fn cross_references(d: &mut Decoder, doc: &Document) {
                     }
                 ),
             );
+        }
+    }
+}
+
+/// An `original_destination` cluster forwards each connection to where it
+/// was going before iptables redirected it; only a listener with
+/// `original_destination: true` knows that, so every other listener's
+/// reference to such a cluster (its `cluster`, SNI routes, HTTP routes,
+/// splits and mirrors) is an error at the reference.
+fn original_destinations(d: &mut Decoder, doc: &Document) {
+    let by_original: HashSet<&str> = doc
+        .clusters
+        .iter()
+        .filter(|c| c.discovery == crate::model::DiscoveryDoc::OriginalDestination)
+        .map(|c| c.name.as_str())
+        .collect();
+    if by_original.is_empty() {
+        return;
+    }
+    for l in doc.listeners.iter().filter(|l| !l.original_destination) {
+        let mut uses: Vec<(&str, &crate::model::Origin)> = Vec::new();
+        uses.push((l.cluster.as_str(), &l.cluster_origin));
+        uses.extend(
+            l.sni_routes
+                .iter()
+                .map(|r| (r.cluster.as_str(), &r.cluster_origin)),
+        );
+        if let Some(http) = &l.http {
+            uses.extend(http.routes.iter().flat_map(|r| r.clusters()));
+        }
+        for (cluster, origin) in uses {
+            if by_original.contains(cluster) {
+                d.error(
+                    origin.mark,
+                    &origin.path,
+                    format!(
+                        "cluster `{cluster}` forwards to each connection's original destination, and listener `{}` does not recover it: set `original_destination: true` on the listener (with iptables REDIRECT rules sending traffic to it)",
+                        l.name
+                    ),
+                );
+            }
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The life of one proxied connection, top to bottom:
 //!
 //! 1. [`admit`]: count it, enforce the listener's `max_connections`;
-//! 2. [`serve`]: connect upstream ([`crate::connect`]), then copy both ways
-//!    ([`crate::forward`]) until both sides are done, one fails, or it idles;
+//! 2. [`serve`]: on a capturing listener recover where the client was going
+//!    ([`recover_destination`], [`crate::capture`]), then connect upstream
+//!    ([`crate::connect`]), then copy both ways ([`crate::forward`]) until
+//!    both sides are done, one fails, or it idles;
 //! 3. [`ConnectionRecord::finish`]: emit its metrics and access-log line,
 //!    exactly once.
 
@@ -13,6 +15,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::capture::{self, NotRedirected};
 use crate::connect::{ConnectError, connect_upstream};
 use crate::forward::{DirectionCounters, Duplex, ForwardOutcome, proxy_to_stream};
 use crate::health::{Outcome, outlier};
@@ -81,50 +84,87 @@ pub(crate) fn admit(ctx: &Rc<ListenerCtx>, peer: SocketAddr) -> Option<Admitted>
     Some(admitted)
 }
 
-/// Serves one accepted, admitted connection to completion: terminate TLS
-/// when the listener has it, then proxy (or hand the connection to the
-/// listener's protocol handler), then record the outcome once.
+/// Serves one accepted, admitted connection to completion: recover its
+/// original destination when the listener captures (its socket is bound to
+/// `bound`), terminate TLS when the listener has it, then proxy (or hand
+/// the connection to the listener's protocol handler), then record the
+/// outcome once.
 pub(crate) async fn serve(
     downstream: TcpStream,
     peer: SocketAddr,
+    bound: Option<SocketAddr>,
     ctx: Rc<ListenerCtx>,
     admitted: Admitted,
     current: CurrentCtx,
 ) {
     let mut record = ConnectionRecord::new(peer);
+    if recover_destination(&downstream, bound, &ctx, &mut record) {
+        serve_recovered(downstream, &ctx, current, &mut record).await;
+    }
+    record.finish(&ctx);
+    drop(admitted);
+}
+
+/// On a capturing listener (`original_destination`), reads where the
+/// client was going before iptables redirected it here, once, into the
+/// record (and so into the connection's facts). `false`: the connection
+/// was not redirected (made to the proxy's port directly), so forwarding it
+/// would only lead back into the proxy: it is closed as `not_redirected`.
+fn recover_destination(
+    downstream: &TcpStream,
+    bound: Option<SocketAddr>,
+    ctx: &ListenerCtx,
+    record: &mut ConnectionRecord,
+) -> bool {
+    if !ctx.config.original_destination {
+        return true;
+    }
+    match capture::original_destination(downstream, record.peer, bound) {
+        Ok(dst) => {
+            record.original_destination = Some(dst);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(listener = %ctx.config.name, peer = %record.peer, error = %e, "capturing listener: connection closed, it was not redirected here by iptables");
+            record.reason = CloseReason::NotRedirected;
+            record.error = Some(ErrorText::NotRedirected(e));
+            false
+        }
+    }
+}
+
+/// Serves a connection whose destination is known: TLS, then proxy or
+/// hand over.
+async fn serve_recovered(
+    downstream: TcpStream,
+    ctx: &ListenerCtx,
+    current: CurrentCtx,
+    record: &mut ConnectionRecord,
+) {
     // TCP_NODELAY is inherited from the listening socket (bind.rs).
     match &ctx.config.tls {
         None if !ctx.config.sni_routes.is_empty() => {
             // Passthrough: route by the ClientHello, leave it in the socket.
             let sni = Box::pin(peek_server_name(&downstream)).await;
             let cluster = ctx.config.cluster_for(sni.as_deref());
-            proxy_to(&downstream, cluster, &ctx, &mut record).await;
+            proxy_to(&downstream, cluster, ctx, record).await;
             record.tls = Some(("passthrough", sni));
         }
         None => {
-            if first_byte(&downstream, &ctx, &mut record).await {
+            if first_byte(&downstream, ctx, record).await {
                 match &ctx.config.protocol {
                     Some(handler) => {
-                        hand_over(
-                            Stream::Plain(downstream),
-                            handler,
-                            &ctx,
-                            current,
-                            &mut record,
-                        )
-                        .await
+                        hand_over(Stream::Plain(downstream), handler, ctx, current, record).await
                     }
-                    None => proxy(&downstream, &ctx, &mut record).await,
+                    None => proxy(&downstream, ctx, record).await,
                 }
             }
         }
         // Boxed: the task's size is that of its largest branch, and TLS
         // state (handshake, session, forwarding over it) is several KiB
         // that a plain connection would otherwise carry for its whole life.
-        Some(tls) => Box::pin(terminate(downstream, tls, &ctx, current, &mut record)).await,
+        Some(tls) => Box::pin(terminate(downstream, tls, ctx, current, record)).await,
     }
-    record.finish(&ctx);
-    drop(admitted);
 }
 
 /// Terminates the client's TLS, then proxies the plaintext (or hands it to
@@ -209,6 +249,7 @@ async fn hand_over(
             alpn: record.alpn.take(),
             tls: record.tls.as_ref().map(|t| t.0),
             core: ctx.core,
+            original_destination: record.original_destination,
         },
         listener: ListenerWatch(current),
         bytes: bytes.clone(),
@@ -365,6 +406,7 @@ async fn proxy_to_admitted(
         cluster,
         ctx.core,
         crate::balance::client_key(record.peer),
+        record.original_destination,
     ))
     .await;
     drop(pending);
@@ -374,9 +416,14 @@ async fn proxy_to_admitted(
             let lc = config.stats.cores.get(ctx.core);
             let cc = cluster.stats.cores.get(ctx.core);
             cc.active.add(1);
-            cluster.balancer.opened(ctx.core, upstream.index);
-            let endpoint = &cluster.endpoints[upstream.index].health;
-            endpoint.cores.get(ctx.core).active.add(1);
+            // A configured endpoint has per-endpoint state to keep; an
+            // original destination (`original_destination` clusters) has
+            // none: it is no endpoint of the cluster.
+            let endpoint = cluster.endpoints.get(upstream.index).map(|e| &e.health);
+            if let Some(endpoint) = endpoint {
+                cluster.balancer.opened(ctx.core, upstream.index);
+                endpoint.cores.get(ctx.core).active.add(1);
+            }
             // Peak EWMA's sample: connect start to the endpoint's first byte.
             let first_data = || {
                 cluster
@@ -384,7 +431,7 @@ async fn proxy_to_admitted(
                     .observe(ctx.core, upstream.index, upstream.started.elapsed())
             };
             let on_first_data: Option<&dyn Fn()> =
-                cluster.balancer.wants_latency().then_some(&first_data);
+                (endpoint.is_some() && cluster.balancer.wants_latency()).then_some(&first_data);
             let ForwardOutcome {
                 reason,
                 error,
@@ -409,19 +456,21 @@ async fn proxy_to_admitted(
             )
             .await;
             cc.active.add(-1);
-            cluster.balancer.closed(ctx.core, upstream.index);
-            endpoint.cores.get(ctx.core).active.add(-1);
-            let outcome = match reason {
-                CloseReason::UpstreamError => Outcome::LocalOriginFailure,
-                _ => Outcome::Success,
-            };
-            outlier::record(
-                &cluster.health,
-                endpoint,
-                cluster.outlier.as_ref(),
-                ctx.core,
-                outcome,
-            );
+            if let Some(endpoint) = endpoint {
+                cluster.balancer.closed(ctx.core, upstream.index);
+                endpoint.cores.get(ctx.core).active.add(-1);
+                let outcome = match reason {
+                    CloseReason::UpstreamError => Outcome::LocalOriginFailure,
+                    _ => Outcome::Success,
+                };
+                outlier::record(
+                    &cluster.health,
+                    endpoint,
+                    cluster.outlier.as_ref(),
+                    ctx.core,
+                    outcome,
+                );
+            }
             lc.forward_paths[usize::from(spliced)].inc();
             record.forward_path = Some(if spliced { "splice" } else { "buffered" });
             record.reason = reason;
@@ -441,6 +490,7 @@ enum ErrorText {
     Io(io::Error),
     Connect(ConnectError),
     Handshake(HandshakeError),
+    NotRedirected(NotRedirected),
     Text(String),
 }
 
@@ -450,6 +500,7 @@ impl std::fmt::Display for ErrorText {
             ErrorText::Io(e) => e.fmt(f),
             ErrorText::Connect(e) => e.fmt(f),
             ErrorText::Handshake(e) => write!(f, "TLS handshake: {e}"),
+            ErrorText::NotRedirected(e) => e.fmt(f),
             ErrorText::Text(e) => f.write_str(e),
         }
     }
@@ -459,6 +510,9 @@ impl std::fmt::Display for ErrorText {
 struct ConnectionRecord {
     started: Instant,
     peer: SocketAddr,
+    /// Where the client was going before iptables redirected it here
+    /// (capturing listeners only).
+    original_destination: Option<SocketAddr>,
     endpoint: Option<SocketAddr>,
     /// The client's SPIFFE ID (mTLS).
     identity: Option<String>,
@@ -488,6 +542,7 @@ impl ConnectionRecord {
         Self {
             started: Instant::now(),
             peer,
+            original_destination: None,
             endpoint: None,
             identity: None,
             tls: None,
@@ -532,6 +587,7 @@ impl ConnectionRecord {
             target: "ringmesh::access",
             listener = %config.name,
             peer = %self.peer,
+            original_destination = %OrDash(self.original_destination),
             cluster = %self.cluster_name(config),
             endpoint = endpoint.as_deref().unwrap_or("-"),
             identity = self.identity.as_deref().unwrap_or("-"),
@@ -550,5 +606,18 @@ impl ConnectionRecord {
             error = self.error.as_ref().map(|e| e.to_string()).as_deref().unwrap_or(""),
             "connection closed"
         );
+    }
+}
+
+/// An optional address for a log field: the address, or `-` (written
+/// straight into the line, no string built).
+struct OrDash(Option<SocketAddr>);
+
+impl std::fmt::Display for OrDash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }

@@ -41,6 +41,13 @@ pub enum ConnectError {
         /// The error.
         error: io::Error,
     },
+    /// The cluster sends each connection to its original destination
+    /// (`discovery: original_destination`), and this one has none: its
+    /// listener does not recover it (`original_destination: true`).
+    #[error(
+        "the cluster forwards to each connection's original destination, and this connection has none (its listener lacks `original_destination: true`)"
+    )]
+    NoOriginalDestination,
     /// `max_pending_requests` connects were already in progress (HTTP).
     #[error("max_pending_requests upstream connects are already in progress")]
     PendingOverflow,
@@ -81,13 +88,24 @@ pub(crate) struct Upstream {
     pub started: Instant,
 }
 
+/// The endpoint index of a connection to an original destination
+/// (`original_destination` clusters): not one of the cluster's endpoints,
+/// so per-endpoint state (health, ejection, balancer) is left alone.
+pub(crate) const ORIGINAL_DESTINATION: usize = usize::MAX;
+
 /// Connects to one of `cluster`'s endpoints from worker `core`, for a
-/// client with hash key `key` (consistent-hashing policies).
+/// client with hash key `key` (consistent-hashing policies) whose
+/// connection's original destination is `original` (capturing listeners).
 pub(crate) async fn connect_upstream(
     cluster: &Cluster,
     core: usize,
     key: u64,
+    original: Option<SocketAddr>,
 ) -> Result<Upstream, ConnectError> {
+    if cluster.original_destination.is_some() {
+        let addr = original_target(cluster, core, original)?;
+        return connect_original(cluster, core, addr).await;
+    }
     let endpoints = &cluster.endpoints;
     if endpoints.is_empty() {
         return Err(ConnectError::NoEndpoints);
@@ -98,6 +116,23 @@ pub(crate) async fn connect_upstream(
         return Err(ConnectError::NoHealthyEndpoints);
     };
     connect_from(cluster, core, first, healthy_only).await
+}
+
+/// Where an `original_destination` cluster sends a connection whose
+/// original destination is `original`; `Err` (counted as unavailable) when
+/// the connection has none (its listener does not capture).
+pub(crate) fn original_target(
+    cluster: &Cluster,
+    core: usize,
+    original: Option<SocketAddr>,
+) -> Result<SocketAddr, ConnectError> {
+    match (cluster.original_destination, original) {
+        (Some(od), Some(dst)) => Ok(od.target(dst)),
+        _ => {
+            cluster.stats.cores.get(core).unavailable.inc();
+            Err(ConnectError::NoOriginalDestination)
+        }
+    }
 }
 
 /// Picks the endpoint a request or connection should go to first, with
@@ -116,6 +151,98 @@ pub(crate) fn pick_endpoint(
         cluster.stats.cores.get(core).unavailable.inc();
         ConnectError::NoHealthyEndpoints
     })
+}
+
+/// Connects to `addr`, a connection's original destination (as the
+/// cluster rewrites it): one attempt, there being no other endpoint to fail
+/// over to, and no endpoint health to charge.
+pub(crate) async fn connect_original(
+    cluster: &Cluster,
+    core: usize,
+    addr: SocketAddr,
+) -> Result<Upstream, ConnectError> {
+    let started = Instant::now();
+    match attempt(cluster, core, addr).await {
+        Attempt::Connected(stream) => Ok(Upstream {
+            stream,
+            addr,
+            index: ORIGINAL_DESTINATION,
+            started,
+        }),
+        Attempt::Failed(last) => {
+            tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %last, "upstream connect to the original destination failed");
+            cluster.stats.cores.get(core).unavailable.inc();
+            Err(ConnectError::Exhausted {
+                attempts: 1,
+                addr,
+                last,
+            })
+        }
+        Attempt::Local(e) => Err(e),
+    }
+}
+
+/// How one connect attempt ended.
+enum Attempt {
+    /// Connected (and TLS established when the cluster originates it).
+    Connected(Stream),
+    /// The endpoint failed (counted in the cluster's stats).
+    Failed(AttemptError),
+    /// This host ran short of a resource: nobody is to blame, and no
+    /// further attempt is to be made.
+    Local(ConnectError),
+}
+
+/// One connect attempt to `addr` within the cluster's `connect_timeout`,
+/// with TLS origination; successes and failures are counted in the
+/// cluster's stats on worker `core`.
+async fn attempt(cluster: &Cluster, core: usize, addr: SocketAddr) -> Attempt {
+    let stats = cluster.stats.cores.get(core);
+    let started = Instant::now();
+    match runtime::timeout(cluster.connect_timeout, runtime::connect(addr)).await {
+        Some(Ok(stream)) if !fd_share::within(stream.as_raw_fd()) => {
+            // Past the data plane's share of descriptors (the rest is
+            // the admin API's): give this one back, blame nobody.
+            drop(stream);
+            Attempt::Local(local_resource(
+                cluster,
+                core,
+                addr,
+                ResourceKind::Emfile,
+                ResourceKind::share_exhausted(),
+            ))
+        }
+        Some(Err(e)) if ResourceKind::of(&e).is_some() => {
+            let kind = ResourceKind::of(&e).unwrap_or(ResourceKind::Emfile);
+            Attempt::Local(local_resource(cluster, core, addr, kind, e))
+        }
+        Some(Ok(stream)) => {
+            // Interactive protocols (TLS handshakes, RPC) stall on Nagle
+            // plus delayed ACK; a proxy must not add that.
+            let _ = stream.set_nodelay(true);
+            match secure(stream, addr, cluster).await {
+                Ok(stream) => {
+                    stats
+                        .connect_latency
+                        .record(CONNECT_BUCKETS, started.elapsed());
+                    stats.connections.inc();
+                    Attempt::Connected(stream)
+                }
+                Err(e) => {
+                    stats.tls_failures.inc();
+                    Attempt::Failed(AttemptError::Tls(e))
+                }
+            }
+        }
+        Some(Err(e)) => {
+            stats.connect_failures.inc();
+            Attempt::Failed(AttemptError::Io(e))
+        }
+        None => {
+            stats.connect_timeouts.inc();
+            Attempt::Failed(AttemptError::Timeout(cluster.connect_timeout))
+        }
+    }
 }
 
 /// Connects to endpoint `first` of `cluster`, failing over to the next
@@ -143,54 +270,17 @@ pub(crate) async fn connect_from(
         let endpoint = &endpoints[index];
         let addr = endpoint.addr;
         let started = Instant::now();
-        let err = match runtime::timeout(cluster.connect_timeout, runtime::connect(addr)).await {
-            Some(Ok(stream)) if !fd_share::within(stream.as_raw_fd()) => {
-                // Past the data plane's share of descriptors (the rest is
-                // the admin API's): give this one back, blame nobody.
-                drop(stream);
-                return Err(local_resource(
-                    cluster,
-                    core,
+        let err = match attempt(cluster, core, addr).await {
+            Attempt::Connected(stream) => {
+                return Ok(Upstream {
+                    stream,
                     addr,
-                    ResourceKind::Emfile,
-                    ResourceKind::share_exhausted(),
-                ));
+                    index,
+                    started,
+                });
             }
-            Some(Err(e)) if ResourceKind::of(&e).is_some() => {
-                let kind = ResourceKind::of(&e).unwrap_or(ResourceKind::Emfile);
-                return Err(local_resource(cluster, core, addr, kind, e));
-            }
-            Some(Ok(stream)) => {
-                // Interactive protocols (TLS handshakes, RPC) stall on Nagle
-                // plus delayed ACK; a proxy must not add that.
-                let _ = stream.set_nodelay(true);
-                match secure(stream, addr, cluster).await {
-                    Ok(stream) => {
-                        stats
-                            .connect_latency
-                            .record(CONNECT_BUCKETS, started.elapsed());
-                        stats.connections.inc();
-                        return Ok(Upstream {
-                            stream,
-                            addr,
-                            index,
-                            started,
-                        });
-                    }
-                    Err(e) => {
-                        stats.tls_failures.inc();
-                        AttemptError::Tls(e)
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                stats.connect_failures.inc();
-                AttemptError::Io(e)
-            }
-            None => {
-                stats.connect_timeouts.inc();
-                AttemptError::Timeout(cluster.connect_timeout)
-            }
+            Attempt::Local(e) => return Err(e),
+            Attempt::Failed(e) => e,
         };
         outlier::record(
             &cluster.health,
@@ -376,6 +466,7 @@ mod tests {
             outlier: None,
             health_check: None,
             panic_threshold,
+            original_destination: None,
         }
     }
 

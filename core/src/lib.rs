@@ -12,7 +12,8 @@
 //! renders statistics.
 //!
 //! Reading order for one connection: [`listener`](crate::listener) accepts,
-//! `conn` admits and serves it, `connect` opens the upstream, `forward`
+//! `conn` admits and serves it ([`capture`] first recovers its original
+//! destination on a capturing listener), `connect` opens the upstream, `forward`
 //! copies both ways, and `conn` records the outcome once. A listener with a
 //! [`protocol::ProtocolHandler`] hands the connection to it after TLS
 //! instead of forwarding; the handler uses [`upstream`], [`rt`],
@@ -20,6 +21,7 @@
 
 pub mod balance;
 mod bind;
+pub mod capture;
 pub mod client_limit;
 mod conn;
 mod connect;
@@ -49,5 +51,5 @@ pub use engine::{BoundListener, Engine, EngineError, EngineOptions};
 pub use forward::{BULK_BUFFER, INITIAL_BUFFER, MAX_BUFFER, RING_BUFFER, SUSTAINED_BULK_BYTES};
 pub use metrics::{CloseReason, StatsRegistry};
 pub use runtime::{IoEngine, IoEngineChoice};
-pub use snapshot::{Cluster, Endpoint, ListenerConfig, Snapshot, ZeroCopy};
+pub use snapshot::{Cluster, Endpoint, ListenerConfig, OriginalDestination, Snapshot, ZeroCopy};
 pub use stream::{Stream, TunnelEnd};

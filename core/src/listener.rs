@@ -18,6 +18,9 @@ pub(crate) type CurrentCtx = Rc<RefCell<Rc<ListenerCtx>>>;
 
 /// Accepts until the task is dropped (listener removed, or drain).
 pub(crate) async fn accept_loop(listener: TcpListener, current: CurrentCtx) {
+    // Read once per socket: a capturing listener tells a redirected
+    // connection from a direct one by comparing with its own address.
+    let bound = listener.local_addr().ok();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -39,10 +42,15 @@ pub(crate) async fn accept_loop(listener: TcpListener, current: CurrentCtx) {
                     continue;
                 }
                 match conn::admit(&ctx, peer) {
-                    Some(admitted) => {
-                        runtime::spawn(conn::serve(stream, peer, ctx, admitted, current.clone()))
-                            .detach()
-                    }
+                    Some(admitted) => runtime::spawn(conn::serve(
+                        stream,
+                        peer,
+                        bound,
+                        ctx,
+                        admitted,
+                        current.clone(),
+                    ))
+                    .detach(),
                     None => drop(stream),
                 }
             }

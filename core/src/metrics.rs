@@ -42,11 +42,15 @@ pub enum CloseReason {
     LocalResource,
     /// The client sent nothing within the listener's `first_byte_timeout`.
     FirstByteTimeout,
+    /// A capturing listener (`original_destination`) got a connection that
+    /// iptables had not redirected to it (made to the proxy's port
+    /// directly): there is nowhere to forward it but back into the proxy.
+    NotRedirected,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Completed,
         CloseReason::IdleTimeout,
         CloseReason::UpstreamUnavailable,
@@ -56,6 +60,7 @@ impl CloseReason {
         CloseReason::UpstreamOverflow,
         CloseReason::LocalResource,
         CloseReason::FirstByteTimeout,
+        CloseReason::NotRedirected,
     ];
 
     /// The metric label and log value.
@@ -70,6 +75,7 @@ impl CloseReason {
             CloseReason::UpstreamOverflow => "upstream_overflow",
             CloseReason::LocalResource => "local_resource",
             CloseReason::FirstByteTimeout => "first_byte_timeout",
+            CloseReason::NotRedirected => "not_redirected",
         }
     }
 

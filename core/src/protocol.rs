@@ -59,6 +59,11 @@ pub struct ConnectionFacts {
     pub tls: Option<&'static str>,
     /// The worker serving the connection (index of per-core slots).
     pub core: usize,
+    /// Where the client was connecting before iptables redirected it to
+    /// the proxy, on a listener with `original_destination` (read once at
+    /// accept); `None` on other listeners. `original_destination` clusters
+    /// forward there ([`crate::upstream::pick`]).
+    pub original_destination: Option<SocketAddr>,
 }
 
 /// An accepted connection handed to a [`ProtocolHandler`].

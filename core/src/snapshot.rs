@@ -6,7 +6,7 @@
 //! started with until they close.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +48,11 @@ pub struct ListenerConfig {
     pub access_log: bool,
     /// When plain TCP connections may forward through the kernel (splice).
     pub zero_copy: ZeroCopy,
+    /// Transparent capture: each accepted connection's original destination
+    /// (before an iptables `REDIRECT` sent it here) is read once and kept in
+    /// its facts, for `original_destination` clusters; a connection that was
+    /// not redirected is closed (`not_redirected`). See [`crate::capture`].
+    pub original_destination: bool,
     /// TLS termination (with mTLS and authorization when configured).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// TLS passthrough routing by the ClientHello's server name, in order;
@@ -129,6 +134,34 @@ pub struct Cluster {
     /// health and spreads over all of them (Envoy's panic mode); 0 turns
     /// panic mode off.
     pub panic_threshold: u32,
+    /// Envoy's ORIGINAL_DST cluster: `endpoints` is empty and each
+    /// connection goes to its own original destination (recovered by a
+    /// listener with `original_destination`). `None`: a cluster of
+    /// configured endpoints.
+    pub original_destination: Option<OriginalDestination>,
+}
+
+/// How an `original_destination` cluster turns a connection's original
+/// destination into the address it connects to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OriginalDestination {
+    /// Replaces the destination's IP, keeping its port. The inbound side of
+    /// a sidecar sets `127.0.0.1`: the application is reached on loopback,
+    /// which the capture rules leave alone, so the proxy's own connection
+    /// is not redirected back to it.
+    pub host: Option<IpAddr>,
+}
+
+impl OriginalDestination {
+    /// The address to connect to for a connection whose original
+    /// destination was `original`.
+    #[inline]
+    pub fn target(&self, original: SocketAddr) -> SocketAddr {
+        match self.host {
+            Some(ip) => SocketAddr::new(ip, original.port()),
+            None => original,
+        }
+    }
 }
 
 impl Cluster {
@@ -151,6 +184,7 @@ impl Cluster {
             outlier: None,
             health_check: None,
             panic_threshold: 50,
+            original_destination: None,
         }
     }
 }

@@ -2,8 +2,10 @@
 //! picking, connect, failover, TLS origination and breakers the TCP path
 //! uses, behind a small public surface.
 //!
-//! - [`connect`]: pick an endpoint (balancer, health, ejection, panic
-//!   mode) and connect, failing over within `connect_attempts`;
+//! - [`pick`] and [`connect`]: pick an endpoint (balancer, health,
+//!   ejection, panic mode; or the connection's original destination for
+//!   an `original_destination` cluster) and connect, failing over within
+//!   `connect_attempts`;
 //! - [`ConnectionSlot`]: one unit of the cluster's `max_connections`
 //!   breaker, held by an upstream connection for its whole life (pooled
 //!   idle time included), with the cluster's active-connection gauge;
@@ -33,31 +35,55 @@ pub struct UpstreamConnection {
     pub started: Instant,
 }
 
+/// The [`Pick::index`] (and [`UpstreamConnection::index`]) of a connection
+/// to an original destination (`original_destination` clusters): not one
+/// of the cluster's endpoints, so per-endpoint state is left alone
+/// ([`Cluster::record_outcome`] ignores it; balancers of such clusters keep
+/// no per-endpoint state).
+pub const ORIGINAL_DESTINATION: usize = crate::connect::ORIGINAL_DESTINATION;
+
 /// Picks the endpoint a request should go to (balancer, health, ejection,
 /// panic mode) on worker `core`; `key` is the hash key of the
-/// consistent-hashing policies (see [`crate::balance::client_key`]).
-/// `Err` (counted as unavailable) when no endpoint may be picked.
+/// consistent-hashing policies (see [`crate::balance::client_key`]). For an
+/// `original_destination` cluster the pick is the connection's `original`
+/// destination (from its [`crate::protocol::ConnectionFacts`]) as the
+/// cluster rewrites it. `Err` (counted as unavailable) when no endpoint
+/// may be picked.
 #[inline]
-pub fn pick(cluster: &Cluster, core: usize, key: u64) -> Result<Pick, ConnectError> {
-    crate::connect::pick_endpoint(cluster, core, key).map(|(index, healthy_only)| Pick {
-        index,
-        healthy_only,
-    })
+pub fn pick(
+    cluster: &Cluster,
+    core: usize,
+    key: u64,
+    original: Option<SocketAddr>,
+) -> Result<Pick, ConnectError> {
+    pick_avoiding(cluster, core, key, &[], original)
 }
 
 /// Like [`pick`], for a retry: an endpoint not in `tried` when one may be
 /// picked (Envoy's `previous_hosts` retry predicate), else the policy's.
+/// An original destination is the only one there is: a retry goes there
+/// again.
 pub fn pick_avoiding(
     cluster: &Cluster,
     core: usize,
     key: u64,
     tried: &[usize],
+    original: Option<SocketAddr>,
 ) -> Result<Pick, ConnectError> {
+    if cluster.original_destination.is_some() {
+        let addr = crate::connect::original_target(cluster, core, original)?;
+        return Ok(Pick {
+            index: ORIGINAL_DESTINATION,
+            addr,
+            healthy_only: false,
+        });
+    }
     let (index, healthy_only) = crate::connect::pick_endpoint(cluster, core, key)?;
     let (index, healthy_only) =
         crate::connect::avoid_tried(cluster, core, key, (index, healthy_only), tried);
     Ok(Pick {
         index,
+        addr: cluster.endpoints[index].addr,
         healthy_only,
     })
 }
@@ -65,14 +91,17 @@ pub fn pick_avoiding(
 /// An endpoint chosen by [`pick`].
 #[derive(Debug, Clone, Copy)]
 pub struct Pick {
-    /// The endpoint's index in the cluster.
+    /// The endpoint's index in the cluster, or [`ORIGINAL_DESTINATION`].
     pub index: usize,
+    /// The address to connect to.
+    pub addr: SocketAddr,
     healthy_only: bool,
 }
 
 /// Connects to the picked endpoint, failing over to the next ones within
-/// the cluster's `connect_attempts`, under its `max_pending_requests`
-/// breaker (connects in progress).
+/// the cluster's `connect_attempts` (an original destination has none to
+/// fail over to), under its `max_pending_requests` breaker (connects in
+/// progress).
 pub async fn connect(
     cluster: &Cluster,
     core: usize,
@@ -84,13 +113,17 @@ pub async fn connect(
         cluster.stats.cores.get(core).pending_overflow.inc();
         return Err(ConnectError::PendingOverflow);
     }
-    let result = Box::pin(crate::connect::connect_from(
-        cluster,
-        core,
-        pick.index,
-        pick.healthy_only,
-    ))
-    .await;
+    let result = if pick.index == ORIGINAL_DESTINATION {
+        Box::pin(crate::connect::connect_original(cluster, core, pick.addr)).await
+    } else {
+        Box::pin(crate::connect::connect_from(
+            cluster,
+            core,
+            pick.index,
+            pick.healthy_only,
+        ))
+        .await
+    };
     pending.fetch_sub(1, Ordering::Relaxed);
     let c = result?;
     Ok(UpstreamConnection {

@@ -195,13 +195,21 @@ pub(crate) async fn forward(
         default_host: "",
         trace: None,
     };
-    // HTTP/1.0 without Host: the endpoint's address names it, set below.
+    // HTTP/1.0 without Host: the endpoint's address names it, set below
+    // (an `original_destination` cluster's is the connection's).
     let default_host;
     let fwd = if head.host.is_none() {
         default_host = cluster
             .endpoints
             .first()
-            .map(|e| e.addr.to_string())
+            .map(|e| e.addr)
+            .or_else(|| {
+                cluster
+                    .original_destination
+                    .zip(c.facts.original_destination)
+                    .map(|(od, dst)| od.target(dst))
+            })
+            .map(|a| a.to_string())
             .unwrap_or_default();
         Forwarded {
             default_host: &default_host,
@@ -269,11 +277,13 @@ pub(crate) async fn forward(
     let after = loop {
         attempt += 1;
         record.attempts = attempt;
-        let pick = match upstream::pick_avoiding(cluster, core, c.hash_key, retries.avoid()) {
-            Ok(p) => p,
-            Err(e) => break local(c, head, record, connect_flag(&e), None, true).await,
-        };
-        let addr = cluster.endpoints[pick.index].addr;
+        let original = c.facts.original_destination;
+        let pick =
+            match upstream::pick_avoiding(cluster, core, c.hash_key, retries.avoid(), original) {
+                Ok(p) => p,
+                Err(e) => break local(c, head, record, connect_flag(&e), None, true).await,
+            };
+        let addr = pick.addr;
         // After a stale pooled connection, a new one.
         let pooled = if stale {
             None
@@ -640,9 +650,9 @@ fn edits_for<'a>(
 /// The flag for a failed pick or connect.
 fn connect_flag(e: &ConnectError) -> ResponseFlag {
     match e {
-        ConnectError::NoEndpoints | ConnectError::NoHealthyEndpoints => {
-            ResponseFlag::NoHealthyUpstream
-        }
+        ConnectError::NoEndpoints
+        | ConnectError::NoHealthyEndpoints
+        | ConnectError::NoOriginalDestination => ResponseFlag::NoHealthyUpstream,
         ConnectError::PendingOverflow => ResponseFlag::UpstreamOverflow,
         ConnectError::LocalResource { .. } => ResponseFlag::LocalResource,
         ConnectError::Exhausted { .. } => ResponseFlag::UpstreamConnectFailure,

@@ -108,11 +108,11 @@ pub(crate) fn send(
     copy.extend_from_slice(&c.buf[head.len..head.len + body]);
     buffers::give(host);
     let (cluster, upstream_stats) = (cluster.clone(), mirror.target.stats.clone());
-    let key = c.hash_key;
+    let (key, original) = (c.hash_key, c.facts.original_destination);
     rt::spawn(async move {
         let result = rt::timeout(
             timeout,
-            exchange(&cluster, &upstream_stats, core, key, copy),
+            exchange(&cluster, &upstream_stats, core, (key, original), copy),
         )
         .await
         .unwrap_or(MirrorResult::Failed);
@@ -131,14 +131,16 @@ pub fn shadow_host(out: &mut Vec<u8>, authority: &[u8]) {
 }
 
 /// One shadow exchange: connect, send, read the status, drain to the end.
+/// `key` is the client's hash key, `original` its connection's original
+/// destination (for an `original_destination` cluster).
 async fn exchange(
     cluster: &Cluster,
     upstream_stats: &UpstreamStats,
     core: usize,
-    key: u64,
+    (key, original): (u64, Option<std::net::SocketAddr>),
     copy: Vec<u8>,
 ) -> MirrorResult {
-    let connected = match upstream::pick(cluster, core, key) {
+    let connected = match upstream::pick(cluster, core, key, original) {
         Ok(pick) => upstream::connect(cluster, core, pick).await,
         Err(e) => Err(e),
     };

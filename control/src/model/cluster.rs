@@ -164,8 +164,8 @@ pub(crate) fn metadata(d: &mut Decoder, node: &Node, path: &str) -> Option<Vec<(
 pub struct ClusterDoc {
     /// Unique name (metric label `cluster`).
     pub name: String,
-    /// Endpoints as written (for `file` discovery: none; for `api`: the
-    /// initial list).
+    /// Endpoints as written (for `file` and `original_destination`
+    /// discovery: none; for `api`: the initial list).
     pub endpoints: Vec<EndpointDoc>,
     /// Where the endpoints come from. Default `static`.
     pub discovery: super::DiscoveryDoc,
@@ -200,8 +200,57 @@ pub struct ClusterDoc {
     pub pool: PoolDoc,
     /// How many HTTP retries the cluster takes (Linkerd's retry budget).
     pub retry_budget: RetryBudgetDoc,
+    /// How an `original_destination` cluster rewrites each connection's
+    /// original destination (`discovery: original_destination` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_destination: Option<OriginalDestinationDoc>,
     #[serde(skip)]
     pub(crate) name_origin: Origin,
+}
+
+/// `original_destination: { host }`: where an `original_destination`
+/// cluster connects, given a connection's original destination.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct OriginalDestinationDoc {
+    /// Replaces the original destination's IP, keeping its port: an IP
+    /// literal such as `127.0.0.1` (the inbound side of a sidecar reaches
+    /// its application on loopback). Default: none, the original
+    /// destination as it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<std::net::IpAddr>,
+}
+
+impl OriginalDestinationDoc {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let host = match f.take("host") {
+            None => Some(None),
+            Some((n, p)) => {
+                let text = scalar(d, n, &p, "an IP address")?;
+                match text.parse::<std::net::IpAddr>() {
+                    Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Some(Some(ip)),
+                    _ => {
+                        d.error(
+                            n.mark,
+                            &p,
+                            format!(
+                                "invalid host `{}`: an IP address to connect to, such as 127.0.0.1 or ::1 (names are not resolved here)",
+                                crate::limits::quote(text)
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        f.finish(d, &["host"]);
+        Some(OriginalDestinationDoc { host: host? })
+    }
+
+    /// The data plane's form.
+    pub fn runtime(&self) -> ringmesh_core::OriginalDestination {
+        ringmesh_core::OriginalDestination { host: self.host }
+    }
 }
 
 /// `retry_budget:` retries may add `retry_ratio` of the requests of the
@@ -344,7 +393,30 @@ const KEYS: &[&str] = &[
     "panic_threshold",
     "pool",
     "retry_budget",
+    "original_destination",
 ];
+
+/// Takes one of the keys that tune how a cluster chooses among and watches
+/// its endpoints, noting where it was written: an `original_destination`
+/// cluster has no endpoint list (each connection has exactly one
+/// destination), so each of them is an error there.
+fn take_noted<'n>(
+    f: &mut Fields<'n>,
+    key: &'static str,
+    noted: &mut Vec<(&'static str, Origin)>,
+) -> Option<(&'n Node, String)> {
+    let taken = f.take(key);
+    if let Some((n, p)) = &taken {
+        noted.push((
+            key,
+            Origin {
+                mark: n.mark,
+                path: p.clone(),
+            },
+        ));
+    }
+    taken
+}
 
 /// Envoy's `healthy_panic_threshold`.
 pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
@@ -368,16 +440,39 @@ impl ClusterDoc {
                 p,
                 "`file` discovery reads the endpoints from its file; remove `endpoints`",
             ),
+            (Some(super::DiscoveryDoc::OriginalDestination), Some((n, p))) => d.error(
+                n.mark,
+                p,
+                "`original_destination` discovery sends each connection to its own original destination; remove `endpoints`",
+            ),
             (Some(super::DiscoveryDoc::Static | super::DiscoveryDoc::Dns { .. }), None) => {
                 d.error(node.mark, path, "missing required key `endpoints`")
             }
             _ => {}
         }
+        let by_original = discovery == Some(super::DiscoveryDoc::OriginalDestination);
+        // Where the keys about choosing among endpoints were written, for
+        // the error an `original_destination` cluster gives each of them.
+        let mut noted: Vec<(&'static str, Origin)> = Vec::new();
+        let original_destination = match f.take("original_destination") {
+            None => None,
+            Some((n, p)) => {
+                // (A discovery that failed to decode is reported already.)
+                if discovery.is_some() && !by_original {
+                    d.error(
+                        n.mark,
+                        &p,
+                        "`original_destination` settings need `discovery: original_destination`",
+                    );
+                }
+                OriginalDestinationDoc::decode(d, n, &p)
+            }
+        };
         let endpoints = match endpoints_field {
             None => Some(Vec::new()),
             Some((n, p)) => crate::decode::list_of(d, n, &p, endpoint),
         };
-        let lb = match f.take("lb") {
+        let lb = match take_noted(&mut f, "lb", &mut noted) {
             None => Some(LbPolicy::RoundRobin),
             Some((n, p)) => match scalar(d, n, &p, "a load-balancing policy")? {
                 "round_robin" => Some(LbPolicy::RoundRobin),
@@ -392,7 +487,7 @@ impl ClusterDoc {
                 }
             },
         };
-        let peak_ewma = match f.take("peak_ewma") {
+        let peak_ewma = match take_noted(&mut f, "peak_ewma", &mut noted) {
             None => None,
             Some((n, p)) => {
                 if lb.is_some_and(|l| l != LbPolicy::PeakEwma) {
@@ -411,7 +506,7 @@ impl ClusterDoc {
                 Duration::from_secs(3600),
             ),
         };
-        let connect_attempts = match f.take("connect_attempts") {
+        let connect_attempts = match take_noted(&mut f, "connect_attempts", &mut noted) {
             None => Some(DEFAULT_CONNECT_ATTEMPTS),
             Some((n, p)) => integer(d, n, &p, 1, 16).map(|v| v as u32),
         };
@@ -422,13 +517,11 @@ impl ClusterDoc {
             None => CircuitBreakersDoc::default(),
             Some((n, p)) => CircuitBreakersDoc::decode(d, n, &p).unwrap_or_default(),
         };
-        let outlier_detection = f
-            .take("outlier_detection")
+        let outlier_detection = take_noted(&mut f, "outlier_detection", &mut noted)
             .and_then(|(n, p)| super::health::OutlierDetectionDoc::decode(d, n, &p));
-        let health_check = f
-            .take("health_check")
+        let health_check = take_noted(&mut f, "health_check", &mut noted)
             .and_then(|(n, p)| super::health::HealthCheckDoc::decode(d, n, &p));
-        let panic_threshold = match f.take("panic_threshold") {
+        let panic_threshold = match take_noted(&mut f, "panic_threshold", &mut noted) {
             None => Some(DEFAULT_PANIC_THRESHOLD),
             Some((n, p)) => integer(d, n, &p, 0, 100).map(|v| v as u32),
         };
@@ -441,6 +534,17 @@ impl ClusterDoc {
             Some((n, p)) => RetryBudgetDoc::decode(d, n, &p).unwrap_or_default(),
         };
         f.finish(d, KEYS);
+        if by_original {
+            for (key, origin) in &noted {
+                d.error(
+                    origin.mark,
+                    &origin.path,
+                    format!(
+                        "`{key}` does not apply to `original_destination` discovery: each connection has one destination, its original one (no endpoint list to balance, fail over or check)"
+                    ),
+                );
+            }
+        }
         // Placeholders for failed fields, as in listener.rs: the document is
         // rejected anyway, but its other checks still run.
         let (name, name_mark, name_path) =
@@ -460,6 +564,7 @@ impl ClusterDoc {
             panic_threshold: panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
             pool,
             retry_budget,
+            original_destination,
             name_origin: Origin {
                 mark: name_mark,
                 path: name_path,

@@ -43,6 +43,10 @@ pub enum DiscoveryDoc {
     },
     /// `PUT /clusters/{name}/endpoints`; `endpoints` is the initial list.
     Api,
+    /// No endpoint list: each connection goes to its original destination,
+    /// the address it was going to before iptables redirected it to a
+    /// listener with `original_destination: true` (Envoy's ORIGINAL_DST).
+    OriginalDestination,
 }
 
 impl DiscoveryDoc {
@@ -53,6 +57,7 @@ impl DiscoveryDoc {
             DiscoveryDoc::Dns { .. } => "dns",
             DiscoveryDoc::File { .. } => "file",
             DiscoveryDoc::Api => "api",
+            DiscoveryDoc::OriginalDestination => "original_destination",
         }
     }
 
@@ -68,6 +73,7 @@ impl DiscoveryDoc {
                     resolver: None,
                 }),
                 "api" => Some(DiscoveryDoc::Api),
+                "original_destination" => Some(DiscoveryDoc::OriginalDestination),
                 "file" => {
                     d.error(
                         node.mark,
@@ -89,7 +95,7 @@ impl DiscoveryDoc {
                 d.error(
                     node.mark,
                     path,
-                    "missing required key `type` (static, dns, file or api)",
+                    "missing required key `type` (static, dns, file, api or original_destination)",
                 );
                 None
             }
@@ -103,6 +109,10 @@ impl DiscoveryDoc {
             "api" => {
                 f.finish(d, &["type"]);
                 Some(DiscoveryDoc::Api)
+            }
+            "original_destination" => {
+                f.finish(d, &["type"]);
+                Some(DiscoveryDoc::OriginalDestination)
             }
             "dns" => {
                 let refresh = match f.take("refresh") {
@@ -187,7 +197,7 @@ fn unknown_type(d: &mut Decoder, node: &Node, path: &str, other: &str) {
         node.mark,
         path,
         format!(
-            "unknown discovery type `{}` (expected static, dns, file or api)",
+            "unknown discovery type `{}` (expected static, dns, file, api or original_destination)",
             crate::limits::quote(other)
         ),
     );
@@ -213,7 +223,7 @@ impl Serialize for DiscoveryDoc {
                 m.serialize_entry("path", &path.display().to_string())?;
                 m.serialize_entry("interval", &format_duration(*interval))?;
             }
-            DiscoveryDoc::Static | DiscoveryDoc::Api => {}
+            DiscoveryDoc::Static | DiscoveryDoc::Api | DiscoveryDoc::OriginalDestination => {}
         }
         m.end()
     }

@@ -63,6 +63,11 @@ pub struct ListenerDoc {
     /// When plain TCP connections may forward with splice (`auto`).
     #[serde(serialize_with = "zero_copy_name")]
     pub zero_copy: ringmesh_core::ZeroCopy,
+    /// Transparent capture: read each connection's original destination
+    /// (before an iptables `REDIRECT` sent it here) for
+    /// `original_destination` clusters, and close connections that were
+    /// not redirected. Default false.
+    pub original_destination: bool,
     /// TLS termination, optionally mutual.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<super::ListenerTlsDoc>,
@@ -93,6 +98,7 @@ const KEYS: &[&str] = &[
     "idle_timeout",
     "access_log",
     "zero_copy",
+    "original_destination",
     "tls",
     "authz",
     "sni_routes",
@@ -353,6 +359,10 @@ impl ListenerDoc {
                 }
             },
         };
+        let original_destination = match f.take("original_destination") {
+            None => Some(false),
+            Some((n, p)) => boolean(d, n, &p),
+        };
         let tls = f
             .take("tls")
             .and_then(|(n, p)| super::ListenerTlsDoc::decode(d, n, &p));
@@ -431,6 +441,7 @@ impl ListenerDoc {
             idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
             access_log: access_log.unwrap_or(true),
             zero_copy: zero_copy.unwrap_or_default(),
+            original_destination: original_destination.unwrap_or(false),
             tls,
             authz,
             sni_routes,
