@@ -189,19 +189,27 @@ pub fn derive(mesh: &MeshDoc, instances: &[&Registration], me: &Registration) ->
             }
         }
     }
-    if routes.is_empty() {
+    let mut outbound = json!({
+        "name": "outbound",
+        "listen": me.outbound.to_string(),
+        "protocol": "http",
+        "mesh_role": "outbound",
+    });
+    if me.capture {
+        // The app's connections arrive redirected by iptables: calls to
+        // no service of the mesh go where the app sent them (Istio's
+        // PassthroughCluster).
+        outbound["original_destination"] = json!(true);
+        routes.push(json!({ "name": "passthrough", "cluster": "passthrough" }));
+        clusters.push(json!({ "name": "passthrough", "discovery": "original_destination" }));
+    } else if routes.is_empty() {
         routes.push(json!({
             "name": "no-service",
             "direct_response": { "status": 404, "body": "this workload calls no HTTP service of the mesh\n" },
         }));
     }
-    listeners.push(json!({
-        "name": "outbound",
-        "listen": me.outbound.to_string(),
-        "protocol": "http",
-        "mesh_role": "outbound",
-        "routes": routes,
-    }));
+    outbound["routes"] = json!(routes);
+    listeners.push(outbound);
     for s in &mesh.services {
         if wanted.contains(&s.name) {
             clusters.push(cluster(mesh, s, &s.name, None, instances));
@@ -285,6 +293,24 @@ services:
         assert_eq!(routes.len(), 2);
         assert_eq!(routes[0].name.as_deref(), Some("review.canary"));
         assert_eq!(routes[0].matcher.host[0], "review");
+    }
+
+    #[test]
+    fn a_capturing_proxy_passes_calls_to_unknown_hosts_through() {
+        let mesh = load_mesh("mesh.yaml", MESH).expect("mesh");
+        let mut product = reg("p1", "product", Some("v1"), 7000);
+        product.capture = true;
+        let doc = derive(&mesh, &[&product], &product);
+        let loaded = ringmesh_control::load("d.json", &doc.to_string())
+            .unwrap_or_else(|e| panic!("{e}\n{doc}"));
+        let outbound = loaded.listeners.iter().find(|l| l.name == "outbound").expect("outbound");
+        assert!(outbound.original_destination);
+        let routes = &outbound.http.as_ref().expect("http").routes;
+        assert_eq!(routes.last().and_then(|r| r.name.as_deref()), Some("passthrough"));
+        // The inbound listener takes mesh peers dialling it directly and
+        // redirected connections alike: no original destination there.
+        let inbound = loaded.listeners.iter().find(|l| l.name == "inbound").expect("inbound");
+        assert!(!inbound.original_destination);
     }
 
     #[test]

@@ -512,13 +512,8 @@ pub struct RetriesDoc {
     /// Time each attempt has (also settable on the route).
     #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
-    /// First backoff interval. Default 25ms.
-    #[serde(serialize_with = "super::listener::human")]
-    pub backoff_base: Duration,
-    /// Backoff cap, and the longest `Retry-After` honoured. Default 10 ×
-    /// base.
-    #[serde(serialize_with = "super::listener::human")]
-    pub backoff_max: Duration,
+    /// Backoff between attempts.
+    pub backoff: BackoffDoc,
     /// Statuses retried under `retriable-status-codes`. Default [503].
     pub retriable_status_codes: Vec<u16>,
     /// `previous_hosts` (default: a retry goes to an endpoint not tried
@@ -526,6 +521,17 @@ pub struct RetriesDoc {
     pub retry_host_predicate: String,
     #[serde(skip)]
     pub(crate) origin: Origin,
+}
+
+/// `retries.backoff`: fully jittered exponential backoff.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BackoffDoc {
+    /// First interval. Default 25ms.
+    #[serde(serialize_with = "super::listener::human")]
+    pub base: Duration,
+    /// Cap, and the longest `Retry-After` honoured. Default 10 × base.
+    #[serde(serialize_with = "super::listener::human")]
+    pub max: Duration,
 }
 
 const RETRY_KEYS: &[&str] = &[
@@ -651,8 +657,10 @@ impl RetriesDoc {
             attempts: attempts?,
             on: on?,
             per_try_timeout,
-            backoff_base,
-            backoff_max: backoff_max.unwrap_or(backoff_base * 10),
+            backoff: BackoffDoc {
+                base: backoff_base,
+                max: backoff_max.unwrap_or(backoff_base * 10),
+            },
             retriable_status_codes: retriable_status_codes?,
             retry_host_predicate: retry_host_predicate?,
             origin: Origin {
@@ -673,8 +681,8 @@ impl RetriesDoc {
                 .filter_map(|n| RetryOn::named(n))
                 .fold(RetryOn::default(), RetryOn::with),
             backoff: Backoff {
-                base: self.backoff_base,
-                max: self.backoff_max,
+                base: self.backoff.base,
+                max: self.backoff.max,
             },
             retriable_status_codes: self.retriable_status_codes.clone().into(),
             avoid_tried: self.retry_host_predicate == "previous_hosts",
