@@ -244,8 +244,23 @@ fn an_invalid_change_is_refused_with_positions_and_nothing_changes() {
             .collect::<Vec<_>>(),
         after.iter().map(|r| r["acked"].clone()).collect::<Vec<_>>()
     );
+    // The trust domain names every certificate: it cannot change.
+    std::fs::write(
+        &bad,
+        mesh((100, 0), "30s", "1h").replace("shop.local", "other.local"),
+    )
+    .unwrap();
+    let out = l.cp.ctl(&["mesh"], &["put", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mesh.trust_domain") && err.contains("cannot change"),
+        "{err}"
+    );
     let out = l.cp.ctl(&["history"], &[]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    // A joined proxy is ready (it runs its pushed config).
+    assert_eq!(l.product.process.get("/ready").status, 200);
 }
 
 #[test]
@@ -330,6 +345,9 @@ fn with_the_control_plane_down_traffic_flows_and_everything_resyncs_when_it_retu
     let mut l = landscape(&mesh((100, 0), "30s", "1h"));
     let version =
         l.cp.api("GET", "/mesh", Some(&l.cp.admin_token()), None, "");
+    // Registrations are kept four times a second: a crash forgets at most
+    // the last quarter second's.
+    std::thread::sleep(Duration::from_millis(500));
     l.cp.kill();
     // Static stability: the mesh keeps serving on its last config.
     for _ in 0..20 {
@@ -377,6 +395,23 @@ fn with_the_control_plane_down_traffic_flows_and_everything_resyncs_when_it_retu
     // The control plane returns with no desired state lost; the waiting
     // proxy joins and the others resync.
     l.cp.restart();
+    // The restarted control plane knows the instances from before (kept
+    // registrations): proxies polling again get no config without them,
+    // so traffic never fails while they reconnect.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            l.product.call("review", "/", &[]),
+            (200, "review v1".into()),
+            "{}\n{}",
+            l.cp.process
+                .as_ref()
+                .map(|p| p.log_text())
+                .unwrap_or_default(),
+            l.product.process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         l.cp.api("GET", "/mesh", Some(&l.cp.admin_token()), None, ""),
         version
@@ -638,7 +673,8 @@ fn proxies_get_certificates_and_configuration_for_their_own_identity_only() {
     );
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("own identity only"), "{body}");
-    // A node name held by another identity cannot be taken over.
+    // A node name used by another identity is not taken over: the caller
+    // gets its own config under it, the real review-1 keeps its row.
     let (status, body) = l.cp.api(
         "POST",
         "/v1/watch",
@@ -646,7 +682,16 @@ fn proxies_get_certificates_and_configuration_for_their_own_identity_only() {
         Some(&l.product.identity()),
         &watch("product").replace("\"node\":\"x\"", "\"node\":\"review-1\""),
     );
-    assert_eq!(status, 403, "{body}");
+    assert_eq!(status, 200, "{body}");
+    let push: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let config: serde_json::Value = serde_json::from_str(push["config"].as_str().unwrap()).unwrap();
+    assert_eq!(config["node"]["workload"], "product");
+    let rows = l.cp.proxies();
+    assert!(
+        rows.iter().any(|r| r["node"] == "review-1"
+            && r["workload"] == "review"
+            && r["state"] == "SYNCED")
+    );
     // Operators' API: the admin token only.
     for token in [None, Some(product_token)] {
         let (status, _) = l.cp.api("GET", "/proxies", token, None, "");

@@ -405,7 +405,7 @@ fn a_mesh_spans_three_hosts_with_a_captured_app() {
     }
     let table = ctl(&h, &["status"]).unwrap();
     assert!(
-        table.contains(&format!("{ip2}")) || table.contains("review-1"),
+        table.contains(&ip2) || table.contains("review-1"),
         "{table}"
     );
     // The app calls review by name at any address: captured, routed by

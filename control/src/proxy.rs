@@ -158,6 +158,9 @@ pub struct Proxy {
     config_path: Option<PathBuf>,
     /// Joined to a mesh: only its control plane changes the config.
     managed: bool,
+    /// Whether a real config runs (a joined proxy starts on a bootstrap
+    /// with no listener until its first push: not ready before).
+    configured: AtomicBool,
     admin: crate::model::AdminDoc,
     draining: AtomicBool,
     drain_requested: Notify,
@@ -169,6 +172,11 @@ impl Proxy {
     /// The running config.
     pub fn applied(&self) -> Arc<Applied> {
         self.applied.load_full()
+    }
+
+    /// Whether the proxy serves a real config (see `configured`).
+    pub fn is_configured(&self) -> bool {
+        self.configured.load(Ordering::Relaxed)
     }
 
     /// Whether a drain has started.
@@ -286,6 +294,9 @@ impl Proxy {
             self.apply_document(&source, document).await
         }
         .await;
+        if result.is_ok() {
+            self.configured.store(true, Ordering::Relaxed);
+        }
         let counter = match &result {
             Ok(_) => &self.reloads_applied,
             Err(_) => &self.reloads_rejected,
@@ -404,6 +415,9 @@ impl Proxy {
         if self.is_draining() {
             return Err(ReloadError::Draining);
         }
+        // Under the reload lock, and the document read once it is held: a
+        // rotation racing a reload must not re-apply the older document.
+        let _one_at_a_time = self.reload_lock.lock().await;
         let document = self.applied.load().document.clone();
         let result = self.apply_document(why, document).await;
         let counter = match &result {
@@ -613,6 +627,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         .thread_name("ringmesh-control")
         .build()
         .map_err(RunError::Runtime)?;
+    let mut started_with_cache = None;
     let mesh = match options.mesh.clone() {
         None => None,
         Some(join) => {
@@ -627,6 +642,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
                         doc.admin = document.admin.clone();
                         tracing::info!(version = %cached.version, "starting with the last configuration from the control plane");
                         document = doc;
+                        started_with_cache = Some(cached);
                     }
                     Err(e) => {
                         tracing::warn!(errors = %e, "the kept configuration is unusable; waiting for the control plane")
@@ -743,6 +759,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
                 options.config_path.clone()
             },
             managed: mesh.is_some(),
+            configured: AtomicBool::new(mesh.is_none() || started_with_cache.is_some()),
             admin,
             draining: AtomicBool::new(false),
             drain_requested: Notify::new(),
@@ -761,15 +778,22 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             options.cert_watch_interval,
         ));
         tokio::spawn(crate::discovery::supervise(proxy.clone()));
-        if let Some(client) = &mesh {
-            tokio::spawn(client.clone().watch_forever(proxy.clone()));
+        let watch = mesh.as_ref().map(|client| {
             tokio::spawn(client.clone().renew_forever(proxy.clone()));
-        }
+            tokio::spawn(
+                client
+                    .clone()
+                    .watch_forever(proxy.clone(), started_with_cache.take()),
+            )
+        });
         wait_for_drain_request(&proxy, signals.term, signals.int).await;
-        if let Some(client) = &mesh {
+        if let (Some(client), Some(watch)) = (&mesh, watch) {
             // Leave first: callers stop picking this instance while its
-            // open connections finish.
+            // open connections finish. The watch stops before, so that no
+            // poll in flight registers the instance again.
             proxy.draining.store(true, Ordering::Relaxed);
+            watch.abort();
+            let _ = watch.await;
             client.leave().await;
         }
         proxy.drain(options.drain_timeout).await;

@@ -40,8 +40,10 @@ use serde_json::json;
 use crate::registry::PollAnswer;
 use crate::{Plane, UpdateError};
 
-/// Largest request body.
+/// Largest desired-state document.
 const MAX_BODY: usize = 4 << 20;
+/// Largest protocol call (a CSR, a registration, a NACK's error).
+const MAX_CALL_BODY: usize = 64 << 10;
 /// Time to send a body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a watch is held without news.
@@ -81,29 +83,31 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
 }
 
 async fn body_text(req: Request<Incoming>) -> Result<String, Answer> {
-    let collected = tokio::time::timeout(
-        BODY_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY).collect(),
-    )
-    .await
-    .map_err(|_| {
-        error(
-            StatusCode::REQUEST_TIMEOUT,
-            "the body did not arrive in time",
-        )
-    })?
-    .map_err(|e| {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("reading the body: {e}"),
-        )
-    })?;
+    body_limited(req, MAX_BODY).await
+}
+
+async fn body_limited(req: Request<Incoming>, limit: usize) -> Result<String, Answer> {
+    let collected =
+        tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect())
+            .await
+            .map_err(|_| {
+                error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not arrive in time",
+                )
+            })?
+            .map_err(|e| {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("reading the body: {e}"),
+                )
+            })?;
     String::from_utf8(collected.to_bytes().to_vec())
         .map_err(|_| error(StatusCode::BAD_REQUEST, "the body must be UTF-8"))
 }
 
 async fn body_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Answer> {
-    let text = body_text(req).await?;
+    let text = body_limited(req, MAX_CALL_BODY).await?;
     serde_json::from_str(&text)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))
 }
@@ -258,7 +262,7 @@ async fn watch(plane: &Plane, caller: &Caller, req: Request<Incoming>) -> Answer
                         if changed.is_err() {
                             break;
                         }
-                        if let Some(p) = plane.registry.pending(&request.registration.node, request.nonce.as_deref()) {
+                        if let Some(p) = plane.registry.pending((&ns, &workload), &request.registration.node, request.nonce.as_deref()) {
                             return push(&p);
                         }
                     }
@@ -281,10 +285,8 @@ async fn leave(plane: &Plane, caller: &Caller, req: Request<Incoming>) -> Answer
         Ok(r) => r,
         Err(a) => return a,
     };
-    match plane.registry.leave((&ns, &workload), &request.node) {
-        Ok(()) => answer(StatusCode::OK, json!({ "left": request.node })),
-        Err(e) => error(StatusCode::FORBIDDEN, e),
-    }
+    plane.registry.leave((&ns, &workload), &request.node);
+    answer(StatusCode::OK, json!({ "left": request.node }))
 }
 
 /// A YAML node as JSON: plain scalars that read as numbers, booleans or

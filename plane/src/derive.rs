@@ -16,7 +16,7 @@
 //! Only what W may call and says it calls is sent (Istio's Sidecar scope):
 //! a proxy's config grows with its dependencies, not with the mesh.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use ringmesh_control::mesh::desired::{MeshDoc, ServiceDoc};
 use ringmesh_control::mesh::protocol::{IDENTITY_FILE, Registration, TRUST_FILE};
@@ -49,6 +49,43 @@ pub fn called<'m>(mesh: &'m MeshDoc, me: &Registration) -> Vec<&'m ServiceDoc> {
         .collect()
 }
 
+/// Registered instances by (namespace, workload), built once per
+/// derivation round: each cluster reads only its workload's instances.
+pub struct Instances<'r> {
+    by_workload: HashMap<(String, String), Vec<&'r Registration>>,
+}
+
+impl<'r> Instances<'r> {
+    /// Indexes `all` (in the order given: sorted by node, configs are
+    /// stable).
+    pub fn new(all: &[&'r Registration]) -> Instances<'r> {
+        let mut by_workload: HashMap<(String, String), Vec<&Registration>> = HashMap::new();
+        for r in all {
+            by_workload
+                .entry((r.namespace.clone(), r.workload.clone()))
+                .or_default()
+                .push(r);
+        }
+        Instances { by_workload }
+    }
+
+    fn of(&self, namespace: &str, workload: &str) -> &[&'r Registration] {
+        self.by_workload
+            .get(&(namespace.to_owned(), workload.to_owned()))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+/// A derived config and the workloads whose instances it lists (a change
+/// of their membership changes it; nothing else's does).
+pub struct Derived {
+    /// The config.
+    pub config: Value,
+    /// (namespace, workload) of every service it has clusters of.
+    pub depends_on: Vec<(String, String)>,
+}
+
 fn protocol(p: Protocol) -> &'static str {
     match p {
         Protocol::Http => "http",
@@ -61,11 +98,11 @@ fn cluster(
     s: &ServiceDoc,
     name: &str,
     version: Option<&str>,
-    instances: &[&Registration],
+    instances: &Instances<'_>,
 ) -> Value {
     let endpoints: Vec<Value> = instances
+        .of(&s.namespace, &s.workload)
         .iter()
-        .filter(|r| r.namespace == s.namespace && r.workload == s.workload)
         .filter(|r| version.is_none_or(|v| r.version.as_deref() == Some(v)))
         .map(|r| match &r.version {
             Some(v) => json!({ "address": r.address.to_string(), "metadata": { "version": v } }),
@@ -99,6 +136,12 @@ fn cluster(
 /// The config of the proxy registered as `me`, given every live
 /// instance (`instances`, sorted by node, `me` among them).
 pub fn derive(mesh: &MeshDoc, instances: &[&Registration], me: &Registration) -> Value {
+    derive_indexed(mesh, &Instances::new(instances), me).config
+}
+
+/// [`derive`] over an index built once for many proxies, with what the
+/// config depends on.
+pub fn derive_indexed(mesh: &MeshDoc, instances: &Instances<'_>, me: &Registration) -> Derived {
     let td = &mesh.mesh.trust_domain;
     let own = mesh.service_of(&me.namespace, &me.workload);
     let mut listeners = Vec::new();
@@ -210,7 +253,9 @@ pub fn derive(mesh: &MeshDoc, instances: &[&Registration], me: &Registration) ->
     }
     outbound["routes"] = json!(routes);
     listeners.push(outbound);
+    let mut depends_on = Vec::new();
     for s in &mesh.services {
+        let before = clusters.len();
         if wanted.contains(&s.name) {
             clusters.push(cluster(mesh, s, &s.name, None, instances));
         }
@@ -220,6 +265,9 @@ pub fn derive(mesh: &MeshDoc, instances: &[&Registration], me: &Registration) ->
                 clusters.push(cluster(mesh, s, &name, Some(v), instances));
             }
         }
+        if clusters.len() > before {
+            depends_on.push((s.namespace.clone(), s.workload.clone()));
+        }
     }
     let mut node = json!({ "workload": me.workload, "namespace": me.namespace });
     if let Some(v) = &me.version {
@@ -228,7 +276,10 @@ pub fn derive(mesh: &MeshDoc, instances: &[&Registration], me: &Registration) ->
     if let Some(s) = own {
         node["service"] = json!(s.name);
     }
-    json!({ "node": node, "listeners": listeners, "clusters": clusters })
+    Derived {
+        config: json!({ "node": node, "listeners": listeners, "clusters": clusters }),
+        depends_on,
+    }
 }
 
 #[cfg(test)]
@@ -303,13 +354,24 @@ services:
         let doc = derive(&mesh, &[&product], &product);
         let loaded = ringmesh_control::load("d.json", &doc.to_string())
             .unwrap_or_else(|e| panic!("{e}\n{doc}"));
-        let outbound = loaded.listeners.iter().find(|l| l.name == "outbound").expect("outbound");
+        let outbound = loaded
+            .listeners
+            .iter()
+            .find(|l| l.name == "outbound")
+            .expect("outbound");
         assert!(outbound.original_destination);
         let routes = &outbound.http.as_ref().expect("http").routes;
-        assert_eq!(routes.last().and_then(|r| r.name.as_deref()), Some("passthrough"));
+        assert_eq!(
+            routes.last().and_then(|r| r.name.as_deref()),
+            Some("passthrough")
+        );
         // The inbound listener takes mesh peers dialling it directly and
         // redirected connections alike: no original destination there.
-        let inbound = loaded.listeners.iter().find(|l| l.name == "inbound").expect("inbound");
+        let inbound = loaded
+            .listeners
+            .iter()
+            .find(|l| l.name == "inbound")
+            .expect("inbound");
         assert!(!inbound.original_destination);
     }
 

@@ -92,6 +92,8 @@ pub struct Plane {
     pub registry: Registry,
     /// Changes to the desired state are applied one at a time.
     update_lock: tokio::sync::Mutex<()>,
+    /// Where registrations are kept across restarts.
+    registrations_file: PathBuf,
 }
 
 /// A derived config must load in the proxy: each service's workload is
@@ -149,10 +151,48 @@ pub fn validate(source: &str, text: &str) -> Result<MeshDoc, ConfigErrors> {
 }
 
 impl Plane {
+    /// Writes the live registrations if they changed (called four times a
+    /// second at most, and at shutdown; a crash forgets the last quarter
+    /// second's, which re-register at their next poll): a restart restores them instead of pushing
+    /// clusters emptied of every instance not yet reconnected.
+    pub fn keep_registrations(&self) {
+        let Some(list) = self.registry.take_dirty() else {
+            return;
+        };
+        let written = serde_json::to_vec(&list)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                ringmesh_control::mesh::client::write_atomically(
+                    &self.registrations_file,
+                    &json,
+                    0o600,
+                )
+            });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot keep the registrations; a restart would forget them");
+        }
+    }
+
     /// Validates `text`, stores it as the next version and pushes it.
     pub async fn update(&self, source: &str, text: &str) -> Result<StoredVersion, UpdateError> {
         let _one = self.update_lock.lock().await;
         let mesh = validate(source, text).map_err(UpdateError::Invalid)?;
+        let running = self.registry.desired();
+        if mesh.mesh.trust_domain != running.mesh.mesh.trust_domain {
+            // Every issued certificate and every proxy's expectations of its
+            // peers name the trust domain: changing it would cut every
+            // proxy off (a migration needs both domains trusted for a time).
+            return Err(UpdateError::Invalid(ConfigErrors(vec![ConfigError {
+                file: source.to_owned(),
+                line: 1,
+                column: 1,
+                path: "mesh.trust_domain".into(),
+                message: format!(
+                    "the trust domain cannot change while the mesh runs (it is `{}`)",
+                    running.mesh.mesh.trust_domain
+                ),
+            }])));
+        }
         let stored = self
             .store
             .commit(text, source)
@@ -222,14 +262,31 @@ pub fn open(options: &ControlOptions) -> Result<Plane, PlaneError> {
         services = mesh.services.len(),
         "desired state loaded"
     );
+    let registrations_file = options.state_dir.join("registrations.json");
+    let registry = Registry::new(Desired {
+        version: current.version,
+        mesh,
+    });
+    if let Ok(bytes) = std::fs::read(&registrations_file) {
+        match serde_json::from_slice::<Vec<Registration>>(&bytes) {
+            Ok(list) => {
+                tracing::info!(
+                    instances = list.len(),
+                    "registrations restored; each expires unless it polls within the lease"
+                );
+                registry.restore(list);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kept registrations unreadable; starting without")
+            }
+        }
+    }
     Ok(Plane {
+        registrations_file,
         store: Box::new(store),
         ca,
         secrets,
-        registry: Registry::new(Desired {
-            version: current.version,
-            mesh,
-        }),
+        registry,
         update_lock: tokio::sync::Mutex::new(()),
     })
 }
@@ -260,11 +317,12 @@ pub fn run(options: ControlOptions) -> Result<(), PlaneError> {
         tokio::spawn(async move {
             loop {
                 let lease = sweeper.registry.lease();
-                tokio::time::sleep((lease / 4).max(Duration::from_millis(100))).await;
+                tokio::time::sleep((lease / 4).clamp(Duration::from_millis(100), Duration::from_millis(250))).await;
                 sweeper.registry.expire();
+                sweeper.keep_registrations();
             }
         });
-        tokio::spawn(server::serve(listener, tls, plane));
+        tokio::spawn(server::serve(listener, tls, plane.clone()));
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())
             .map_err(|e| PlaneError::State(format!("signals: {e}")))?;
@@ -274,6 +332,7 @@ pub fn run(options: ControlOptions) -> Result<(), PlaneError> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
+        plane.keep_registrations();
         tracing::info!("control plane stopping; proxies keep their configuration");
         Ok(())
     })

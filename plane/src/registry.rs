@@ -15,12 +15,15 @@ use ringmesh_control::mesh::desired::MeshDoc;
 use ringmesh_control::mesh::protocol::{ProxyStatus, Push, Registration, SyncState, WatchRequest};
 use thiserror::Error;
 
-use crate::derive::derive;
+use crate::derive::{Instances, derive_indexed};
 use crate::store::fingerprint;
 use crate::tokens::nonce;
 
 /// A row not heard from for this long is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// Nodes one workload may register (a bound on what one identity can make
+/// the control plane hold and derive).
+pub const MAX_NODES_PER_WORKLOAD: usize = 4096;
 
 /// The desired state in force.
 pub struct Desired {
@@ -49,11 +52,34 @@ struct NodeState {
     nack: Option<(String, String)>,
     latest: Option<Arc<Pushed>>,
     certificate_expiry: Option<i64>,
+    /// Workloads whose instances its latest config lists.
+    depends_on: Vec<(String, String)>,
+}
+
+/// Whose configs a change can touch.
+enum Scope {
+    /// Every proxy's (the desired state changed).
+    All,
+    /// Those listing this workload's instances, and the proxy itself.
+    Membership {
+        namespace: String,
+        workload: String,
+        node: String,
+    },
+}
+
+/// (namespace, workload, node).
+type NodeKey = (String, String, String);
+
+fn key(namespace: &str, workload: &str, node: &str) -> NodeKey {
+    (namespace.to_owned(), workload.to_owned(), node.to_owned())
 }
 
 struct Inner {
     desired: Arc<Desired>,
-    nodes: BTreeMap<String, NodeState>,
+    nodes: BTreeMap<NodeKey, NodeState>,
+    /// Registrations changed since they were last written.
+    dirty: bool,
 }
 
 /// Why a poll was refused.
@@ -71,9 +97,9 @@ pub enum PollError {
         /// Claimed workload.
         workload: String,
     },
-    /// A live node of another identity has this name.
-    #[error("node `{0}` is registered by another workload")]
-    NodeTaken(String),
+    /// The caller registers more nodes than allowed.
+    #[error("{0}")]
+    TooMany(String),
 }
 
 /// What to answer a poll with.
@@ -95,6 +121,7 @@ impl Registry {
     pub fn new(desired: Desired) -> Registry {
         Registry {
             inner: Mutex::new(Inner {
+                dirty: false,
                 desired: Arc::new(desired),
                 nodes: BTreeMap::new(),
             }),
@@ -127,10 +154,52 @@ impl Registry {
     pub fn set_desired(&self, desired: Desired) {
         let mut inner = self.lock();
         inner.desired = Arc::new(desired);
-        self.rederive(&mut inner);
+        self.rederive(&mut inner, Scope::All);
     }
 
-    fn rederive(&self, inner: &mut Inner) {
+    /// Restores registrations kept before a restart, live for one lease
+    /// from now (those that do not poll again expire then).
+    pub fn restore(&self, registrations: Vec<Registration>) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        for reg in registrations {
+            let k = key(&reg.namespace, &reg.workload, &reg.node);
+            inner.nodes.insert(
+                k,
+                NodeState {
+                    registration: reg,
+                    last_seen: now,
+                    live: true,
+                    acked: None,
+                    nack: None,
+                    latest: None,
+                    certificate_expiry: None,
+                    depends_on: Vec::new(),
+                },
+            );
+        }
+        self.rederive(&mut inner, Scope::All);
+    }
+
+    /// The live registrations, when they changed since the last call.
+    pub fn take_dirty(&self) -> Option<Vec<Registration>> {
+        let mut inner = self.lock();
+        if !inner.dirty {
+            return None;
+        }
+        inner.dirty = false;
+        Some(
+            inner
+                .nodes
+                .values()
+                .filter(|n| n.live)
+                .map(|n| n.registration.clone())
+                .collect(),
+        )
+    }
+
+    fn rederive(&self, inner: &mut Inner, scope: Scope) {
+        inner.dirty = true;
         let desired = inner.desired.clone();
         let instances: Vec<Registration> = inner
             .nodes
@@ -139,8 +208,29 @@ impl Registry {
             .map(|n| n.registration.clone())
             .collect();
         let refs: Vec<&Registration> = instances.iter().collect();
+        let index = Instances::new(&refs);
         for node in inner.nodes.values_mut().filter(|n| n.live) {
-            let config = derive(&desired.mesh, &refs, &node.registration).to_string();
+            let touched = match &scope {
+                Scope::All => true,
+                Scope::Membership {
+                    namespace,
+                    workload,
+                    node: name,
+                } => {
+                    node.latest.is_none()
+                        || node.registration.node == *name
+                        || node
+                            .depends_on
+                            .iter()
+                            .any(|(ns, w)| ns == namespace && w == workload)
+                }
+            };
+            if !touched {
+                continue;
+            }
+            let derived = derive_indexed(&desired.mesh, &index, &node.registration);
+            node.depends_on = derived.depends_on;
+            let config = derived.config.to_string();
             if node.latest.as_ref().is_some_and(|p| p.config == config) {
                 continue;
             }
@@ -172,14 +262,10 @@ impl Registry {
         }
         let mut inner = self.lock();
         let now = Instant::now();
+        let k = key(&reg.namespace, &reg.workload, &reg.node);
         let mut membership_changed = false;
-        match inner.nodes.get_mut(&reg.node) {
+        match inner.nodes.get_mut(&k) {
             Some(n) => {
-                let same_identity = n.registration.namespace == reg.namespace
-                    && n.registration.workload == reg.workload;
-                if n.live && !same_identity {
-                    return Err(PollError::NodeTaken(reg.node.clone()));
-                }
                 if !n.live || n.registration != *reg {
                     membership_changed = true;
                     n.registration = reg.clone();
@@ -188,9 +274,20 @@ impl Registry {
                 n.last_seen = now;
             }
             None => {
+                let of_caller = inner
+                    .nodes
+                    .keys()
+                    .filter(|(ns, w, _)| ns == caller.0 && w == caller.1)
+                    .count();
+                if of_caller >= MAX_NODES_PER_WORKLOAD {
+                    return Err(PollError::TooMany(format!(
+                        "workload {}/{} has {MAX_NODES_PER_WORKLOAD} nodes registered already",
+                        caller.0, caller.1
+                    )));
+                }
                 membership_changed = true;
                 inner.nodes.insert(
-                    reg.node.clone(),
+                    k.clone(),
                     NodeState {
                         registration: reg.clone(),
                         last_seen: now,
@@ -199,11 +296,12 @@ impl Registry {
                         nack: None,
                         latest: None,
                         certificate_expiry: None,
+                        depends_on: Vec::new(),
                     },
                 );
             }
         }
-        if let Some(n) = inner.nodes.get_mut(&reg.node) {
+        if let Some(n) = inner.nodes.get_mut(&k) {
             n.certificate_expiry = request.certificate_expiry;
             // After a restart of either side the proxy reports the version
             // it runs: take it as acknowledged.
@@ -226,9 +324,16 @@ impl Registry {
         }
         if membership_changed {
             tracing::info!(node = %reg.node, workload = %reg.workload, address = %reg.address, "instance registered");
-            self.rederive(&mut inner);
+            self.rederive(
+                &mut inner,
+                Scope::Membership {
+                    namespace: reg.namespace.clone(),
+                    workload: reg.workload.clone(),
+                    node: reg.node.clone(),
+                },
+            );
         }
-        let Some(n) = inner.nodes.get(&reg.node) else {
+        let Some(n) = inner.nodes.get(&k) else {
             return Ok(PollAnswer::Wait);
         };
         Ok(match &n.latest {
@@ -239,10 +344,16 @@ impl Registry {
         })
     }
 
-    /// The push to answer a held poll with, once something changed.
-    pub fn pending(&self, node: &str, nonce: Option<&str>) -> Option<Arc<Pushed>> {
+    /// The push to answer `caller`'s held poll for `node` with, once
+    /// something changed.
+    pub fn pending(
+        &self,
+        caller: (&str, &str),
+        node: &str,
+        nonce: Option<&str>,
+    ) -> Option<Arc<Pushed>> {
         let inner = self.lock();
-        let n = inner.nodes.get(node)?;
+        let n = inner.nodes.get(&key(caller.0, caller.1, node))?;
         n.latest
             .as_ref()
             .filter(|p| nonce != Some(p.nonce.as_str()))
@@ -250,22 +361,19 @@ impl Registry {
     }
 
     /// The instance `node` of `caller` leaves.
-    pub fn leave(&self, caller: (&str, &str), node: &str) -> Result<(), PollError> {
+    pub fn leave(&self, caller: (&str, &str), node: &str) {
         let mut inner = self.lock();
-        let Some(n) = inner.nodes.get(node) else {
-            return Ok(());
-        };
-        if (
-            n.registration.namespace.as_str(),
-            n.registration.workload.as_str(),
-        ) != caller
-        {
-            return Err(PollError::NodeTaken(node.to_owned()));
+        if inner.nodes.remove(&key(caller.0, caller.1, node)).is_some() {
+            tracing::info!(node, "instance left");
+            self.rederive(
+                &mut inner,
+                Scope::Membership {
+                    namespace: caller.0.to_owned(),
+                    workload: caller.1.to_owned(),
+                    node: node.to_owned(),
+                },
+            );
         }
-        inner.nodes.remove(node);
-        tracing::info!(node, "instance left");
-        self.rederive(&mut inner);
-        Ok(())
     }
 
     /// Expires leases: instances not heard from within the lease leave the
@@ -275,7 +383,7 @@ impl Registry {
         let lease = inner.desired.mesh.mesh.lease;
         let now = Instant::now();
         let mut expired = false;
-        for (name, n) in inner.nodes.iter_mut() {
+        for ((_, _, name), n) in inner.nodes.iter_mut() {
             if n.live && now.duration_since(n.last_seen) > lease {
                 n.live = false;
                 expired = true;
@@ -286,7 +394,7 @@ impl Registry {
             .nodes
             .retain(|_, n| n.live || now.duration_since(n.last_seen) < FORGET_AFTER);
         if expired {
-            self.rederive(&mut inner);
+            self.rederive(&mut inner, Scope::All);
         }
     }
 
@@ -294,10 +402,10 @@ impl Registry {
     pub fn status(&self) -> Vec<ProxyStatus> {
         let inner = self.lock();
         let now = Instant::now();
-        inner
+        let mut rows: Vec<ProxyStatus> = inner
             .nodes
             .iter()
-            .map(|(name, n)| {
+            .map(|((_, _, name), n)| {
                 let latest = n.latest.as_ref().map(|p| p.version.clone());
                 let nack = n.nack.as_ref().filter(|(v, _)| Some(v) == latest.as_ref());
                 let state = if !n.live {
@@ -323,12 +431,22 @@ impl Registry {
                     last_seen_ms: now.duration_since(n.last_seen).as_millis() as u64,
                 }
             })
-            .collect()
+            .collect();
+        rows.sort_by(|a, b| a.node.cmp(&b.node));
+        rows
     }
 
-    /// What was last derived for `node`.
+    /// What was last derived for `node` (the live row of that name first).
     pub fn config_of(&self, node: &str) -> Option<Arc<Pushed>> {
-        self.lock().nodes.get(node)?.latest.clone()
+        let inner = self.lock();
+        let mut rows: Vec<&NodeState> = inner
+            .nodes
+            .iter()
+            .filter(|((_, _, n), _)| n == node)
+            .map(|(_, s)| s)
+            .collect();
+        rows.sort_by_key(|s| !s.live);
+        rows.first()?.latest.clone()
     }
 
     /// The push as the wire carries it.

@@ -17,6 +17,10 @@ use crate::Plane;
 
 /// Connections served at once (each joined proxy holds one or two).
 pub const MAX_CONNECTIONS: usize = 16_384;
+/// Of those, connections without a mesh certificate (operators, proxies
+/// bootstrapping): one request each, so that clients with no credentials
+/// cannot hold the slots joined proxies need.
+pub const MAX_ANONYMOUS: usize = 256;
 /// Time to complete a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a connection has to send a request head (idle keep-alive included).
@@ -65,6 +69,8 @@ pub async fn serve(
     plane: Arc<Plane>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let anonymous = Arc::new(Semaphore::new(MAX_ANONYMOUS));
+    let mut last_warning: Option<std::time::Instant> = None;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -76,11 +82,14 @@ pub async fn serve(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(limit = MAX_CONNECTIONS, "control API: too many connections");
+            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_warning = Some(std::time::Instant::now());
+                tracing::warn!(limit = MAX_CONNECTIONS, "control API: too many connections");
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, plane) = (acceptor.clone(), plane.clone());
+        let (acceptor, plane, anonymous) = (acceptor.clone(), plane.clone(), anonymous.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
@@ -97,6 +106,17 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| ringmesh_core::tls::spiffe_id(c));
+            let anonymous_permit = match identity {
+                Some(_) => None,
+                None => match anonymous.try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        tracing::debug!(%peer, "control API: too many connections without a certificate");
+                        return;
+                    }
+                },
+            };
+            let keep_alive = identity.is_some();
             let caller = Arc::new(crate::api::Caller { peer, identity });
             let service = service_fn(move |req| {
                 let (plane, caller) = (plane.clone(), caller.clone());
@@ -106,11 +126,17 @@ pub async fn serve(
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(if keep_alive {
+                    HEADER_TIMEOUT
+                } else {
+                    Duration::from_secs(10)
+                })
+                .keep_alive(keep_alive)
                 .max_buf_size(64 * 1024);
             if let Err(e) = http.serve_connection(TokioIo::new(tls), service).await {
                 tracing::debug!(%peer, error = %e, "control connection ended with an error");
             }
+            drop(anonymous_permit);
             drop(permit);
         });
     }

@@ -3,7 +3,7 @@
 //! | method and path  | what it does |
 //! |------------------|--------------|
 //! | `GET /live`      | 200 while the process runs |
-//! | `GET /ready`     | 200 when serving, 503 while draining |
+//! | `GET /ready`     | 200 when serving, 503 while draining (or, joined to a mesh, before its first config) |
 //! | `GET /config`    | the running config (defaults filled in) and its version |
 //! | `PUT /config`    | validate a YAML body and apply it; 400 with every error otherwise |
 //! | `GET /listeners` | listeners, their bound addresses and counters |
@@ -205,6 +205,11 @@ async fn ready(State(proxy): State<Arc<Proxy>>) -> Response {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"status": "draining"}),
+        )
+    } else if !proxy.is_configured() {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "waiting for its configuration from the control plane"}),
         )
     } else {
         json_response(StatusCode::OK, json!({"status": "ready"}))

@@ -256,7 +256,12 @@ impl MeshClient {
         loop {
             match self.request_certificate(true).await {
                 Ok(_) => return Ok(()),
-                Err(e @ ChannelError::Refused { status, .. }) if status != 503 => {
+                Err(
+                    e @ ChannelError::Refused {
+                        status: 400 | 401 | 403,
+                        ..
+                    },
+                ) => {
                     return Err(JoinError::Refused(e));
                 }
                 Err(e) => {
@@ -350,9 +355,15 @@ impl MeshClient {
     /// Receives pushes until the proxy drains: each is applied (or
     /// refused) and answered on the next poll. Errors reaching the control
     /// plane keep the running config and are retried with jittered backoff.
-    pub async fn watch_forever(self, proxy: Arc<crate::proxy::Proxy>) {
+    /// `started_with` is the kept config the proxy started from, if it
+    /// did (not merely one on disk: it may have been unusable).
+    pub async fn watch_forever(
+        self,
+        proxy: Arc<crate::proxy::Proxy>,
+        started_with: Option<CachedConfig>,
+    ) {
         let mut channel = self.channel();
-        let cached = self.cached_config();
+        let cached = started_with;
         let mut request = WatchRequest {
             registration: self.options.registration.clone(),
             applied: cached.as_ref().map(|c| c.version.clone()),
@@ -414,6 +425,14 @@ impl MeshClient {
                         }
                     }
                     request.nonce = Some(push.nonce);
+                }
+                Err(e @ ChannelError::Refused { .. }) => {
+                    // Refused, not unreachable: say so every time, and
+                    // keep trying (an operator may fix it).
+                    let wait = backoff.next();
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "the control plane refuses this proxy's watch; serving the last configuration");
+                    failing = true;
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
                     let wait = backoff.next();
