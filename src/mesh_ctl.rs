@@ -114,6 +114,20 @@ fn expiry(unix: Option<i64>) -> String {
     }
 }
 
+/// `text` with control characters (from proxies: node names, NACK
+/// errors) shown escaped, so a proxy cannot write to the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// Renders `ctl status`.
 pub fn status_table(proxies: &[ProxyStatus]) -> String {
     let mut rows = vec![[
@@ -132,11 +146,11 @@ pub fn status_table(proxies: &[ProxyStatus]) -> String {
             state.push_str(e);
         }
         rows.push([
-            p.node.clone(),
-            format!("{}/{}", p.namespace, p.workload),
-            p.version.clone().unwrap_or_else(|| "-".into()),
-            p.acked.clone().unwrap_or_else(|| "-".into()),
-            state,
+            printable(&p.node),
+            printable(&format!("{}/{}", p.namespace, p.workload)),
+            printable(p.version.as_deref().unwrap_or("-")),
+            printable(p.acked.as_deref().unwrap_or("-")),
+            printable(&state),
             expiry(p.certificate_expiry),
             ago(p.last_seen_ms),
         ]);

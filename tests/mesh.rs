@@ -686,12 +686,20 @@ fn proxies_get_certificates_and_configuration_for_their_own_identity_only() {
     let push: serde_json::Value = serde_json::from_str(&body).unwrap();
     let config: serde_json::Value = serde_json::from_str(push["config"].as_str().unwrap()).unwrap();
     assert_eq!(config["node"]["workload"], "product");
-    let rows = l.cp.proxies();
-    assert!(
-        rows.iter().any(|r| r["node"] == "review-1"
-            && r["workload"] == "review"
-            && r["state"] == "SYNCED")
+    l.cp.wait_proxies(Duration::from_secs(10), |rows| {
+        rows.iter()
+            .any(|r| r["node"] == "review-1" && r["workload"] == "review" && r["state"] == "SYNCED")
+    });
+    // A version the service does not declare cannot register.
+    let (status, body) = l.cp.api(
+        "POST",
+        "/v1/watch",
+        None,
+        Some(&l.review1.identity()),
+        &watch("review").replace("\"app_port\":1", "\"app_port\":1,\"version\":\"v9\""),
     );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("declares versions [v1, v2]"), "{body}");
     // Operators' API: the admin token only.
     for token in [None, Some(product_token)] {
         let (status, _) = l.cp.api("GET", "/proxies", token, None, "");

@@ -55,6 +55,22 @@ pub struct Caller {
     pub peer: SocketAddr,
     /// SPIFFE ID of its client certificate, if it presented one.
     pub identity: Option<String>,
+    /// When that certificate expires (Unix seconds): checked per request,
+    /// as a keep-alive connection outlives it.
+    pub not_after: Option<i64>,
+}
+
+impl Caller {
+    /// The SPIFFE ID, while the certificate is still valid.
+    fn valid_identity(&self) -> Option<&str> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.identity
+            .as_deref()
+            .filter(|_| self.not_after.is_some_and(|t| t > now))
+    }
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -139,6 +155,7 @@ fn update_error(e: UpdateError) -> Answer {
             }),
         ),
         UpdateError::Store(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
+        UpdateError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
     }
 }
 
@@ -166,7 +183,7 @@ pub async fn handle(plane: Arc<Plane>, caller: Arc<Caller>, req: Request<Incomin
 async fn certificate(plane: &Plane, caller: &Caller, req: Request<Incoming>) -> Answer {
     // The certificate proves the identity when there is one; else the
     // bootstrap token must.
-    let proven = match &caller.identity {
+    let proven = match caller.valid_identity() {
         Some(id) => workload_of(plane, id),
         None => bearer(&req).and_then(|t| plane.secrets.verify_bootstrap(t)),
     };
@@ -219,8 +236,7 @@ async fn certificate(plane: &Plane, caller: &Caller, req: Request<Incoming>) -> 
 
 fn proxy_identity(plane: &Plane, caller: &Caller) -> Result<(String, String), Answer> {
     caller
-        .identity
-        .as_deref()
+        .valid_identity()
         .and_then(|id| workload_of(plane, id))
         .ok_or_else(|| {
             error(
@@ -444,11 +460,6 @@ async fn service_update(plane: &Plane, put: bool, name: &str, req: Request<Incom
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("namespace=")))
         .unwrap_or("default")
         .to_owned();
-    let desired = plane.registry.desired();
-    let mut doc = match serde_json::to_value(&desired.mesh) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
     let replacement = if put {
         let text = match body_text(req).await {
             Ok(t) => t,
@@ -479,36 +490,36 @@ async fn service_update(plane: &Plane, put: bool, name: &str, req: Request<Incom
     } else {
         None
     };
-    let Some(services) = doc.get_mut("services").and_then(|s| s.as_array_mut()) else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no services in the document",
-        );
-    };
-    let at = services.iter().position(|s| {
-        s.get("name").and_then(|n| n.as_str()) == Some(name)
-            && s.get("namespace").and_then(|n| n.as_str()) == Some(namespace.as_str())
-    });
-    match (replacement, at) {
-        (Some(v), Some(i)) => services[i] = v,
-        (Some(v), None) => services.push(v),
-        (None, Some(i)) => {
-            services.remove(i);
+    // The merge reads the current state under the update lock: two
+    // updates at once both land.
+    let merge = |current: &ringmesh_control::mesh::MeshDoc| -> Result<String, UpdateError> {
+        let mut doc =
+            serde_json::to_value(current).map_err(|e| UpdateError::Store(e.to_string()))?;
+        let services = doc
+            .get_mut("services")
+            .and_then(|s| s.as_array_mut())
+            .ok_or_else(|| UpdateError::Store("no services in the document".into()))?;
+        let at = services.iter().position(|s| {
+            s.get("name").and_then(|n| n.as_str()) == Some(name)
+                && s.get("namespace").and_then(|n| n.as_str()) == Some(namespace.as_str())
+        });
+        match (replacement, at) {
+            (Some(v), Some(i)) => services[i] = v,
+            (Some(v), None) => services.push(v),
+            (None, Some(i)) => {
+                services.remove(i);
+            }
+            (None, None) => {
+                return Err(UpdateError::NotFound(format!(
+                    "no service `{name}` in namespace `{namespace}`"
+                )));
+            }
         }
-        (None, None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no service `{name}` in namespace `{namespace}`"),
-            );
-        }
-    }
-    let text = match serde_json::to_string_pretty(&doc) {
-        Ok(t) => t,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        serde_json::to_string_pretty(&doc).map_err(|e| UpdateError::Store(e.to_string()))
     };
     let verb = if put { "PUT" } else { "DELETE" };
     match plane
-        .update(&format!("<{verb} /mesh/services/{name}>"), &text)
+        .update_with(&format!("<{verb} /mesh/services/{name}>"), merge)
         .await
     {
         Ok(v) => answer(StatusCode::OK, json!({ "version": v.version })),

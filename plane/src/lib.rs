@@ -78,6 +78,9 @@ pub enum UpdateError {
     /// The store failed.
     #[error("{0}")]
     Store(String),
+    /// What the change names does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// The control plane's state.
@@ -176,6 +179,22 @@ impl Plane {
     /// Validates `text`, stores it as the next version and pushes it.
     pub async fn update(&self, source: &str, text: &str) -> Result<StoredVersion, UpdateError> {
         let _one = self.update_lock.lock().await;
+        self.update_locked(source, text)
+    }
+
+    /// Like [`Plane::update`] with the text made by `build` from the state
+    /// current under the update lock (per-service changes).
+    pub async fn update_with(
+        &self,
+        source: &str,
+        build: impl FnOnce(&MeshDoc) -> Result<String, UpdateError>,
+    ) -> Result<StoredVersion, UpdateError> {
+        let _one = self.update_lock.lock().await;
+        let text = build(&self.registry.desired().mesh)?;
+        self.update_locked(source, &text)
+    }
+
+    fn update_locked(&self, source: &str, text: &str) -> Result<StoredVersion, UpdateError> {
         let mesh = validate(source, text).map_err(UpdateError::Invalid)?;
         let running = self.registry.desired();
         if mesh.mesh.trust_domain != running.mesh.mesh.trust_domain {

@@ -100,6 +100,9 @@ pub enum PollError {
     /// The caller registers more nodes than allowed.
     #[error("{0}")]
     TooMany(String),
+    /// The version is not one the service declares.
+    #[error("{0}")]
+    UnknownVersion(String),
 }
 
 /// What to answer a poll with.
@@ -261,6 +264,20 @@ impl Registry {
             });
         }
         let mut inner = self.lock();
+        if let Some(s) = inner.desired.mesh.service_of(&reg.namespace, &reg.workload)
+            && !s.versions.is_empty()
+            && !reg.version.as_ref().is_some_and(|v| s.versions.contains(v))
+        {
+            return Err(PollError::UnknownVersion(format!(
+                "service `{}` declares versions [{}]; this instance registers {}",
+                s.name,
+                s.versions.join(", "),
+                reg.version
+                    .as_deref()
+                    .map(|v| format!("version `{v}`"))
+                    .unwrap_or_else(|| "no version".into())
+            )));
+        }
         let now = Instant::now();
         let k = key(&reg.namespace, &reg.workload, &reg.node);
         let mut membership_changed = false;

@@ -100,12 +100,9 @@ pub async fn serve(
                 Err(_) => return,
             };
             // The identity is fixed for the connection: read it once.
-            let identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| ringmesh_core::tls::spiffe_id(c));
+            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let identity = leaf.and_then(|c| ringmesh_core::tls::spiffe_id(c));
+            let not_after = leaf.and_then(|c| ringmesh_core::tls::not_after(c));
             let anonymous_permit = match identity {
                 Some(_) => None,
                 None => match anonymous.try_acquire_owned() {
@@ -117,7 +114,11 @@ pub async fn serve(
                 },
             };
             let keep_alive = identity.is_some();
-            let caller = Arc::new(crate::api::Caller { peer, identity });
+            let caller = Arc::new(crate::api::Caller {
+                peer,
+                identity,
+                not_after,
+            });
             let service = service_fn(move |req| {
                 let (plane, caller) = (plane.clone(), caller.clone());
                 async move {
