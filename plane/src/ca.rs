@@ -10,7 +10,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use ringmesh_control::mesh::client::write_atomically;
+use ringmesh_control::mesh::durable::write_atomically;
 use thiserror::Error;
 use time::OffsetDateTime;
 

@@ -165,7 +165,7 @@ impl Plane {
         let written = serde_json::to_vec(&list)
             .map_err(std::io::Error::other)
             .and_then(|json| {
-                ringmesh_control::mesh::client::write_atomically(
+                ringmesh_control::mesh::durable::write_atomically(
                     &self.registrations_file,
                     &json,
                     0o600,

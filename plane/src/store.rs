@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use ringmesh_control::mesh::client::write_atomically;
+use ringmesh_control::mesh::durable::write_atomically;
 
 /// Versions kept in the history (older ones are pruned).
 pub const HISTORY: usize = 100;

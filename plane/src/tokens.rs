@@ -11,7 +11,7 @@ use std::path::Path;
 
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use ringmesh_control::mesh::client::write_atomically;
+use ringmesh_control::mesh::durable::write_atomically;
 
 const PREFIX: &str = "rmb1";
 

@@ -15,6 +15,7 @@ use rcgen::{CertificateParams, KeyPair};
 use thiserror::Error;
 
 use super::channel::{Channel, ChannelError, Endpoint};
+use super::durable::write_atomically;
 use super::protocol::{
     CERTIFICATE_PATH, CertificateRequest, CertificateResponse, IDENTITY_FILE, LEAVE_PATH,
     LeaveRequest, Push, Registration, TRUST_FILE, WATCH_PATH, WatchRequest,
@@ -101,28 +102,6 @@ fn now_unix() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// Writes `text` to `path` atomically: a temporary file in the same
-/// directory, fsync, rename, fsync of the directory; `mode` for keys.
-pub fn write_atomically(path: &Path, text: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{}.tmp", name.unwrap_or_default()));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(text)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 impl MeshClient {
@@ -503,19 +482,5 @@ mod tests {
             assert!(d >= Duration::from_millis(10) && d <= Backoff::MAX, "{d:?}");
         }
         assert_eq!(b.ceiling, Backoff::MAX);
-    }
-
-    #[test]
-    fn atomic_writes_replace_the_whole_file() {
-        let dir = std::env::temp_dir().join(format!("ringmesh-atomic-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("f");
-        write_atomically(&path, b"one", 0o600).expect("write");
-        write_atomically(&path, b"two", 0o600).expect("write");
-        assert_eq!(std::fs::read(&path).expect("read"), b"two");
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod client;
 pub mod desired;
+pub mod durable;
 pub mod protocol;
 
 pub use client::{JoinError, JoinOptions, MeshClient};
