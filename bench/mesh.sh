@@ -6,8 +6,9 @@
 #   - $PROXIES real `ringmesh run` processes (default 100, one worker each,
 #     epoll), one per workload s1.. (s0 too), joined to one `ringmesh control`;
 #   - $SIMULATED more watch clients (default 900; plane/examples/watchers.rs,
-#     one TLS connection each, registering as nodes of workload s0 and ACKing
-#     every push without applying it) to reach 1,000 watches;
+#     one TLS connection each, registering as nodes of workload s1, which
+#     calls hub like the real ones, and ACKing every push without applying
+#     it) to reach 1,000 watches;
 #   - $CHANGES changes (default 20) to hub's route timeout, each through
 #     `PUT /mesh/services/hub`: the time from the PUT's start until every
 #     real proxy (and, separately, every watch) has ACKed the new version,
@@ -25,8 +26,10 @@ PROXIES=${PROXIES:-100}
 SIMULATED=${SIMULATED:-900}
 SERVICES=${SERVICES:-100}
 CHANGES=${CHANGES:-20}
-cargo build --release -q
-cargo build --release -q -p ringmesh-plane --example watchers
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release -q
+  cargo build --release -q -p ringmesh-plane --example watchers
+fi
 BIN=$PWD/target/release/ringmesh
 WATCHERS=$PWD/target/release/examples/watchers
 WORK=$(mktemp -d /tmp/ringmesh-mesh-bench.XXXXXX)
@@ -47,7 +50,7 @@ URL=https://localhost:$PORT
   for i in $(seq 1 $((SERVICES - 1))); do echo "  - { name: s$i, port: 9000, calls: [hub] }"; done
 } > "$WORK/mesh.yaml"
 "$BIN" control -c "$WORK/mesh.yaml" --listen 127.0.0.1:$PORT --state-dir "$WORK/cp" 2> "$WORK/cp.log" &
-CP=$!; PIDS+=($CP)
+CP=$!; PIDS+=($CP); disown $CP
 for _ in $(seq 100); do [ -f "$WORK/cp/admin.token" ] && grep -q "listening" "$WORK/cp.log" && break; sleep 0.1; done
 C=(--control "$URL" --ca "$WORK/cp/ca.pem" --token-file "$WORK/cp/admin.token")
 
@@ -60,7 +63,7 @@ for i in $(seq 0 $((PROXIES - 1))); do
     --node "p$i" --workload "$w" --app-port 9 --workers 1 --io-engine epoll \
     --inbound 127.0.0.1:$base --outbound 127.0.0.1:$((base + 1)) --admin 127.0.0.1:$((base + 2)) \
     --state-dir "$WORK/p$i" 2> "$WORK/p$i.log" &
-  PIDS+=($!)
+  PIDS+=($!); disown $!
 done
 
 python3 - "$URL" "$WORK" "$PROXIES" "$SIMULATED" "$CHANGES" "$CP" "$WATCHERS" <<'PY'
@@ -97,12 +100,13 @@ def synced(n):
 t = wait(synced(proxies))
 print(f"{proxies} proxies joined and SYNCED {t:.1f}s after the last start")
 def propagate(label, n_real, base):
-    times_real, times_all = [], []
+    times_real, times_all, times_put = [], [], []
     for i in range(changes):
         body = "port: 9000\nroutes: [{ name: main, cluster: hub, timeout: %ds }]\n" % (i + 2 + base)
         start = time.monotonic()
         st, b = call("PUT", "/mesh/services/hub", body)
         assert st == 200, b
+        times_put.append(time.monotonic() - start)
         version = json.loads(b)["version"]
         prefix = f"{version}-"
         done_real = None
@@ -122,6 +126,7 @@ def propagate(label, n_real, base):
         ts = sorted(x * 1000 for x in ts)
         p99 = ts[min(len(ts) - 1, int(round(0.99 * (len(ts) - 1))))]
         return f"p50 {statistics.median(ts):.0f} ms, p99 {p99:.0f} ms, max {ts[-1]:.0f} ms"
+    print(f"[{label}] PUT answered (validated, stored, derived): {summary(times_put)}")
     print(f"[{label}] {n_real} real proxies all ACKed: {summary(times_real)}")
     if label != "real only":
         print(f"[{label}] every watch ({len(rows())}) ACKed: {summary(times_all)}")
@@ -131,7 +136,7 @@ rss1, cpu1 = rss_kb(cp), cpu_s(cp)
 print(f"control plane with {proxies} proxies: RSS {rss1/1024:.1f} MiB; CPU for {changes} changes {cpu1-cpu0:.2f} s "
       f"({(cpu1-cpu0)/changes/proxies*1e3:.2f} ms per change per proxy)")
 if simulated > 0:
-    sim = subprocess.Popen([watchers, url, f"{work}/cp/ca.pem", f"{work}/p0/identity.pem", "default", "s0", str(simulated)],
+    sim = subprocess.Popen([watchers, url, f"{work}/cp/ca.pem", f"{work}/p1/identity.pem", "default", "s1", str(simulated)],
                            stderr=open(f"{work}/watchers.log", "w"))
     try:
         t = wait(synced(proxies + simulated), timeout=300)

@@ -100,10 +100,15 @@ pub struct Plane {
 }
 
 /// A derived config must load in the proxy: each service's workload is
-/// derived once against a stand-in instance and loaded by the proxy's own
+/// derived against a stand-in instance and loaded by the proxy's own
 /// loader, so a desired state no proxy could run is refused here.
+///
+/// The derived configs are merged into one document (listeners and
+/// clusters once each by name) and loaded once: one load instead of one
+/// per service keeps a change to a 100-service mesh at a few milliseconds.
+/// Only when that fails is each service's config loaded on its own, to say
+/// which one is wrong.
 fn check_derivable(source: &str, mesh: &MeshDoc) -> Result<(), ConfigErrors> {
-    let mut errors = Vec::new();
     let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let stand_ins: Vec<Registration> = mesh
         .services
@@ -121,9 +126,17 @@ fn check_derivable(source: &str, mesh: &MeshDoc) -> Result<(), ConfigErrors> {
         })
         .collect();
     let refs: Vec<&Registration> = stand_ins.iter().collect();
-    for (s, me) in mesh.services.iter().zip(&stand_ins) {
-        let text = derive::derive(mesh, &refs, me).to_string();
-        if let Err(e) = ringmesh_control::load("<derived>", &text) {
+    let index = derive::Instances::new(&refs);
+    let derived: Vec<serde_json::Value> = stand_ins
+        .iter()
+        .map(|me| derive::derive_indexed(mesh, &index, me).config)
+        .collect();
+    if ringmesh_control::load("<derived>", &merged(&derived).to_string()).is_ok() {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    for (s, config) in mesh.services.iter().zip(&derived) {
+        if let Err(e) = ringmesh_control::load("<derived>", &config.to_string()) {
             let (line, column) = s.position();
             for inner in e.0 {
                 errors.push(ConfigError {
@@ -140,10 +153,70 @@ fn check_derivable(source: &str, mesh: &MeshDoc) -> Result<(), ConfigErrors> {
         }
     }
     if errors.is_empty() {
+        // The merge itself failed where no single config does (e.g. two
+        // TCP services on one port that no workload calls together).
         Ok(())
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Stand-in configs merged into one: each inbound listener on a port of
+/// its own, one outbound listener with every route once, every other
+/// listener and cluster once by name.
+fn merged(configs: &[serde_json::Value]) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut listeners: Vec<Value> = Vec::new();
+    let mut routes: Vec<Value> = Vec::new();
+    let mut clusters: Vec<Value> = Vec::new();
+    let name = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_owned);
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in configs.iter().enumerate() {
+        for l in c["listeners"].as_array().into_iter().flatten() {
+            match name(l).as_deref() {
+                Some("inbound") => {
+                    let mut l = l.clone();
+                    l["name"] = json!(format!("inbound-{i}"));
+                    l["listen"] = json!(format!("127.0.0.3:{}", 1 + i % 65_000));
+                    listeners.push(l);
+                }
+                Some("outbound") => {
+                    for r in l["routes"].as_array().into_iter().flatten() {
+                        // Catch-alls of single configs would shadow the
+                        // routes merged after them.
+                        let catch_all =
+                            matches!(name(r).as_deref(), Some("no-service" | "passthrough"));
+                        if !catch_all && seen.insert(("route", name(r))) {
+                            routes.push(r.clone());
+                        }
+                    }
+                }
+                other => {
+                    if seen.insert(("listener", other.map(str::to_owned))) {
+                        // Callers' TCP listeners may share a port across
+                        // services no one calls together: the merge must not
+                        // make them collide.
+                        let mut l = l.clone();
+                        l["listen"] = json!(format!("127.0.0.4:{}", 1 + listeners.len() % 65_000));
+                        listeners.push(l);
+                    }
+                }
+            }
+        }
+        for cl in c["clusters"].as_array().into_iter().flatten() {
+            if seen.insert(("cluster", name(cl))) {
+                clusters.push(cl.clone());
+            }
+        }
+    }
+    listeners.push(json!({
+        "name": "outbound",
+        "listen": "127.0.0.1:2",
+        "protocol": "http",
+        "mesh_role": "outbound",
+        "routes": routes,
+    }));
+    json!({ "listeners": listeners, "clusters": clusters })
 }
 
 /// Loads and checks a mesh document.
@@ -355,4 +428,52 @@ pub fn run(options: ControlOptions) -> Result<(), PlaneError> {
         tracing::info!("control plane stopping; proxies keep their configuration");
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_no_proxy_could_run_is_refused_with_the_service_named() {
+        let ok = "services:\n  - { name: app, port: 80, calls: [db1] }\n  - { name: db1, port: 5432, protocol: tcp }\n  - { name: db2, port: 5432, protocol: tcp }\n  - { name: web, port: 80, calls: [app] }\n";
+        validate("mesh.yaml", ok).expect("app calls one of the two: valid");
+        // app calling both TCP services on one port needs two listeners on
+        // one address: its derived config cannot load.
+        let bad = ok.replace("calls: [db1]", "calls: [db1, db2]");
+        let errs = validate("mesh.yaml", &bad)
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            errs.contains("mesh.yaml:2:5") && errs.contains("workload `app`"),
+            "{errs}"
+        );
+    }
+
+    #[test]
+    fn the_merged_check_accepts_what_every_single_config_accepts() {
+        // Workloads calling nothing (a catch-all route each) and services
+        // with routes of their own, merged into one document.
+        let text = "services:\n  - { name: a, port: 80, calls: [] }\n  - { name: b, port: 80, routes: [{ name: r, match: { path_prefix: /x }, cluster: b }] }\n  - { name: c, port: 80, calls: [b] }\n";
+        let mesh = load_mesh("m.yaml", text).expect("mesh");
+        let stand_in = |w: &str| Registration {
+            node: w.into(),
+            namespace: "default".into(),
+            workload: w.into(),
+            version: None,
+            address: SocketAddr::from(([127, 0, 0, 1], 1)),
+            inbound: SocketAddr::from(([127, 0, 0, 1], 1)),
+            outbound: SocketAddr::from(([127, 0, 0, 1], 2)),
+            app_port: 3,
+            capture: false,
+        };
+        let regs: Vec<Registration> = ["a", "b", "c"].iter().map(|w| stand_in(w)).collect();
+        let refs: Vec<&Registration> = regs.iter().collect();
+        let configs: Vec<serde_json::Value> = regs
+            .iter()
+            .map(|r| derive::derive(&mesh, &refs, r))
+            .collect();
+        let doc = merged(&configs).to_string();
+        ringmesh_control::load("merged", &doc).unwrap_or_else(|e| panic!("{e}\n{doc}"));
+    }
 }
