@@ -771,3 +771,39 @@ fn one_service_is_updated_through_the_api_and_the_change_survives_a_restart() {
         "product calls recommendation: removing it must be refused"
     );
 }
+
+#[test]
+fn a_failing_renewal_keeps_the_current_certificate_serving_until_the_control_plane_returns() {
+    let mut l = landscape(&mesh((100, 0), "30s", "12s"));
+    let (_, first) = l.review1.certificate();
+    l.cp.kill();
+    // Renewal is due about 6s after issue; it fails without the control
+    // plane, and the proxy keeps serving with the certificate it has.
+    let failed = l.review1.process.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "certificate renewal failed; serving with the current certificate"
+    });
+    assert!(failed.is_some(), "{}", l.review1.process.log_text());
+    assert_eq!(l.review1.certificate().1, first);
+    for _ in 0..5 {
+        assert_eq!(
+            l.product.call("review", "/", &[]),
+            (200, "review v1".into())
+        );
+    }
+    // Back before expiry: the next attempt renews.
+    l.cp.restart();
+    let start = std::time::Instant::now();
+    while l.review1.certificate().1 == first {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not renewed after the control plane returned:\n{}",
+            l.review1.process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        l.product.call("review", "/", &[]),
+        (200, "review v1".into())
+    );
+    let _ = &l.review2;
+}
