@@ -108,9 +108,9 @@ fn expiry(unix: Option<i64>) -> String {
     if left <= 0 {
         "EXPIRED".into()
     } else if left < 7200 {
-        format!("in {}m", left / 60)
+        format!("in {}m", (left + 30) / 60)
     } else {
-        format!("in {}h", left / 3600)
+        format!("in {}h", (left + 1800) / 3600)
     }
 }
 
@@ -218,13 +218,18 @@ pub fn run(args: ControlArgs, request: Request) -> anyhow::Result<ExitCode> {
             Request::History => {
                 let body = c.call(Method::GET, "/mesh/history", Vec::new()).await?;
                 let list: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
-                println!("VERSION  TIME        SOURCE");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                println!("VERSION  STORED     SOURCE");
                 for v in list {
+                    let age = (now - v["time"].as_i64().unwrap_or(now)).max(0) as u64;
                     println!(
-                        "{:<8} {:<11} {}",
+                        "{:<8} {:<10} {}",
                         v["version"],
-                        v["time"],
-                        v["source"].as_str().unwrap_or_default()
+                        format!("{} ago", ago(age * 1000)),
+                        printable(v["source"].as_str().unwrap_or_default())
                     );
                 }
             }
