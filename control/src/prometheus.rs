@@ -47,6 +47,35 @@ pub struct ProxyInfo<'a> {
     pub admin_refused: Vec<(&'static str, u64)>,
     /// The process's descriptor limit and the data plane's ceiling.
     pub fd_share: Option<ringmesh_core::fd_share::FdShare>,
+    /// Joined to a mesh: whether the control plane answers, and pushes
+    /// applied and refused (NACKed).
+    pub control_plane: Option<(bool, u64, u64)>,
+}
+
+/// A Prometheus text exposition, for exporters other than the proxy's
+/// (the control plane's `GET /metrics`), with the same escaping.
+#[derive(Default)]
+pub struct Exposition(String);
+
+impl Exposition {
+    /// `# HELP` and `# TYPE` lines.
+    pub fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let mut o = Out(std::mem::take(&mut self.0));
+        o.header(name, kind, help);
+        self.0 = o.0;
+    }
+
+    /// One sample.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let mut o = Out(std::mem::take(&mut self.0));
+        o.sample(name, labels, value);
+        self.0 = o.0;
+    }
+
+    /// The text.
+    pub fn finish(self) -> String {
+        self.0
+    }
 }
 
 struct Out(String);
@@ -723,6 +752,29 @@ pub fn render(
         "1 while the proxy drains before exiting.",
     );
     o.sample("ringmesh_draining", &[], u8::from(info.draining));
+    if let Some((connected, applied, refused)) = info.control_plane {
+        o.header(
+            "ringmesh_control_plane_connected",
+            "gauge",
+            "1 while the control plane answers this joined proxy's watch.",
+        );
+        o.sample("ringmesh_control_plane_connected", &[], u8::from(connected));
+        o.header(
+            "ringmesh_control_plane_pushes_total",
+            "counter",
+            "Configs pushed by the control plane, by result (applied, refused: NACKed).",
+        );
+        o.sample(
+            "ringmesh_control_plane_pushes_total",
+            &[("result", "applied")],
+            applied,
+        );
+        o.sample(
+            "ringmesh_control_plane_pushes_total",
+            &[("result", "refused")],
+            refused,
+        );
+    }
     o.header(
         "ringmesh_certificate_expiry_seconds",
         "gauge",

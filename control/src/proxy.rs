@@ -158,6 +158,8 @@ pub struct Proxy {
     config_path: Option<PathBuf>,
     /// Joined to a mesh: only its control plane changes the config.
     managed: bool,
+    /// Joined to a mesh: the watch's state, for `/metrics`.
+    pub mesh_status: Option<Arc<crate::mesh::client::WatchStatus>>,
     /// Whether a real config runs (a joined proxy starts on a bootstrap
     /// with no listener until its first push: not ready before).
     configured: AtomicBool,
@@ -759,6 +761,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
                 options.config_path.clone()
             },
             managed: mesh.is_some(),
+            mesh_status: mesh.as_ref().map(|c| c.status.clone()),
             configured: AtomicBool::new(mesh.is_none() || started_with_cache.is_some()),
             admin,
             draining: AtomicBool::new(false),

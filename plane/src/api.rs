@@ -12,6 +12,7 @@
 //! | `GET /mesh/history` | admin | stored versions |
 //! | `POST /mesh/rollback/{version}` | admin | make an old version current (as a new one) |
 //! | `GET /proxies` | admin | every proxy's sync state |
+//! | `GET /metrics` | admin | Prometheus text: proxies by state, pushes, ACK/NACK, certificates, updates |
 //! | `GET /proxies/{node}/config` | admin | what it was sent |
 //! | `POST /tokens` | admin | a bootstrap token for `{namespace, workload}` |
 //! | `POST /v1/certificate` | proxy | CSR -> workload certificate |
@@ -187,7 +188,14 @@ async fn certificate(plane: &Plane, caller: &Caller, req: Request<Incoming>) -> 
         Some(id) => workload_of(plane, id),
         None => bearer(&req).and_then(|t| plane.secrets.verify_bootstrap(t)),
     };
+    let refused = || {
+        plane
+            .counters
+            .certificates_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    };
     let Some((ns, workload)) = proven else {
+        refused();
         return error(
             StatusCode::UNAUTHORIZED,
             "a certificate needs a valid bootstrap token or the current mesh certificate",
@@ -198,6 +206,7 @@ async fn certificate(plane: &Plane, caller: &Caller, req: Request<Incoming>) -> 
         Err(a) => return a,
     };
     if (request.namespace.as_str(), request.workload.as_str()) != (ns.as_str(), workload.as_str()) {
+        refused();
         tracing::warn!(peer = %caller.peer, caller = %format!("{ns}/{workload}"), asked = %format!("{}/{}", request.namespace, request.workload), "certificate for another identity refused");
         return error(
             StatusCode::FORBIDDEN,
@@ -215,6 +224,10 @@ async fn certificate(plane: &Plane, caller: &Caller, req: Request<Incoming>) -> 
         desired.mesh.mesh.certificate_lifetime,
     ) {
         Ok(issued) => {
+            plane
+                .counters
+                .certificates_issued
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(%spiffe_id, peer = %caller.peer, "workload certificate issued");
             answer(
                 StatusCode::OK,
@@ -228,8 +241,14 @@ async fn certificate(plane: &Plane, caller: &Caller, req: Request<Incoming>) -> 
                 .unwrap_or_default(),
             )
         }
-        Err(e @ crate::ca::CaError::OtherIdentity(_)) => error(StatusCode::FORBIDDEN, e),
-        Err(e @ crate::ca::CaError::Csr(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ crate::ca::CaError::OtherIdentity(_)) => {
+            refused();
+            error(StatusCode::FORBIDDEN, e)
+        }
+        Err(e @ crate::ca::CaError::Csr(_)) => {
+            refused();
+            error(StatusCode::BAD_REQUEST, e)
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -265,6 +284,10 @@ async fn watch(plane: &Plane, caller: &Caller, req: Request<Incoming>) -> Answer
     };
     match plane.registry.poll((&ns, &workload), &request) {
         Err(e) => {
+            plane
+                .counters
+                .watches_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(peer = %caller.peer, error = %e, "watch refused");
             error(StatusCode::FORBIDDEN, e)
         }
@@ -405,6 +428,14 @@ async fn admin(plane: &Plane, method: Method, path: &str, req: Request<Incoming>
         }
         (method @ (Method::PUT | Method::DELETE), ["mesh", "services", name]) => {
             service_update(plane, method == Method::PUT, name, req).await
+        }
+        (Method::GET, ["metrics"]) => {
+            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(plane))));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
         }
         (Method::GET, ["proxies"]) => answer(StatusCode::OK, json!(plane.registry.status())),
         (Method::GET, ["proxies", node, "config"]) => match plane.registry.config_of(node) {

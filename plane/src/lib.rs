@@ -10,6 +10,7 @@
 pub mod api;
 pub mod ca;
 pub mod derive;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod store;
@@ -97,6 +98,8 @@ pub struct Plane {
     update_lock: tokio::sync::Mutex<()>,
     /// Where registrations are kept across restarts.
     registrations_file: PathBuf,
+    /// Counters for `GET /metrics`.
+    pub counters: std::sync::Arc<metrics::Counters>,
 }
 
 /// A derived config must load in the proxy: each service's workload is
@@ -265,7 +268,17 @@ impl Plane {
     /// Validates `text`, stores it as the next version and pushes it.
     pub async fn update(&self, source: &str, text: &str) -> Result<StoredVersion, UpdateError> {
         let _one = self.update_lock.lock().await;
-        self.update_locked(source, text)
+        let result = self.update_locked(source, text);
+        self.count_update(&result);
+        result
+    }
+
+    fn count_update<T>(&self, result: &Result<T, UpdateError>) {
+        let counter = match result {
+            Ok(_) => &self.counters.updates_applied,
+            Err(_) => &self.counters.updates_rejected,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Like [`Plane::update`] with the text made by `build` from the state
@@ -276,8 +289,10 @@ impl Plane {
         build: impl FnOnce(&MeshDoc) -> Result<String, UpdateError>,
     ) -> Result<StoredVersion, UpdateError> {
         let _one = self.update_lock.lock().await;
-        let text = build(&self.registry.desired().mesh)?;
-        self.update_locked(source, &text)
+        let result =
+            build(&self.registry.desired().mesh).and_then(|text| self.update_locked(source, &text));
+        self.count_update(&result);
+        result
     }
 
     fn update_locked(&self, source: &str, text: &str) -> Result<StoredVersion, UpdateError> {
@@ -387,6 +402,7 @@ pub fn open(options: &ControlOptions) -> Result<Plane, PlaneError> {
         }
     }
     Ok(Plane {
+        counters: registry.counters.clone(),
         registrations_file,
         store: Box::new(store),
         ca,

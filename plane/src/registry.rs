@@ -117,6 +117,8 @@ pub enum PollAnswer {
 pub struct Registry {
     inner: Mutex<Inner>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// Counters for `GET /metrics` (shared with the rest of the plane).
+    pub counters: Arc<crate::metrics::Counters>,
 }
 
 impl Registry {
@@ -129,6 +131,7 @@ impl Registry {
                 nodes: BTreeMap::new(),
             }),
             changed: tokio::sync::watch::Sender::new(0),
+            counters: Arc::default(),
         }
     }
 
@@ -330,12 +333,17 @@ impl Registry {
                 .as_ref()
                 .filter(|p| request.nonce.as_deref() == Some(p.nonce.as_str()));
             if let Some(p) = answered {
+                use std::sync::atomic::Ordering::Relaxed;
                 match &request.error {
                     None => {
                         n.acked = Some(p.version.clone());
                         n.nack = None;
+                        self.counters.acks.fetch_add(1, Relaxed);
                     }
-                    Some(e) => n.nack = Some((p.version.clone(), e.clone())),
+                    Some(e) => {
+                        n.nack = Some((p.version.clone(), e.clone()));
+                        self.counters.nacks.fetch_add(1, Relaxed);
+                    }
                 }
             }
         }
@@ -466,8 +474,11 @@ impl Registry {
         rows.first()?.latest.clone()
     }
 
-    /// The push as the wire carries it.
+    /// The push as the wire carries it (counted as sent).
     pub fn wire(&self, p: &Pushed) -> Push {
+        self.counters
+            .pushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Push {
             version: p.version.clone(),
             nonce: p.nonce.clone(),

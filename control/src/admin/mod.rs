@@ -533,6 +533,7 @@ async fn metrics(
         admin_connections_rejected: counters.connections_rejected.load(Ordering::Relaxed),
         admin_refused: counters.refused(),
         fd_share: proxy.fd_share,
+        control_plane: proxy.mesh_status.as_ref().map(|m| m.read()),
     };
     let body = render(
         &info,

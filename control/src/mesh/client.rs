@@ -88,6 +88,26 @@ pub struct CachedConfig {
     pub config: String,
 }
 
+/// What the watch reports for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WatchStatus {
+    connected: std::sync::atomic::AtomicBool,
+    applied: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl WatchStatus {
+    /// (connected, pushes applied, pushes refused).
+    pub fn read(&self) -> (bool, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.connected.load(Relaxed),
+            self.applied.load(Relaxed),
+            self.refused.load(Relaxed),
+        )
+    }
+}
+
 /// A joined proxy's client side: state files and the channel settings.
 #[derive(Clone)]
 pub struct MeshClient {
@@ -95,6 +115,8 @@ pub struct MeshClient {
     endpoint: Endpoint,
     /// Files in the state directory.
     pub files: StateFiles,
+    /// The watch's state, for `/metrics`.
+    pub status: Arc<WatchStatus>,
 }
 
 fn now_unix() -> i64 {
@@ -118,6 +140,7 @@ impl MeshClient {
             options: Arc::new(options),
             endpoint,
             files,
+            status: Arc::default(),
         })
     }
 
@@ -360,6 +383,9 @@ impl MeshClient {
                 .await;
             match answer {
                 Ok(push) => {
+                    self.status
+                        .connected
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     if failing {
                         tracing::info!("control plane reachable again");
                         failing = false;
@@ -382,6 +408,9 @@ impl MeshClient {
                     };
                     match outcome {
                         Ok(()) => {
+                            self.status
+                                .applied
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if !same {
                                 tracing::info!(version = %push.version, "configuration from the control plane applied");
                                 self.cache(&push);
@@ -399,6 +428,9 @@ impl MeshClient {
                                     .unwrap_or_else(|| e.to_string()),
                                 other => other.to_string(),
                             };
+                            self.status
+                                .refused
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::warn!(version = %push.version, error = %first, "configuration from the control plane refused (NACK); the running one is kept");
                             request.error = Some(first);
                         }
@@ -406,6 +438,9 @@ impl MeshClient {
                     request.nonce = Some(push.nonce);
                 }
                 Err(e @ ChannelError::Refused { .. }) => {
+                    self.status
+                        .connected
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     // Refused, not unreachable: say so every time, and
                     // keep trying (an operator may fix it).
                     let wait = backoff.next();
@@ -414,6 +449,9 @@ impl MeshClient {
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
+                    self.status
+                        .connected
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     let wait = backoff.next();
                     if !failing {
                         tracing::warn!(error = %e, "control plane unreachable; serving the last configuration, reconnecting");
