@@ -1261,6 +1261,7 @@ mod tests {
                 limit: 1024,
                 ceiling: 896,
             }),
+            control_plane: Some((true, 3, 1)),
         };
         let health = HealthRegistry::new(2);
         health.cluster("pg");
