@@ -560,7 +560,7 @@ fn a_dead_instance_leaves_the_endpoints_when_its_lease_expires_and_a_stopped_one
                 .iter()
                 .any(|r| r["node"] == "product-1" && r["state"] == "SYNCED")
     });
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
     assert!(!has_endpoint(&l.cp, &review2_addr));
     for _ in 0..10 {
         assert_eq!(
@@ -605,9 +605,9 @@ fn certificates_are_renewed_at_half_life_without_interrupting_traffic() {
     }
     let renewed = renewed.expect("the certificate was not renewed");
     // Issued with 12s of life at most ~1s before the landscape was ready:
-    // renewal is due at ~6s.
+    // renewal is due at ~6s (10s allows for a loaded machine; expiry is 12s).
     assert!(
-        renewed < Duration::from_secs(8),
+        renewed < Duration::from_secs(10),
         "renewed after {renewed:?}"
     );
     // New connections keep working with the new certificate.
