@@ -159,7 +159,7 @@ pub struct Proxy {
     /// Joined to a mesh: only its control plane changes the config.
     managed: bool,
     /// Joined to a mesh: the watch's state, for `/metrics`.
-    pub mesh_status: Option<Arc<crate::mesh::client::WatchStatus>>,
+    pub mesh_status: Option<Arc<crate::mesh::watch::WatchStatus>>,
     /// Whether a real config runs (a joined proxy starts on a bootstrap
     /// with no listener until its first push: not ready before).
     configured: AtomicBool,
