@@ -706,33 +706,10 @@ fn the_metrics_exposition_passes_promtool_after_http_traffic() {
     );
     let text = proxy.metrics();
     assert!(text.contains("ringmesh_http_requests_total{"), "{text}");
-    let Ok(mut child) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        println!("SKIPPED: promtool not installed");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let findings = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && findings.trim().is_empty(),
-        "promtool check metrics: {:?}\n{findings}",
-        out.status
-    );
+    match helpers::admin::promtool_findings(&text) {
+        None => println!("SKIPPED: promtool not installed"),
+        Some(findings) => assert!(findings.is_empty(), "promtool check metrics: {findings:?}"),
+    }
 }
 
 #[test]

@@ -38,34 +38,10 @@ services:
 
 /// `promtool check metrics` finds nothing (skipped without promtool).
 fn promtool_clean(text: &str) {
-    use std::io::Write;
-    let Ok(mut child) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        println!("SKIPPED: promtool not installed");
-        return;
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(text.as_bytes()).unwrap();
+    match helpers::admin::promtool_findings(text) {
+        None => println!("SKIPPED: promtool not installed"),
+        Some(findings) => assert!(findings.is_empty(), "promtool: {findings:?}\n{text}"),
     }
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Istio's own name breaks the base-unit rule; it is kept so Istio's
-    // dashboards find it (tests/mesh_metrics.rs). Nothing else may be said.
-    let findings: Vec<&str> = said
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter(|l| !l.starts_with("istio_request_duration_milliseconds use base unit"))
-        .collect();
-    assert!(findings.is_empty(), "promtool: {findings:?}\n{text}");
 }
 
 fn app(name: &'static str) -> Upstream {

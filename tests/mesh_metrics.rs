@@ -7,7 +7,6 @@
 mod helpers;
 
 use std::io::BufReader;
-use std::process::Command;
 
 use helpers::admin::metric;
 use helpers::http::{self, Reply, Upstream};
@@ -157,37 +156,9 @@ fn requests_are_counted_in_istios_names_with_an_unknown_source_without_mtls() {
         }
     }
     // promtool's lint finds nothing to say.
-    match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Err(_) => eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)"),
-        Ok(mut child) => {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write");
-            let out = child.wait_with_output().expect("promtool");
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            // Istio's own name breaks the base-unit rule; it is kept so
-            // Istio's dashboards find it. Nothing else may be reported.
-            let findings: Vec<&str> = said
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .filter(|l| !l.starts_with("istio_request_duration_milliseconds use base unit"))
-                .collect();
-            assert!(findings.is_empty(), "promtool: {said}");
-        }
+    match helpers::admin::promtool_findings(&text) {
+        None => eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)"),
+        Some(findings) => assert!(findings.is_empty(), "promtool: {findings:?}"),
     }
 }
 

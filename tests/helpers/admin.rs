@@ -141,3 +141,38 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                 .flatten()
         })
 }
+
+/// What `promtool check metrics` says about `text`, one finding per line
+/// (Istio's `istio_request_duration_milliseconds`, kept under Istio's name
+/// for its dashboards, is not a finding); `None` without promtool.
+pub fn promtool_findings(text: &str) -> Option<Vec<String>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).expect("promtool stdin");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut findings: Vec<String> = said
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.starts_with("istio_request_duration_milliseconds use base unit"))
+        .map(str::to_owned)
+        .collect();
+    // Exit 3 is "lint problems", each listed above; anything else but
+    // success is a failure of its own.
+    if !matches!(out.status.code(), Some(0 | 3)) {
+        findings.push(format!("promtool exited with {}", out.status));
+    }
+    Some(findings)
+}
