@@ -52,6 +52,29 @@ enum Command {
     /// container to Kubernetes workloads (like `linkerd inject`): manifests
     /// in (FILE or `-`), manifests out on stdout, notes on stderr.
     Inject(inject::InjectArgs),
+    /// The service-mesh demo (README "The demo").
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DemoCommand {
+    /// One of the demo's services (product, recommendation, review): a
+    /// small HTTP app that logs each request with its trace id.
+    App {
+        /// product, recommendation or review.
+        #[arg(long)]
+        service: String,
+        /// Its version label.
+        #[arg(long, default_value = "v1")]
+        version: String,
+        /// Where it listens.
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Its sidecar's outbound listener (product calls the others there).
+        #[arg(long, value_name = "ADDR")]
+        outbound: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -246,6 +269,32 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("{e}");
                     eprintln!("ringmesh control: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(DemoCommand::App {
+            service,
+            version,
+            listen,
+            outbound,
+        }) => {
+            let Some(service) = ringmesh_demo::app::Service::parse(&service) else {
+                eprintln!(
+                    "ringmesh demo app: unknown service `{service}` (product, recommendation or review)"
+                );
+                return ExitCode::FAILURE;
+            };
+            let options = ringmesh_demo::app::AppOptions {
+                service,
+                version,
+                listen,
+                outbound,
+            };
+            match ringmesh_demo::app::run(options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringmesh demo app: {e}");
                     ExitCode::FAILURE
                 }
             }
