@@ -253,6 +253,47 @@ pub fn derive_indexed(mesh: &MeshDoc, instances: &Instances<'_>, me: &Registrati
     }
     outbound["routes"] = json!(routes);
     listeners.push(outbound);
+    let gateway = mesh
+        .gateways
+        .iter()
+        .find(|g| g.namespace == me.namespace && g.name == me.workload);
+    if let Some(g) = gateway {
+        let mut routes = Vec::new();
+        for (i, r) in g.routes.iter().enumerate() {
+            let Ok(mut r) = serde_json::to_value(r) else {
+                continue;
+            };
+            let name = match r.get("name").and_then(Value::as_str) {
+                Some(n) => format!("gateway.{n}"),
+                None => format!("gateway.{i}"),
+            };
+            r["name"] = json!(name);
+            if let Some(c) = r.get("cluster").and_then(Value::as_str) {
+                wanted.insert(c.to_owned());
+            }
+            for part in r
+                .get("split")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(c) = part.get("cluster").and_then(Value::as_str) {
+                    wanted.insert(c.to_owned());
+                }
+            }
+            if let Some(c) = r.pointer("/mirror/cluster").and_then(Value::as_str) {
+                wanted.insert(c.to_owned());
+            }
+            routes.push(r);
+        }
+        listeners.push(json!({
+            "name": "gateway",
+            "listen": g.listen.to_string(),
+            "protocol": "http",
+            "mesh_role": "outbound",
+            "routes": routes,
+        }));
+    }
     let mut depends_on = Vec::new();
     for s in &mesh.services {
         let before = clusters.len();
@@ -373,6 +414,45 @@ services:
             .find(|l| l.name == "inbound")
             .expect("inbound");
         assert!(!inbound.original_destination);
+    }
+
+    #[test]
+    fn a_gateway_gets_a_listener_routing_any_host_to_the_services() {
+        let text = format!(
+            "{MESH}gateways:\n  - name: ingress\n    listen: 127.0.0.1:8080\n    routes: [{{ match: {{ path_prefix: /product }}, cluster: product }}]\n"
+        );
+        let mesh = load_mesh("mesh.yaml", &text).expect("mesh");
+        let gw = reg("gw-1", "ingress", None, 7100);
+        let product = reg("p1", "product", Some("v1"), 7000);
+        let doc = derive(&mesh, &[&gw, &product], &gw);
+        let loaded = ringmesh_control::load("d.json", &doc.to_string())
+            .unwrap_or_else(|e| panic!("{e}\n{doc}"));
+        let l = loaded
+            .listeners
+            .iter()
+            .find(|l| l.name == "gateway")
+            .expect("gateway");
+        assert_eq!(l.listen.to_string(), "127.0.0.1:8080");
+        let routes = &l.http.as_ref().expect("http").routes;
+        assert_eq!(routes[0].name.as_deref(), Some("gateway.0"));
+        assert!(routes[0].matcher.host.is_empty());
+        // No inbound listener: a gateway serves no service of its own.
+        assert!(!loaded.listeners.iter().any(|l| l.name == "inbound"));
+        let product_cluster = loaded
+            .clusters
+            .iter()
+            .find(|c| c.name == "product")
+            .expect("product");
+        assert_eq!(product_cluster.endpoints[0].port, 7000);
+        // A gateway route to nothing is refused where it was written.
+        let bad = text.replace("cluster: product }]", "cluster: nowhere }]");
+        let errs = load_mesh("mesh.yaml", &bad)
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            errs.contains("gateways[0].routes[0]") && errs.contains("nowhere"),
+            "{errs}"
+        );
     }
 
     #[test]

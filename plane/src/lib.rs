@@ -113,20 +113,26 @@ pub struct Plane {
 /// which one is wrong.
 fn check_derivable(source: &str, mesh: &MeshDoc) -> Result<(), ConfigErrors> {
     let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let stand_in = |namespace: &str, workload: &str, version: Option<String>| Registration {
+        node: format!("check-{workload}"),
+        namespace: namespace.to_owned(),
+        workload: workload.to_owned(),
+        version,
+        address: addr(1),
+        inbound: addr(1),
+        outbound: addr(2),
+        app_port: 3,
+        capture: false,
+    };
     let stand_ins: Vec<Registration> = mesh
         .services
         .iter()
-        .map(|s| Registration {
-            node: format!("check-{}", s.name),
-            namespace: s.namespace.clone(),
-            workload: s.workload.clone(),
-            version: s.versions.first().cloned(),
-            address: addr(1),
-            inbound: addr(1),
-            outbound: addr(2),
-            app_port: 3,
-            capture: false,
-        })
+        .map(|s| stand_in(&s.namespace, &s.workload, s.versions.first().cloned()))
+        .chain(
+            mesh.gateways
+                .iter()
+                .map(|g| stand_in(&g.namespace, &g.name, None)),
+        )
         .collect();
     let refs: Vec<&Registration> = stand_ins.iter().collect();
     let index = derive::Instances::new(&refs);
@@ -151,18 +157,26 @@ fn check_derivable(source: &str, mesh: &MeshDoc) -> Result<(), ConfigErrors> {
         return Ok(());
     }
     let mut errors = Vec::new();
-    for (s, config) in mesh.services.iter().zip(&derived) {
+    let owners = mesh
+        .services
+        .iter()
+        .map(|s| (s.position(), format!("services[{}]", s.name), &s.workload))
+        .chain(
+            mesh.gateways
+                .iter()
+                .map(|g| (g.position(), format!("gateways[{}]", g.name), &g.name)),
+        );
+    for ((position, path, workload), config) in owners.zip(&derived) {
         if let Err(e) = ringmesh_control::load("<derived>", &config.to_string()) {
-            let (line, column) = s.position();
             for inner in e.0 {
                 errors.push(ConfigError {
                     file: source.to_owned(),
-                    line,
-                    column,
-                    path: format!("services[{}]", s.name),
+                    line: position.0,
+                    column: position.1,
+                    path: path.clone(),
                     message: format!(
-                        "the config derived for workload `{}` is invalid: {}: {}",
-                        s.workload, inner.path, inner.message
+                        "the config derived for workload `{workload}` is invalid: {}: {}",
+                        inner.path, inner.message
                     ),
                 });
             }
@@ -206,6 +220,12 @@ fn merged(configs: &[serde_json::Value]) -> serde_json::Value {
                             routes.push(r.clone());
                         }
                     }
+                }
+                Some("gateway") => {
+                    let mut l = l.clone();
+                    l["name"] = json!(format!("gateway-{i}"));
+                    l["listen"] = json!(format!("127.0.0.5:{}", 1 + i % 65_000));
+                    listeners.push(l);
                 }
                 other => {
                     if seen.insert(("listener", other.map(str::to_owned))) {

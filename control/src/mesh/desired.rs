@@ -29,6 +29,28 @@ pub struct MeshDoc {
     pub mesh: MeshSettings,
     /// The services, in document order.
     pub services: Vec<ServiceDoc>,
+    /// Gateways: proxies at the edge whose listener routes any Host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<GatewayDoc>,
+}
+
+/// An ingress gateway: the proxies of workload `name` get a listener on
+/// `listen` with these routes (any Host unless a route says otherwise),
+/// to the mesh's services over mTLS (Istio's Gateway and its
+/// VirtualService in one).
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayDoc {
+    /// The gateway's workload (its identity).
+    pub name: String,
+    /// Its namespace. Default `default`.
+    pub namespace: String,
+    /// Where the gateway listener binds.
+    pub listen: std::net::SocketAddr,
+    /// Its routes (the proxy's route type); clusters are services and
+    /// their versions.
+    pub routes: Vec<RouteDoc>,
+    #[serde(skip)]
+    pub(crate) origin: Origin,
 }
 
 /// `mesh:` settings.
@@ -142,6 +164,13 @@ impl ServiceDoc {
     }
 }
 
+impl GatewayDoc {
+    /// Where the gateway was written.
+    pub fn position(&self) -> (usize, usize) {
+        (self.origin.mark.line, self.origin.mark.col)
+    }
+}
+
 impl MeshDoc {
     /// The service a workload serves, if any.
     pub fn service_of(&self, namespace: &str, workload: &str) -> Option<&ServiceDoc> {
@@ -159,7 +188,7 @@ impl MeshDoc {
     }
 }
 
-const TOP_KEYS: &[&str] = &["mesh", "services"];
+const TOP_KEYS: &[&str] = &["mesh", "services", "gateways"];
 const SERVICE_KEYS: &[&str] = &[
     "name",
     "namespace",
@@ -181,6 +210,7 @@ pub fn load_mesh(file: &str, text: &str) -> Result<MeshDoc, ConfigErrors> {
     let empty = || MeshDoc {
         mesh: MeshSettings::default(),
         services: Vec::new(),
+        gateways: Vec::new(),
     };
     let root = match yaml::parse(text) {
         Ok(Some(root)) => root,
@@ -201,10 +231,12 @@ pub fn load_mesh(file: &str, text: &str) -> Result<MeshDoc, ConfigErrors> {
         None => Some(MeshSettings::default()),
     };
     let services = list_field(&mut d, f.take("services"), service);
+    let gateways = list_field(&mut d, f.take("gateways"), gateway);
     f.finish(&mut d, TOP_KEYS);
     let doc = MeshDoc {
         mesh: mesh.unwrap_or_default(),
         services,
+        gateways,
     };
     cross_check(&mut d, &doc);
     d.finish(doc)
@@ -344,6 +376,30 @@ fn service(d: &mut Decoder, node: &Node, path: &str) -> Option<ServiceDoc> {
     })
 }
 
+fn gateway(d: &mut Decoder, node: &Node, path: &str) -> Option<GatewayDoc> {
+    let mut f = Fields::of(d, node, path)?;
+    let gateway_name = required(d, &mut f, node, path, "name").and_then(|(n, p)| name(d, n, &p));
+    let namespace = match f.take("namespace") {
+        None => Some("default".to_owned()),
+        Some((n, p)) => name(d, n, &p),
+    };
+    let listen = required(d, &mut f, node, path, "listen")
+        .and_then(|(n, p)| crate::decode::listen_addr(d, n, &p));
+    let routes_field = required(d, &mut f, node, path, "routes");
+    let routes = list_field(d, routes_field, RouteDoc::decode);
+    f.finish(d, &["name", "namespace", "listen", "routes"]);
+    Some(GatewayDoc {
+        name: gateway_name?,
+        namespace: namespace?,
+        listen: listen?,
+        routes,
+        origin: Origin {
+            mark: node.mark,
+            path: path.to_owned(),
+        },
+    })
+}
+
 /// `traffic:` is a cluster without the keys the control plane derives;
 /// it is decoded by the proxy's cluster decoder.
 fn traffic(d: &mut Decoder, node: &Node, path: &str) -> Option<ClusterDoc> {
@@ -429,6 +485,29 @@ fn cross_check(d: &mut Decoder, doc: &MeshDoc) {
                 );
             } else {
                 clusters.push((c, s));
+            }
+        }
+    }
+    for g in &doc.gateways {
+        if doc.service_of(&g.namespace, &g.name).is_some() {
+            d.error(
+                g.origin.mark,
+                &g.origin.path,
+                format!(
+                    "gateway `{}` is also a service's workload: a gateway is a workload of its own",
+                    g.name
+                ),
+            );
+        }
+        for (ri, r) in g.routes.iter().enumerate() {
+            for (c, _) in r.clusters() {
+                if !clusters.iter().any(|(n, _)| n == c) {
+                    d.error(
+                        g.origin.mark,
+                        &format!("{}.routes[{ri}]", g.origin.path),
+                        format!("route sends to unknown cluster `{c}`"),
+                    );
+                }
             }
         }
     }
