@@ -168,6 +168,16 @@ pub fn derive_indexed(mesh: &MeshDoc, instances: &Instances<'_>, me: &Registrati
         });
         if s.protocol == Protocol::Http {
             inbound["mesh_role"] = json!("inbound");
+            if let Some(fault) = &s.inbound_fault {
+                if let Some(map) = inbound.as_object_mut() {
+                    map.remove("cluster");
+                }
+                inbound["routes"] = json!([{
+                    "name": "inbound",
+                    "cluster": "inbound-app",
+                    "fault": serde_json::to_value(fault).unwrap_or_default(),
+                }]);
+            }
         }
         listeners.push(inbound);
         clusters.push(json!({
@@ -317,10 +327,11 @@ pub fn derive_indexed(mesh: &MeshDoc, instances: &Instances<'_>, me: &Registrati
     if let Some(s) = own {
         node["service"] = json!(s.name);
     }
-    Derived {
-        config: json!({ "node": node, "listeners": listeners, "clusters": clusters }),
-        depends_on,
+    let mut config = json!({ "node": node, "listeners": listeners, "clusters": clusters });
+    if let Some(t) = &mesh.mesh.tracing {
+        config["tracing"] = serde_json::to_value(t).unwrap_or_default();
     }
+    Derived { config, depends_on }
 }
 
 #[cfg(test)]
@@ -335,6 +346,7 @@ services:
     port: 9081
     versions: [v1, v2]
     authz: { allow: [product] }
+    inbound_fault: { abort: { percent: 50, status: 503 } }
     routes:
       - { name: canary, match: { headers: { x-canary: { exact: \"true\" } } }, cluster: review-v2 }
       - split: [{ cluster: review-v1, weight: 90 }, { cluster: review-v2, weight: 10 }]
@@ -463,6 +475,11 @@ services:
         assert_eq!(
             doc.pointer("/listeners/0/authz/allow/0"),
             Some(&json!("spiffe://ringmesh.local/ns/default/sa/product"))
+        );
+        // Its inbound fault sits in front of its app.
+        assert_eq!(
+            doc.pointer("/listeners/0/routes/0/fault/abort/status"),
+            Some(&json!(503))
         );
         // review calls every service that allows it (no `calls`), never
         // itself.

@@ -64,6 +64,10 @@ pub struct MeshSettings {
     /// How long a registered instance stays without being heard from.
     #[serde(serialize_with = "human")]
     pub lease: Duration,
+    /// Tracing for every proxy of the mesh (the proxy's `tracing` block:
+    /// sampling, propagation, OTLP export). None: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::model::TracingDoc>,
 }
 
 impl Default for MeshSettings {
@@ -72,6 +76,7 @@ impl Default for MeshSettings {
             trust_domain: DEFAULT_TRUST_DOMAIN.into(),
             certificate_lifetime: DEFAULT_CERTIFICATE_LIFETIME,
             lease: DEFAULT_LEASE,
+            tracing: None,
         }
     }
 }
@@ -114,6 +119,11 @@ pub struct ServiceDoc {
     /// Services its workloads call (None: every service they may call).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calls: Option<Vec<String>>,
+    /// A fault every instance's sidecar injects in front of its app (the
+    /// proxy's `fault` type): callers see it as the service failing, so
+    /// their retries apply. HTTP services only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_fault: Option<crate::model::FaultDoc>,
     #[serde(skip)]
     pub(crate) origin: Origin,
 }
@@ -200,6 +210,7 @@ const SERVICE_KEYS: &[&str] = &[
     "traffic",
     "authz",
     "calls",
+    "inbound_fault",
 ];
 /// Cluster keys the control plane sets itself in `traffic`.
 const DERIVED_CLUSTER_KEYS: &[&str] = &["name", "endpoints", "discovery", "tls"];
@@ -278,11 +289,18 @@ fn settings(d: &mut Decoder, node: &Node, path: &str) -> Option<MeshSettings> {
         None => Some(DEFAULT_LEASE),
         Some((n, p)) => duration(d, n, &p, Duration::from_secs(1), Duration::from_secs(3600)),
     };
-    f.finish(d, &["trust_domain", "certificate_lifetime", "lease"]);
+    let tracing = f
+        .take("tracing")
+        .and_then(|(n, p)| crate::model::TracingDoc::decode(d, n, &p));
+    f.finish(
+        d,
+        &["trust_domain", "certificate_lifetime", "lease", "tracing"],
+    );
     Some(MeshSettings {
         trust_domain: trust_domain?,
         certificate_lifetime: certificate_lifetime?,
         lease: lease?,
+        tracing,
     })
 }
 
@@ -357,6 +375,16 @@ fn service(d: &mut Decoder, node: &Node, path: &str) -> Option<ServiceDoc> {
     let calls = f
         .take("calls")
         .map(|(n, p)| crate::decode::list_of(d, n, &p, name).unwrap_or_default());
+    let inbound_fault = f.take("inbound_fault").and_then(|(n, p)| {
+        if protocol == Some(Protocol::Tcp) {
+            d.error(
+                n.mark,
+                &p,
+                "`inbound_fault` applies to `protocol: http` services only",
+            );
+        }
+        crate::model::FaultDoc::decode(d, n, &p)
+    });
     f.finish(d, SERVICE_KEYS);
     Some(ServiceDoc {
         name: service_name?,
@@ -369,6 +397,7 @@ fn service(d: &mut Decoder, node: &Node, path: &str) -> Option<ServiceDoc> {
         traffic,
         authz,
         calls,
+        inbound_fault,
         origin: Origin {
             mark: node.mark,
             path: path.to_owned(),
@@ -558,7 +587,7 @@ mod tests {
     use super::*;
 
     const MESH: &str = "\
-mesh: { trust_domain: shop.local, certificate_lifetime: 1h }
+mesh: { trust_domain: shop.local, certificate_lifetime: 1h, tracing: { sampling: 100 } }
 services:
   - name: product
     port: 9080

@@ -726,7 +726,7 @@ pub struct FaultAbortDoc {
 }
 
 impl FaultDoc {
-    fn decode(d: &mut Decoder, n: &Node, p: &str) -> Option<Self> {
+    pub(crate) fn decode(d: &mut Decoder, n: &Node, p: &str) -> Option<Self> {
         let mut f = Fields::of(d, n, p)?;
         let mut doc = FaultDoc::default();
         let mut ok = true;
