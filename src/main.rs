@@ -52,13 +52,43 @@ enum Command {
     /// container to Kubernetes workloads (like `linkerd inject`): manifests
     /// in (FILE or `-`), manifests out on stdout, notes on stderr.
     Inject(inject::InjectArgs),
-    /// The service-mesh demo (README "The demo").
+    /// The service-mesh demo (README "The demo"): `ringmesh demo` starts it,
+    /// `ringmesh demo step ...` walks through it, `ringmesh demo down` stops it.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// Where the demo keeps its state and logs.
+    #[arg(long, value_name = "DIR", global = true)]
+    dir: Option<PathBuf>,
+    /// Requests per second of the background user (0: none).
+    #[arg(long, default_value_t = 4)]
+    rps: u32,
     #[command(subcommand)]
-    Demo(DemoCommand),
+    command: Option<DemoCommand>,
 }
 
 #[derive(Subcommand, Debug)]
 enum DemoCommand {
+    /// Stop the running demo: every process it started, no port left.
+    Down,
+    /// The services' request lines, interleaved (joined by trace id).
+    Logs {
+        /// Only this service (product, recommendation, review).
+        service: Option<String>,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// One walkthrough step: observe, fault, retry, delay, timeout,
+    /// deploy-v2, canary PERCENT, header-canary, blue-green, reset.
+    Step {
+        /// The step.
+        name: String,
+        /// For `canary`: the percent of calls to v2 (10, 50, 100).
+        percent: Option<u32>,
+    },
     /// One of the demo's services (product, recommendation, review): a
     /// small HTTP app that logs each request with its trace id.
     App {
@@ -74,6 +104,12 @@ enum DemoCommand {
         /// Its sidecar's outbound listener (product calls the others there).
         #[arg(long, value_name = "ADDR")]
         outbound: Option<std::net::SocketAddr>,
+        /// Append request lines to this file instead of stdout.
+        #[arg(long, value_name = "FILE", requires = "log_tag")]
+        log_file: Option<PathBuf>,
+        /// The prefix of those lines (`[TAG] `).
+        #[arg(long, value_name = "TAG")]
+        log_tag: Option<String>,
     },
 }
 
@@ -273,32 +309,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo(DemoCommand::App {
-            service,
-            version,
-            listen,
-            outbound,
-        }) => {
-            let Some(service) = ringmesh_demo::app::Service::parse(&service) else {
-                eprintln!(
-                    "ringmesh demo app: unknown service `{service}` (product, recommendation or review)"
-                );
-                return ExitCode::FAILURE;
-            };
-            let options = ringmesh_demo::app::AppOptions {
-                service,
-                version,
-                listen,
-                outbound,
-            };
-            match ringmesh_demo::app::run(options) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("ringmesh demo app: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::Demo(args) => match demo(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringmesh demo: {e:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
         Command::Ctl(command) => match ctl::run(command) {
             Ok(code) => code,
             Err(e) => {
@@ -325,6 +342,46 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `ringmesh demo [down|logs|step|app]`.
+fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let demo = ringmesh_demo::up::Demo {
+        dir: args
+            .dir
+            .unwrap_or_else(|| std::env::temp_dir().join("ringmesh-demo")),
+        binary: std::env::current_exe().context("locating this binary")?,
+    };
+    match args.command {
+        None => ringmesh_demo::up::up(&demo, args.rps)?,
+        Some(DemoCommand::Down) => ringmesh_demo::up::down(&demo)?,
+        Some(DemoCommand::Logs { service, follow }) => {
+            ringmesh_demo::up::logs(&demo, service.as_deref(), follow)?
+        }
+        Some(DemoCommand::Step { name, percent }) => {
+            ringmesh_demo::step::step(&demo, &name, percent)?
+        }
+        Some(DemoCommand::App {
+            service,
+            version,
+            listen,
+            outbound,
+            log_file,
+            log_tag,
+        }) => {
+            let service = ringmesh_demo::app::Service::parse(&service).ok_or_else(|| {
+                anyhow::anyhow!("unknown service `{service}` (product, recommendation or review)")
+            })?;
+            ringmesh_demo::app::run(ringmesh_demo::app::AppOptions {
+                service,
+                version,
+                listen,
+                outbound,
+                log: log_file.zip(log_tag),
+            })?
+        }
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

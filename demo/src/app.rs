@@ -77,6 +77,9 @@ pub struct AppOptions {
     pub listen: SocketAddr,
     /// Its sidecar's outbound listener (product's calls go there).
     pub outbound: Option<SocketAddr>,
+    /// Append request lines to this file, prefixed with `[tag] ` (the
+    /// demo's interleaved services log), instead of stdout.
+    pub log: Option<(std::path::PathBuf, String)>,
 }
 
 /// Why an app could not run.
@@ -108,7 +111,20 @@ pub fn run(options: AppOptions) -> Result<(), AppError> {
                 addr: options.listen,
                 source,
             })?;
-        let options = std::sync::Arc::new(options);
+        let sink = match &options.log {
+            Some((path, tag)) => Some(LogSink {
+                file: std::sync::Mutex::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map_err(AppError::Runtime)?,
+                ),
+                tag: tag.clone(),
+            }),
+            None => None,
+        };
+        let options = std::sync::Arc::new((options, sink));
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -118,7 +134,7 @@ pub fn run(options: AppOptions) -> Result<(), AppError> {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let options = options.clone();
-                    async move { Ok::<_, Infallible>(handle(&options, req).await) }
+                    async move { Ok::<_, Infallible>(handle(&options.0, options.1.as_ref(), req).await) }
                 });
                 let mut http = hyper::server::conn::http1::Builder::new();
                 http.timer(TokioTimer::new())
@@ -151,7 +167,17 @@ pub fn trace_id(req: &Request<Incoming>) -> String {
     "-".into()
 }
 
-async fn handle(options: &AppOptions, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Where request lines go when not to stdout.
+struct LogSink {
+    file: std::sync::Mutex<std::fs::File>,
+    tag: String,
+}
+
+async fn handle(
+    options: &AppOptions,
+    sink: Option<&LogSink>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
         return json(StatusCode::OK, serde_json::json!({ "status": "ok" }));
@@ -173,7 +199,17 @@ async fn handle(options: &AppOptions, req: Request<Incoming>) -> Response<Full<B
         options.version,
         trace_id(&req)
     );
-    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    match sink {
+        // One append per line: lines of different services interleave whole.
+        Some(sink) => {
+            if let Ok(mut f) = sink.file.lock() {
+                let _ = f.write_all(format!("[{}] {line}", sink.tag).as_bytes());
+            }
+        }
+        None => {
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
+    }
     match options.service {
         Service::Recommendation => json(
             StatusCode::OK,

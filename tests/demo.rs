@@ -1,0 +1,193 @@
+//! `ringmesh demo` end to end, as a user sees it: the gateway answers with
+//! every part named by version, one trace id spans every hop, `fault`
+//! gives about half errors and `retry` takes them away, a 10% canary
+//! sends about 10% to v2, blue/green switches with no failed request, and
+//! `down` leaves no process and no listening port.
+//!
+//! The demo binds fixed ports (8080, 15710-15780): one test, run alone.
+
+mod helpers;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use helpers::proxy::binary;
+
+struct Running {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new(binary())
+            .args(["demo", "--dir"])
+            .arg(self.dir.path())
+            .arg("down")
+            .output();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ringmesh_demo(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .args(["demo", "--dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ringmesh demo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn get(path: &str, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let gateway: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let Ok(mut c) = helpers::http::try_connect(gateway) else {
+        return (0, serde_json::Value::Null);
+    };
+    let mut all = vec![("Host", "127.0.0.1:8080")];
+    all.extend_from_slice(headers);
+    match helpers::http::request(&mut c, "GET", path, &all, b"") {
+        Ok(r) => (
+            r.status,
+            serde_json::from_str(&r.text()).unwrap_or_default(),
+        ),
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+/// Statuses of `n` requests through the gateway.
+fn statuses(n: usize) -> (usize, usize) {
+    let mut ok = 0;
+    for i in 0..n {
+        if get(&format!("/product/{}", i % 10), &[]).0 == 200 {
+            ok += 1;
+        }
+    }
+    (ok, n - ok)
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[test]
+fn the_demo_walkthrough_as_a_user_sees_it() {
+    if listening(8080) {
+        println!("SKIPPED: port 8080 is in use");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(binary())
+        .args(["demo", "--rps", "10", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let demo = Running { child, dir };
+    let d = demo.dir.path();
+    let start = Instant::now();
+    while get("/product/1", &[]).0 != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the demo did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // product's answer, composed, each part naming its version.
+    let (status, body) = get("/product/7", &[]);
+    assert_eq!(status, 200);
+    assert_eq!(body["version"], "v1");
+    assert_eq!(body["review"]["version"], "v1");
+    assert_eq!(body["recommendation"]["version"], "v1");
+    // One trace id spans gateway, product, recommendation and review.
+    let observe = ringmesh_demo(d, &["step", "observe"]);
+    let hops: Vec<&str> = observe.lines().filter(|l| l.contains("trace=")).collect();
+    assert!(
+        hops.iter().any(|l| l.contains("[product-v1] GET /product")),
+        "{observe}"
+    );
+    assert!(
+        hops.iter().any(|l| l.contains("[review-v1] GET /review")),
+        "{observe}"
+    );
+    assert!(
+        hops.iter()
+            .any(|l| l.contains("[recommendation-v1] GET /recommendation")),
+        "{observe}"
+    );
+    // fault: about half of the calls to review fail, and the user sees it.
+    ringmesh_demo(d, &["step", "fault"]);
+    let (ok, failed) = statuses(200);
+    assert!((60..=140).contains(&failed), "{ok} ok, {failed} failed");
+    // retry: the fault stays, the errors go.
+    ringmesh_demo(d, &["step", "retry"]);
+    let (ok, failed) = statuses(300);
+    assert!(ok >= 297, "{ok} ok, {failed} failed");
+    ringmesh_demo(d, &["step", "reset"]);
+    // canary 10: about 10% of the calls to review reach v2.
+    ringmesh_demo(d, &["step", "deploy-v2"]);
+    ringmesh_demo(d, &["step", "canary", "10"]);
+    let mut v2 = 0;
+    for i in 0..400 {
+        let (status, body) = get(&format!("/product/{}", i % 10), &[]);
+        assert_eq!(status, 200);
+        if body["review"]["version"] == "v2" {
+            v2 += 1;
+        }
+    }
+    assert!((20..=65).contains(&v2), "{v2} of 400 to v2");
+    // header canary: x-canary: true goes to v2.
+    ringmesh_demo(d, &["step", "header-canary"]);
+    assert_eq!(
+        get("/product/3", &[("x-canary", "true")]).1["review"]["version"],
+        "v2"
+    );
+    // blue/green: everything switches at once, no request fails meanwhile.
+    let before = ringmesh_demo_tally(d);
+    let loader = std::thread::spawn(|| statuses(150));
+    std::thread::sleep(Duration::from_millis(300));
+    ringmesh_demo(d, &["step", "blue-green"]);
+    let (ok, failed) = loader.join().unwrap();
+    assert_eq!(failed, 0, "{ok} ok during the switch");
+    let after = ringmesh_demo_tally(d);
+    assert_eq!(
+        after.1, before.1,
+        "the background user saw failures during the switch"
+    );
+    for i in 0..20 {
+        assert_eq!(
+            get(&format!("/product/{i}"), &[]).1["review"]["version"],
+            "v2"
+        );
+    }
+    // down: no process, no port.
+    ringmesh_demo(d, &["down"]);
+    for port in [8080u16, 15710, 15720, 15721, 15726, 15750, 15770, 15771] {
+        assert!(!listening(port), "port {port} still listens");
+    }
+    let ps = Command::new("pgrep")
+        .args(["-f", &d.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "left behind: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+}
+
+fn ringmesh_demo_tally(dir: &Path) -> (u64, u64) {
+    ringmesh_demo::step::tally(&ringmesh_demo::up::Demo {
+        dir: dir.to_owned(),
+        binary: binary().into(),
+    })
+}
