@@ -132,6 +132,11 @@ struct ControlArgs {
     /// The operators' token (default: DIR/admin.token, made on first start).
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Serve the mesh-wide dashboard here (plain HTTP, read-only; e.g.
+    /// 127.0.0.1:15711): every workload, who calls whom, rates, success
+    /// and latency, from every joined proxy's metrics.
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -249,6 +254,7 @@ impl JoinArgs {
                 outbound: self.outbound,
                 app_port: self.app_port.ok_or_else(|| missing("--app-port"))?,
                 capture: self.capture,
+                admin: None,
             },
         }))
     }
@@ -299,6 +305,7 @@ fn main() -> ExitCode {
                 state_dir: args.state_dir,
                 server_names: args.server_names,
                 admin_token_file: args.admin_token_file,
+                dashboard: args.dashboard,
             };
             match ringmesh_plane::run(options) {
                 Ok(()) => ExitCode::SUCCESS,

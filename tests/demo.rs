@@ -124,6 +124,56 @@ fn the_demo_walkthrough_as_a_user_sees_it() {
             .any(|l| l.contains("[recommendation-v1] GET /recommendation")),
         "{observe}"
     );
+    // The mesh-wide dashboard: the five workloads and their edges, from
+    // every proxy's metrics.
+    // (Rates need two scrapes, 2s apart.)
+    std::thread::sleep(Duration::from_secs(5));
+    let data = dashboard_data();
+    assert!(
+        data["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["rps"].as_f64().unwrap_or(0.0) > 0.0),
+        "no rate: {data}"
+    );
+    let edges: Vec<String> = data["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} -> {} {}",
+                e["source"].as_str().unwrap(),
+                e["destination"].as_str().unwrap(),
+                e["version"].as_str().unwrap()
+            )
+            .trim()
+            .to_owned()
+        })
+        .collect();
+    for edge in [
+        "clients -> ingress",
+        "ingress -> product v1",
+        "product v1 -> recommendation v1",
+        "product v1 -> review v1",
+    ] {
+        assert!(
+            edges.iter().any(|e| e == edge),
+            "{edge} missing from {edges:?}"
+        );
+    }
+    assert_eq!(data["proxies"].as_array().unwrap().len(), 4);
+    screenshot(
+        "observe",
+        &[
+            "clients",
+            "ingress",
+            "product v1",
+            "review v1",
+            "recommendation v1",
+        ],
+    );
     // fault: about half of the calls to review fail, and the user sees it.
     ringmesh_demo(d, &["step", "fault"]);
     let (ok, failed) = statuses(200);
@@ -145,6 +195,9 @@ fn the_demo_walkthrough_as_a_user_sees_it() {
         }
     }
     assert!((20..=65).contains(&v2), "{v2} of 400 to v2");
+    ringmesh_demo(d, &["step", "canary", "50"]);
+    statuses(40);
+    screenshot("canary50", &["review v2", "review v1"]);
     // header canary: x-canary: true goes to v2.
     ringmesh_demo(d, &["step", "header-canary"]);
     assert_eq!(
@@ -183,6 +236,38 @@ fn the_demo_walkthrough_as_a_user_sees_it() {
         "left behind: {}",
         String::from_utf8_lossy(&ps.stdout)
     );
+}
+
+fn dashboard_data() -> serde_json::Value {
+    let addr: SocketAddr = "127.0.0.1:15711".parse().unwrap();
+    let mut c = helpers::http::connect(addr);
+    let r = helpers::http::request(&mut c, "GET", "/data", &[("Host", "x")], b"").unwrap();
+    assert_eq!(r.status, 200);
+    serde_json::from_str(&r.text()).unwrap()
+}
+
+/// The dashboard in headless Chromium: its DOM names `nodes`; the
+/// screenshot goes to target/demo-dashboard-NAME.png (and docs/ for the
+/// README).
+fn screenshot(name: &str, nodes: &[&str]) {
+    let Some(browser) = helpers::browser::chromium() else {
+        println!("SKIPPED: no chromium for the dashboard screenshots");
+        return;
+    };
+    let url = "http://127.0.0.1:15711/";
+    let dom = helpers::browser::headless(browser, &["--dump-dom"], url);
+    for n in nodes {
+        assert!(
+            dom.contains(&format!("data-node=\"{n}\"")),
+            "{n} not drawn:\n{dom}"
+        );
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shot = root.join(format!("target/demo-dashboard-{name}.png"));
+    let _ = std::fs::remove_file(&shot);
+    helpers::browser::headless(browser, &[&format!("--screenshot={}", shot.display())], url);
+    assert!(shot.exists(), "no screenshot at {}", shot.display());
+    let _ = std::fs::copy(&shot, root.join(format!("docs/demo-dashboard-{name}.png")));
 }
 
 fn ringmesh_demo_tally(dir: &Path) -> (u64, u64) {

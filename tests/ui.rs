@@ -7,7 +7,8 @@
 
 mod helpers;
 
-use std::process::Command;
+use helpers::browser::{chromium, headless};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -15,34 +16,6 @@ use std::time::Duration;
 
 use helpers::http::{self, Reply, Upstream};
 use helpers::proxy::Proxy;
-
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-}
-
-fn headless(browser: &str, args: &[&str], url: &str) -> String {
-    let out = Command::new(browser)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=7000",
-            "--window-size=1400,1150",
-        ])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("chromium");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn the_dashboard_draws_the_graph_tables_and_tap_in_headless_chromium() {

@@ -786,7 +786,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             tokio::spawn(
                 client
                     .clone()
-                    .watch_forever(proxy.clone(), started_with_cache.take()),
+                    .watch_forever(proxy.clone(), started_with_cache.take(), admin_addr),
             )
         });
         wait_for_drain_request(&proxy, signals.term, signals.int).await;

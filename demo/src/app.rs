@@ -20,9 +20,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
 
-/// Headers an app passes on so that its calls join the request's trace
-/// and its request id (Istio's list).
-pub const PROPAGATED: [&str; 9] = [
+/// Headers an app passes on: so that its calls join the request's trace
+/// and request id (Istio's list), and the demo's `x-canary` (as Istio's
+/// bookinfo passes `end-user` on for its header-based routing).
+pub const PROPAGATED: [&str; 10] = [
+    "x-canary",
     "traceparent",
     "tracestate",
     "x-request-id",

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 /// The control plane's address (away from the defaults, so a demo and a
 /// mesh of one's own can run side by side).
 pub const CONTROL: &str = "127.0.0.1:15710";
+/// The mesh-wide dashboard (the control plane's).
+pub const DASHBOARD: &str = "127.0.0.1:15711";
 /// The ingress gateway, where a user (and the background load) calls.
 pub const GATEWAY: &str = "127.0.0.1:8080";
 

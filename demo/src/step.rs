@@ -195,8 +195,8 @@ pub fn step(demo: &Demo, name: &str, arg: Option<u32>) -> Result<(), DemoError> 
                 .and_then(|l| l.rsplit("trace=").next())
                 .map(str::to_owned);
             println!(
-                "dashboard: http://{}/ui (the gateway's proxy: who calls whom, rps, success, latency)",
-                crate::landscape::GATEWAY_PROXY.admin()
+                "dashboard: http://{}/ (every workload, who calls whom, rps, success rate, p99)",
+                crate::landscape::DASHBOARD
             );
             if let Some(t) = trace {
                 println!("one request across every hop (trace {t}):");

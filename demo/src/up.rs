@@ -288,6 +288,8 @@ fn run(demo: &Demo, rps: u32) -> Result<(), DemoError> {
             CONTROL.into(),
             "--state-dir".into(),
             demo.path("cp").display().to_string(),
+            "--dashboard".into(),
+            landscape::DASHBOARD.into(),
         ],
     )?;
     let client = crate::step::Client::wait(demo, Duration::from_secs(20))?;
@@ -316,9 +318,10 @@ fn run(demo: &Demo, rps: u32) -> Result<(), DemoError> {
         let (tally, stop, dir) = (tally.clone(), stop.clone(), demo.dir.clone());
         std::thread::spawn(move || load(gateway, rps, &tally, &stop, &dir));
     }
-    let dashboard = GATEWAY_PROXY.admin();
+    let dashboard = landscape::DASHBOARD;
     println!(
-        "\n  gateway     http://{GATEWAY}/product/7\n  dashboard   http://{dashboard}/ui   (the gateway's proxy)\n  control     https://{CONTROL}   (ringmesh ctl status --control https://localhost:{} --ca {} --token-file {})\n  logs        ringmesh demo logs [product|recommendation|review]\n  walkthrough ringmesh demo step observe | fault | retry | delay | timeout | deploy-v2 | canary 10|50|100 | header-canary | blue-green | reset\n  stop        Ctrl-C, or ringmesh demo down\n",
+        "\n  gateway     http://{GATEWAY}/product/7\n  dashboard   http://{dashboard}/   (the whole mesh; one proxy's own: http://{}/ui)\n  control     https://{CONTROL}   (ringmesh ctl status --control https://localhost:{} --ca {} --token-file {})\n  logs        ringmesh demo logs [product|recommendation|review]\n  walkthrough ringmesh demo step observe | fault | retry | delay | timeout | deploy-v2 | canary 10|50|100 | header-canary | blue-green | reset\n  stop        Ctrl-C, or ringmesh demo down\n",
+        GATEWAY_PROXY.admin(),
         port_of(CONTROL),
         demo.path("cp/ca.pem").display(),
         demo.path("cp/admin.token").display(),

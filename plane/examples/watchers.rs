@@ -43,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     outbound: "127.0.0.1:15001".parse()?,
                     app_port: 8080,
                     capture: false,
+                    admin: None,
                 },
                 applied: None,
                 nonce: None,

@@ -367,6 +367,7 @@ services:
                 .expect("addr"),
             app_port: port + 1000,
             capture: false,
+            admin: None,
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod ca;
+pub mod dashboard;
 pub mod derive;
 pub mod metrics;
 pub mod registry;
@@ -49,6 +50,8 @@ pub struct ControlOptions {
     /// Operators' token file (default: state-dir/admin.token, made on
     /// first start).
     pub admin_token_file: Option<PathBuf>,
+    /// Where the mesh-wide dashboard listens (plain HTTP, read-only).
+    pub dashboard: Option<SocketAddr>,
 }
 
 /// Why the control plane cannot start.
@@ -123,6 +126,7 @@ fn check_derivable(source: &str, mesh: &MeshDoc) -> Result<(), ConfigErrors> {
         outbound: addr(2),
         app_port: 3,
         capture: false,
+        admin: None,
     };
     let stand_ins: Vec<Registration> = mesh
         .services
@@ -464,6 +468,13 @@ pub fn run(options: ControlOptions) -> Result<(), PlaneError> {
             }
         });
         tokio::spawn(server::serve(listener, tls, plane.clone()));
+        if let Some(addr) = options.dashboard {
+            let socket = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| PlaneError::Listen { addr, source })?;
+            tracing::info!(addr = %socket.local_addr().unwrap_or(addr), "mesh dashboard listening");
+            tokio::spawn(dashboard::serve(socket, plane.clone()));
+        }
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())
             .map_err(|e| PlaneError::State(format!("signals: {e}")))?;
@@ -515,6 +526,7 @@ mod tests {
             outbound: SocketAddr::from(([127, 0, 0, 1], 2)),
             app_port: 3,
             capture: false,
+            admin: None,
         };
         let regs: Vec<Registration> = ["a", "b", "c"].iter().map(|w| stand_in(w)).collect();
         let refs: Vec<&Registration> = regs.iter().collect();

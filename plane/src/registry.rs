@@ -461,6 +461,17 @@ impl Registry {
         rows
     }
 
+    /// (node, admin address) of every live proxy that reported one.
+    pub fn admin_addresses(&self) -> Vec<(String, std::net::SocketAddr)> {
+        let inner = self.lock();
+        inner
+            .nodes
+            .values()
+            .filter(|n| n.live)
+            .filter_map(|n| Some((n.registration.node.clone(), n.registration.admin?)))
+            .collect()
+    }
+
     /// What was last derived for `node` (the live row of that name first).
     pub fn config_of(&self, node: &str) -> Option<Arc<Pushed>> {
         let inner = self.lock();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod browser;
 pub mod dns;
 pub mod http;
 pub mod mesh;

@@ -55,6 +55,10 @@ pub struct Registration {
     /// Inbound listener in transparent-capture mode (iptables REDIRECT).
     #[serde(default)]
     pub capture: bool,
+    /// The proxy's admin API, where the mesh-wide dashboard reads its
+    /// metrics (when reachable from the control plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
 }
 
 /// A watch poll.

@@ -40,11 +40,15 @@ impl MeshClient {
         self,
         proxy: Arc<crate::proxy::Proxy>,
         started_with: Option<CachedConfig>,
+        admin: std::net::SocketAddr,
     ) {
         let mut channel = self.channel();
         let cached = started_with;
         let mut request = WatchRequest {
-            registration: self.options.registration.clone(),
+            registration: super::protocol::Registration {
+                admin: Some(admin),
+                ..self.options.registration.clone()
+            },
             applied: cached.as_ref().map(|c| c.version.clone()),
             nonce: None,
             error: None,
