@@ -82,12 +82,14 @@ enum DemoCommand {
         follow: bool,
     },
     /// One walkthrough step: observe, fault, retry, delay, timeout,
-    /// deploy-v2, canary PERCENT, header-canary, blue-green, reset.
+    /// deploy-v2, canary PERCENT, header-canary, blue-green, reset
+    /// (`fault off`, `retry off`... undo one).
     Step {
         /// The step.
         name: String,
-        /// For `canary`: the percent of calls to v2 (10, 50, 100).
-        percent: Option<u32>,
+        /// For `canary`: the percent of calls to v2 (10, 50, 100); `off`
+        /// undoes fault, retry, delay, timeout or header-canary.
+        arg: Option<String>,
     },
     /// One of the demo's services (product, recommendation, review): a
     /// small HTTP app that logs each request with its trace id.
@@ -365,8 +367,8 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         Some(DemoCommand::Logs { service, follow }) => {
             ringmesh_demo::up::logs(&demo, service.as_deref(), follow)?
         }
-        Some(DemoCommand::Step { name, percent }) => {
-            ringmesh_demo::step::step(&demo, &name, percent)?
+        Some(DemoCommand::Step { name, arg }) => {
+            ringmesh_demo::step::step(&demo, &name, arg.as_deref())?
         }
         Some(DemoCommand::App {
             service,

@@ -111,6 +111,15 @@ fn the_demo_walkthrough_as_a_user_sees_it() {
     // One trace id spans gateway, product, recommendation and review.
     let observe = ringmesh_demo(d, &["step", "observe"]);
     let hops: Vec<&str> = observe.lines().filter(|l| l.contains("trace=")).collect();
+    // The gateway started the trace: its access-log line has the same id.
+    let trace = hops
+        .first()
+        .and_then(|l| l.rsplit("trace=").next())
+        .unwrap_or_default();
+    assert!(
+        observe.contains("[ingress-1]") && observe.contains(&format!("trace_id=\"{trace}\"")),
+        "{observe}"
+    );
     assert!(
         hops.iter().any(|l| l.contains("[product-v1] GET /product")),
         "{observe}"
@@ -182,6 +191,10 @@ fn the_demo_walkthrough_as_a_user_sees_it() {
     ringmesh_demo(d, &["step", "retry"]);
     let (ok, failed) = statuses(300);
     assert!(ok >= 297, "{ok} ok, {failed} failed");
+    // Each step can be undone on its own.
+    ringmesh_demo(d, &["step", "fault", "off"]);
+    ringmesh_demo(d, &["step", "retry", "off"]);
+    assert_eq!(statuses(50), (50, 0));
     ringmesh_demo(d, &["step", "reset"]);
     // canary 10: about 10% of the calls to review reach v2.
     ringmesh_demo(d, &["step", "deploy-v2"]);

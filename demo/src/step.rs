@@ -170,8 +170,10 @@ pub fn tally(demo: &Demo) -> (u64, u64) {
     )
 }
 
-/// Runs step `name` (`canary` takes `arg`, a percent).
-pub fn step(demo: &Demo, name: &str, arg: Option<u32>) -> Result<(), DemoError> {
+/// Runs step `name`: `canary` takes a percent; `fault`, `retry`,
+/// `delay`, `timeout` and `header-canary` take `off` to undo them.
+pub fn step(demo: &Demo, name: &str, arg: Option<&str>) -> Result<(), DemoError> {
+    let on = arg != Some("off");
     if demo.running().is_none() {
         return Err(DemoError::NotRunning(demo.dir.display().to_string()));
     }
@@ -200,6 +202,26 @@ pub fn step(demo: &Demo, name: &str, arg: Option<u32>) -> Result<(), DemoError> 
             );
             if let Some(t) = trace {
                 println!("one request across every hop (trace {t}):");
+                // The gateway started the trace: its access-log line.
+                let gateway_log = std::fs::read_to_string(demo.dir.join("logs/ingress-1.log"))
+                    .unwrap_or_default();
+                if let Some(l) = gateway_log
+                    .lines()
+                    .find(|l| l.contains(&format!("trace_id=\"{t}\"")))
+                {
+                    let field = |k: &str| {
+                        l.split(' ')
+                            .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                            .unwrap_or("-")
+                            .to_owned()
+                    };
+                    println!(
+                        "  [ingress-1] {} {} {} (the gateway's access log) trace_id=\"{t}\"",
+                        field("method"),
+                        field("path"),
+                        field("status")
+                    );
+                }
                 for l in log.lines().filter(|l| l.ends_with(&format!("trace={t}"))) {
                     println!("  {l}");
                 }
@@ -207,6 +229,26 @@ pub fn step(demo: &Demo, name: &str, arg: Option<u32>) -> Result<(), DemoError> 
             let (ok, failed) = tally(demo);
             println!("the user so far: {ok} ok, {failed} failed");
             return Ok(());
+        }
+        "fault" if !on => {
+            w.fault = false;
+            look = "review's sidecars no longer inject the fault";
+        }
+        "retry" if !on => {
+            w.retry = false;
+            look = "calls to review are no longer retried";
+        }
+        "delay" if !on => {
+            w.delay = false;
+            look = "review's sidecars no longer delay requests";
+        }
+        "timeout" if !on => {
+            w.timeout = false;
+            look = "calls to review have the default timeout again";
+        }
+        "header-canary" if !on => {
+            w.header_canary = false;
+            look = "x-canary no longer picks v2";
         }
         "fault" => {
             w.fault = true;
@@ -235,7 +277,15 @@ pub fn step(demo: &Demo, name: &str, arg: Option<u32>) -> Result<(), DemoError> 
             return Ok(());
         }
         "canary" => {
-            let p = arg.unwrap_or(10).min(100);
+            let p = match arg.map(str::parse::<u32>) {
+                None => 10,
+                Some(Ok(p)) if p <= 100 => p,
+                Some(_) => {
+                    return Err(DemoError::Start(
+                        "canary takes a percent: 10, 50, 100".into(),
+                    ));
+                }
+            };
             if !v2_deployed() {
                 return Err(DemoError::Start(
                     "deploy v2 first: ringmesh demo step deploy-v2".into(),
@@ -269,7 +319,7 @@ pub fn step(demo: &Demo, name: &str, arg: Option<u32>) -> Result<(), DemoError> 
         }
         other => {
             return Err(DemoError::Start(format!(
-                "unknown step `{other}` (observe, fault, retry, delay, timeout, deploy-v2, canary N, header-canary, blue-green, reset)"
+                "unknown step `{other}` (observe, fault, retry, delay, timeout, deploy-v2, canary N, header-canary, blue-green, reset; `off` after fault, retry, delay, timeout or header-canary undoes it)"
             )));
         }
     }
