@@ -26,6 +26,15 @@ impl App {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
             .parse()
             .unwrap();
+        Self::start_at(addr, service, version, outbound)
+    }
+
+    fn start_at(
+        addr: SocketAddr,
+        service: &str,
+        version: &str,
+        outbound: Option<SocketAddr>,
+    ) -> App {
         let mut cmd = Command::new(binary());
         cmd.args(["demo", "app", "--service", service, "--version", version])
             .args(["--listen", &addr.to_string()]);
@@ -104,34 +113,12 @@ fn product_composes_its_callees_answers_and_every_line_carries_the_trace_id() {
     let product_port = free_port("127.0.0.1");
     let product_sidecar = join("product-1", "product", "v1", product_port);
     cp.wait_synced(&["product-1", "recommendation-1", "review-1"]);
-    let product = {
-        let addr: SocketAddr = format!("127.0.0.1:{product_port}").parse().unwrap();
-        let mut cmd = Command::new(binary());
-        cmd.args(["demo", "app", "--service", "product", "--version", "v1"])
-            .args(["--listen", &addr.to_string()])
-            .args(["--outbound", &product_sidecar.outbound.to_string()]);
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (out, sink) = (child.stdout.take().unwrap(), lines.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let start = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "product did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        App { child, addr, lines }
-    };
+    let product = App::start_at(
+        format!("127.0.0.1:{product_port}").parse().unwrap(),
+        "product",
+        "v1",
+        Some(product_sidecar.outbound),
+    );
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut c = helpers::http::connect(product.addr);
     let r = helpers::http::request(
