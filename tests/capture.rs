@@ -294,7 +294,9 @@ fn an_http_route_forwards_to_the_connections_original_destination() {
 fn breakers_and_connect_failures_count_as_for_any_cluster() {
     let mut ns = netns_or_skip!();
     let app = EchoServer::start();
-    let dead = tcp::closed_port();
+    // On 127.0.0.1, which the redirect rule captures (inside this test's
+    // own namespace, where no other test can take the port).
+    let dead = tcp::closed_port_on("127.0.0.1");
     let proxy = start(
         "uring",
         &outbound(

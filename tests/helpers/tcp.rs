@@ -70,9 +70,17 @@ pub fn serve_each(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Socket
     addr
 }
 
-/// A port on 127.0.0.1 where nothing listens (bound, then closed).
+/// A port where nothing listens (bound on 127.0.0.9, then closed).
 pub fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    // On an address of its own: a port just freed on 127.0.0.1 can be
+    // taken at once by a server of a test running in parallel, and the
+    // "closed" endpoint would answer.
+    closed_port_on("127.0.0.9")
+}
+
+/// A port on `ip` where nothing listens (bound, then closed).
+pub fn closed_port_on(ip: &str) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).expect("bind");
     let addr = l.local_addr().expect("addr");
     drop(l);
     addr
