@@ -260,8 +260,8 @@ fn dashboard_data() -> serde_json::Value {
 }
 
 /// The dashboard in headless Chromium: its DOM names `nodes`; the
-/// screenshot goes to target/demo-dashboard-NAME.png (and docs/ for the
-/// README).
+/// screenshot goes to target/demo-dashboard-NAME.png (and, with
+/// RINGMESH_UPDATE_DOCS set, to docs/ for the README).
 fn screenshot(name: &str, nodes: &[&str]) {
     let Some(browser) = helpers::browser::chromium() else {
         println!("SKIPPED: no chromium for the dashboard screenshots");
@@ -280,7 +280,11 @@ fn screenshot(name: &str, nodes: &[&str]) {
     let _ = std::fs::remove_file(&shot);
     helpers::browser::headless(browser, &[&format!("--screenshot={}", shot.display())], url);
     assert!(shot.exists(), "no screenshot at {}", shot.display());
-    let _ = std::fs::copy(&shot, root.join(format!("docs/demo-dashboard-{name}.png")));
+    // The README's copies are refreshed on request, so that a test run
+    // leaves the work tree as it found it.
+    if std::env::var_os("RINGMESH_UPDATE_DOCS").is_some() {
+        let _ = std::fs::copy(&shot, root.join(format!("docs/demo-dashboard-{name}.png")));
+    }
 }
 
 fn ringmesh_demo_tally(dir: &Path) -> (u64, u64) {
