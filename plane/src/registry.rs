@@ -56,6 +56,22 @@ struct NodeState {
     depends_on: Vec<(String, String)>,
 }
 
+impl NodeState {
+    /// A live instance first heard from `now`, with nothing pushed yet.
+    fn new(registration: Registration, now: Instant) -> NodeState {
+        NodeState {
+            registration,
+            last_seen: now,
+            live: true,
+            acked: None,
+            nack: None,
+            latest: None,
+            certificate_expiry: None,
+            depends_on: Vec::new(),
+        }
+    }
+}
+
 /// Whose configs a change can touch.
 enum Scope {
     /// Every proxy's (the desired state changed).
@@ -170,19 +186,7 @@ impl Registry {
         let now = Instant::now();
         for reg in registrations {
             let k = key(&reg.namespace, &reg.workload, &reg.node);
-            inner.nodes.insert(
-                k,
-                NodeState {
-                    registration: reg,
-                    last_seen: now,
-                    live: true,
-                    acked: None,
-                    nack: None,
-                    latest: None,
-                    certificate_expiry: None,
-                    depends_on: Vec::new(),
-                },
-            );
+            inner.nodes.insert(k, NodeState::new(reg, now));
         }
         self.rederive(&mut inner, Scope::All);
     }
@@ -306,19 +310,9 @@ impl Registry {
                     )));
                 }
                 membership_changed = true;
-                inner.nodes.insert(
-                    k.clone(),
-                    NodeState {
-                        registration: reg.clone(),
-                        last_seen: now,
-                        live: true,
-                        acked: None,
-                        nack: None,
-                        latest: None,
-                        certificate_expiry: None,
-                        depends_on: Vec::new(),
-                    },
-                );
+                inner
+                    .nodes
+                    .insert(k.clone(), NodeState::new(reg.clone(), now));
             }
         }
         if let Some(n) = inner.nodes.get_mut(&k) {
