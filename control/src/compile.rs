@@ -72,7 +72,7 @@ pub fn compile(
         let tls = c
             .tls
             .as_ref()
-            .and_then(|t| client_tls(&mut d, t))
+            .and_then(|t| client_tls(&mut d, t, c.http2))
             .map(Arc::new);
         // Health state is per address and survives snapshots.
         let health = registries.health.cluster(&c.name);
@@ -162,7 +162,10 @@ pub fn compile(
         let stats = stats.listener(&l.name);
         let tls = match &l.tls {
             None => None,
-            Some(t) => server_tls(&mut d, t, l.authz.as_ref(), &stats.authz_denied).map(Arc::new),
+            Some(t) => {
+                let http2 = l.http.as_ref().is_some_and(|h| h.http2.enabled);
+                server_tls(&mut d, t, l.authz.as_ref(), &stats.authz_denied, http2).map(Arc::new)
+            }
         };
         let sni_routes = l
             .sni_routes
@@ -235,6 +238,7 @@ impl Targets<'_> {
             },
             budget: self.http.retry_budget(name, budget.settings()),
             mesh_id: self.http.mesh().destinations.intern(Some(name)),
+            http2: doc.is_some_and(|c| c.http2),
         })
     }
 }
@@ -261,6 +265,14 @@ fn http_handler(
         generate_request_id: h.generate_request_id,
         append_x_forwarded_for: h.append_x_forwarded_for,
         access_log: l.access_log,
+        http2: ringmesh_l7::config::Http2Settings {
+            enabled: h.http2.enabled,
+            max_concurrent_streams: h.http2.max_concurrent_streams,
+            initial_stream_window_size: h.http2.initial_stream_window_size,
+            initial_connection_window_size: h.http2.initial_connection_window_size,
+            max_connection_duration: h.http2.max_connection_duration,
+            ..Default::default()
+        },
     };
     let listener_request = h
         .request_headers
@@ -535,6 +547,7 @@ fn server_tls(
     t: &ListenerTlsDoc,
     authz: Option<&AuthzDoc>,
     denied: &Arc<std::sync::atomic::AtomicU64>,
+    http2: bool,
 ) -> Option<ServerTls> {
     let mut read = |key: &str, path: &str| read_material(d, &t.origin, key, path);
     let cert = read("cert", &t.cert);
@@ -570,9 +583,15 @@ fn server_tls(
             .filter_map(|p| IdentityPattern::parse(p).ok())
             .collect(),
     });
+    // An HTTP listener offers h2 and http/1.1 unless told otherwise.
+    let alpn = match (&t.alpn, http2) {
+        (a, _) if !a.is_empty() => a.clone(),
+        (_, true) => vec!["h2".to_owned(), "http/1.1".to_owned()],
+        (_, false) => Vec::new(),
+    };
     match ServerTls::new(
         &material,
-        &t.alpn,
+        &alpn,
         t.handshake_timeout,
         policy,
         denied.clone(),
@@ -587,7 +606,7 @@ fn server_tls(
 
 /// Reads a cluster's TLS material and builds its client config; problems
 /// are reported at the cluster's `tls` key.
-fn client_tls(d: &mut Decoder, t: &ClusterTlsDoc) -> Option<ClientTls> {
+fn client_tls(d: &mut Decoder, t: &ClusterTlsDoc, http2: bool) -> Option<ClientTls> {
     let mut read = |key: &str, path: &str| read_material(d, &t.origin, key, path);
     let ca = read("ca", &t.ca);
     let identity = match (&t.cert, &t.key) {
@@ -603,11 +622,17 @@ fn client_tls(d: &mut Decoder, t: &ClusterTlsDoc) -> Option<ClientTls> {
         ExpectedPeer::Dns(name) => Some(name.clone()),
         ExpectedPeer::Spiffe(_) => None,
     });
+    // An HTTP/2 cluster offers h2 unless told otherwise.
+    let alpn = match (&t.alpn, http2) {
+        (a, _) if !a.is_empty() => a.clone(),
+        (_, true) => vec!["h2".to_owned()],
+        (_, false) => Vec::new(),
+    };
     match ClientTls::new(
         &material,
         expected,
         sni.as_deref(),
-        &t.alpn,
+        &alpn,
         t.handshake_timeout,
     ) {
         Ok(tls) => Some(tls),

@@ -300,6 +300,27 @@ fn render_http(o: &mut Out, http: &HttpStatsRegistry) {
         }
     }
     o.header(
+        "ringmesh_http_grpc_responses_total",
+        "counter",
+        "gRPC responses by listener, route, cluster and grpc_code (the grpc-status they ended with, from the server or from the proxy's own answer; codes seen so far).",
+    );
+    for ((listener, route, cluster), r) in &routes {
+        for (code, n) in ringmesh_l7::h2::grpc::CODE_NAMES.iter().zip(r.grpc_codes()) {
+            if n > 0 {
+                o.sample(
+                    "ringmesh_http_grpc_responses_total",
+                    &[
+                        ("listener", listener),
+                        ("route", route),
+                        ("cluster", cluster),
+                        ("grpc_code", code),
+                    ],
+                    n,
+                );
+            }
+        }
+    }
+    o.header(
         "ringmesh_http_rate_limited_total",
         "counter",
         "Requests refused with 429 by a local rate limit, by listener and route (`-`: the listener's own limit).",

@@ -24,6 +24,46 @@ pub struct HttpSettings {
     pub append_x_forwarded_for: bool,
     /// Log one line per request.
     pub access_log: bool,
+    /// HTTP/2 towards clients.
+    pub http2: Http2Settings,
+}
+
+/// HTTP/2 on a listener (the listener's `http2:` block); defaults follow
+/// Envoy where it has one, with flow-control windows sized so that one
+/// connection's buffered request data stays bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Settings {
+    /// Accept HTTP/2 (ALPN `h2` on TLS, prior knowledge on plain TCP).
+    /// Default true.
+    pub enabled: bool,
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    /// Default 100.
+    pub max_concurrent_streams: u32,
+    /// Flow-control window of each stream, in bytes. Default 1 MiB.
+    pub initial_stream_window_size: u32,
+    /// Flow-control window of the connection, in bytes: what a client may
+    /// send ahead of the proxy forwarding it. Default 4 MiB.
+    pub initial_connection_window_size: u32,
+    /// Streams reset by the client within a second of opening, of all its
+    /// streams, that close the connection (Rapid Reset, CVE-2023-44487):
+    /// at least this many, and at least half of the streams. Default 100.
+    pub max_premature_resets: u32,
+    /// Close a connection this long after it opened (GOAWAY, streams in
+    /// flight finish). Default none.
+    pub max_connection_duration: Option<Duration>,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            enabled: true,
+            max_concurrent_streams: 100,
+            initial_stream_window_size: 1 << 20,
+            initial_connection_window_size: 4 << 20,
+            max_premature_resets: 100,
+            max_connection_duration: None,
+        }
+    }
 }
 
 impl Default for HttpSettings {
@@ -35,6 +75,7 @@ impl Default for HttpSettings {
             generate_request_id: true,
             append_x_forwarded_for: true,
             access_log: true,
+            http2: Http2Settings::default(),
         }
     }
 }

@@ -27,15 +27,30 @@ pub(crate) async fn answer(
 ) -> After {
     let (whole, close) = c.own_answer_plan(head, true);
     let mut out = buffers::take();
-    let status = match &route.action {
+    let req = RequestView::new(&c.buf, head, &c.fields);
+    let status = write(&mut out, http, route, head, &req, close);
+    record.status = status;
+    c.send_own_answer(out, whole, close).await
+}
+
+/// Writes the answer `route` gives (a redirect or a direct response) as
+/// an HTTP/1.1 response; returns its status. HTTP/2 streams translate it.
+pub(crate) fn write(
+    out: &mut Vec<u8>,
+    http: &HttpListener,
+    route: &Route,
+    head: &RequestHead,
+    req: &RequestView<'_>,
+    close: bool,
+) -> u16 {
+    match &route.action {
         Action::Redirect(r) => {
-            let req = RequestView::new(&c.buf, head, &c.fields);
-            write_redirect(&mut out, r, route, &req, http.tls, close);
+            write_redirect(out, r, route, req, http.tls, close);
             r.status
         }
         Action::Direct(d) => {
             out.extend_from_slice(b"HTTP/1.1 ");
-            push_decimal(&mut out, u64::from(d.status));
+            push_decimal(out, u64::from(d.status));
             out.push(b' ');
             out.extend_from_slice(reason(d.status).as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -46,10 +61,10 @@ pub(crate) async fn answer(
                     out.extend_from_slice(b"content-type: text/plain\r\n");
                 }
                 out.extend_from_slice(b"content-length: ");
-                push_decimal(&mut out, d.body.len() as u64);
+                push_decimal(out, d.body.len() as u64);
                 out.extend_from_slice(b"\r\n");
             }
-            finish_head(&mut out, route, close);
+            finish_head(out, route, close);
             if head.method != Method::Head && !bodyless {
                 out.extend_from_slice(&d.body);
             }
@@ -57,9 +72,7 @@ pub(crate) async fn answer(
         }
         // Not reached: forwarding routes go upstream.
         Action::Forward(_) => 500,
-    };
-    record.status = status;
-    c.send_own_answer(out, whole, close).await
+    }
 }
 
 /// The route's response operations, `connection: close`, the empty line.

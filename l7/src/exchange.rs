@@ -69,7 +69,7 @@ enum SendError {
 
 /// How reading the response head failed.
 #[derive(Debug)]
-enum HeadFailure {
+pub(crate) enum HeadFailure {
     /// The upstream closed or reset before a complete head; `any` when some
     /// response bytes had arrived (then the request is not replayed).
     Closed { any: bool, error: Option<io::Error> },
@@ -235,7 +235,7 @@ pub(crate) async fn forward(
     let sink = tracing.and_then(|t| t.sink.as_ref());
     let sampled = sink.is_some() && trace.is_some_and(|t| t.sampled);
     let mut rewritten = None;
-    let edits = edits_for(leg, c, head, &mut rewritten);
+    let edits = edits_for(leg, (&c.buf, &c.fields), head, &mut rewritten);
     let slots = write::request_head(
         &mut out,
         &c.buf,
@@ -598,9 +598,9 @@ async fn client_failed(
 /// An absolute-form target (`GET http://a.com/p`) goes upstream in origin
 /// form with its authority as `Host` (RFC 9112 §3.2.2: the target's
 /// authority wins over the client's `Host`, and routing used it).
-fn edits_for<'a>(
+pub(crate) fn edits_for<'a>(
     leg: Leg<'a>,
-    c: &'a Client,
+    (buf, fields): (&'a [u8], &'a [Field]),
     head: &RequestHead,
     scratch: &'a mut Option<Vec<u8>>,
 ) -> write::Edits<'a> {
@@ -609,12 +609,12 @@ fn edits_for<'a>(
         ops: &leg.route.request_headers,
         ..write::Edits::NONE
     };
-    let target = head.target.get(&c.buf);
+    let target = head.target.get(buf);
     let absolute = target.first() != Some(&b'/') && target != b"*";
     if rewrite.path.is_none() && rewrite.host.is_none() && !absolute {
         return edits;
     }
-    let req = crate::route::matcher::RequestView::new(&c.buf, head, &c.fields);
+    let req = crate::route::matcher::RequestView::new(buf, head, fields);
     let b = scratch.insert(buffers::take());
     match &rewrite.path {
         Some(p) => crate::rewrite::path(b, &leg.route.matcher, p, &req),
@@ -648,7 +648,7 @@ fn edits_for<'a>(
 }
 
 /// The flag for a failed pick or connect.
-fn connect_flag(e: &ConnectError) -> ResponseFlag {
+pub(crate) fn connect_flag(e: &ConnectError) -> ResponseFlag {
     match e {
         ConnectError::NoEndpoints
         | ConnectError::NoHealthyEndpoints
@@ -1334,7 +1334,7 @@ async fn copy_chunked(
 /// other than 101. Its timeouts run from the end of the request
 /// ([`head_timeout`]); while the body is still going, only the body's
 /// idle timeout watches it.
-async fn read_response_head(
+pub(crate) async fn read_response_head(
     up: &Stream,
     rbuf: &mut Vec<u8>,
     method: Method,
@@ -1400,7 +1400,11 @@ async fn head_timeout(clock: &Clock) -> TimeoutKind {
 }
 
 /// The wait a retryable 429 or 503 asks for in `Retry-After`.
-fn retry_after_of(response: &ResponseHead, rbuf: &[u8], fields: &[Field]) -> Option<Duration> {
+pub(crate) fn retry_after_of(
+    response: &ResponseHead,
+    rbuf: &[u8],
+    fields: &[Field],
+) -> Option<Duration> {
     if !matches!(response.status, 429 | 503) {
         return None;
     }

@@ -86,6 +86,28 @@ impl HeaderOps {
         self.drop.iter().any(|d| d.eq_ignore_ascii_case(name))
     }
 
+    /// Applies the operations to an HTTP/2 message's fields: the dropped
+    /// names removed, the appended fields added (names lowercased, as
+    /// HTTP/2 requires; a field HTTP/2 cannot carry is skipped).
+    pub fn apply(&self, map: &mut http::HeaderMap) {
+        if self.is_empty() {
+            return;
+        }
+        for name in &self.drop {
+            if let Ok(n) = http::HeaderName::from_bytes(name) {
+                map.remove(n);
+            }
+        }
+        for (n, v) in &self.append {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(n),
+                http::HeaderValue::from_bytes(v),
+            ) {
+                map.append(n, v);
+            }
+        }
+    }
+
     /// Writes the appended fields.
     pub fn write_appended(&self, out: &mut Vec<u8>) {
         for (n, v) in &self.append {

@@ -33,6 +33,7 @@ pub mod config;
 mod direct;
 mod exchange;
 pub mod fault;
+pub mod h2;
 pub mod headers;
 pub mod local_reply;
 pub mod mesh;

@@ -112,7 +112,7 @@ impl ResponseFlag {
         }
     }
 
-    fn text(self) -> &'static str {
+    pub(crate) fn text(self) -> &'static str {
         match self {
             ResponseFlag::UpstreamConnectFailure => "upstream connect failed",
             ResponseFlag::NoHealthyUpstream => "no healthy upstream",

@@ -12,7 +12,9 @@
 //! `ringmesh_upstream_replayed_total{cluster}`,
 //! `ringmesh_upstream_bad_responses_total{cluster}`,
 //! `ringmesh_retries_total{cluster,result}`,
-//! `ringmesh_http_timeouts_total{listener,route,cluster,kind}`.
+//! `ringmesh_http_timeouts_total{listener,route,cluster,kind}`,
+//! `ringmesh_http_grpc_responses_total{listener,route,cluster,grpc_code}`,
+//! `ringmesh_http2_connections_closed_total{listener,reason}`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -40,10 +42,20 @@ pub enum Rejection {
     ChunkedBody,
     /// CONNECT (405).
     Connect,
+    /// An HTTP/2 client reset its streams faster than it let them finish
+    /// (CVE-2023-44487): GOAWAY ENHANCE_YOUR_CALM, connection closed.
+    RapidReset,
+    /// An HTTP/2 client broke the protocol on its connection (bad frames,
+    /// a CONTINUATION flood, a header list over the limit, too many
+    /// streams reset before accepted): GOAWAY, connection closed.
+    Http2Protocol,
+    /// An HTTP/2 request the proxy could not take (pseudo-headers it cannot
+    /// forward): the stream is reset or answered 400.
+    Http2Request,
 }
 
 /// Every rejection label, in index order.
-pub const REJECTION_LABELS: [&str; 15] = [
+pub const REJECTION_LABELS: [&str; 18] = [
     "malformed_head",
     "bare_lf",
     "unsupported_version",
@@ -58,6 +70,9 @@ pub const REJECTION_LABELS: [&str; 15] = [
     "header_timeout",
     "invalid_chunked_body",
     "method_connect",
+    "h2_rapid_reset",
+    "h2_protocol_error",
+    "h2_bad_request",
     "other",
 ];
 
@@ -69,6 +84,9 @@ impl Rejection {
             Rejection::HeaderTimeout => "header_timeout",
             Rejection::ChunkedBody => "invalid_chunked_body",
             Rejection::Connect => "method_connect",
+            Rejection::RapidReset => "h2_rapid_reset",
+            Rejection::Http2Protocol => "h2_protocol_error",
+            Rejection::Http2Request => "h2_bad_request",
         }
     }
 
@@ -143,6 +161,8 @@ pub struct RouteCore {
     pub(crate) codes: [Counter; 5],
     pub(crate) duration: Histogram,
     pub(crate) timeouts: [Counter; 3],
+    /// gRPC responses by status code (0-16).
+    pub(crate) grpc: [Counter; 17],
 }
 
 /// Requests of one listener and route that went to (or were meant for)
@@ -163,6 +183,18 @@ impl RouteStats {
     /// Responses by code class.
     pub fn codes(&self) -> [u64; 5] {
         std::array::from_fn(|i| sum(&self.cores, |c| c.codes[i].get()))
+    }
+
+    pub(crate) fn record_grpc(&self, core: usize, code: u8) {
+        if let Some(c) = self.cores.get(core).grpc.get(usize::from(code)) {
+            c.inc();
+        }
+    }
+
+    /// gRPC responses by status code (index = code, names in
+    /// [`crate::h2::grpc::CODE_NAMES`]).
+    pub fn grpc_codes(&self) -> [u64; 17] {
+        std::array::from_fn(|i| sum(&self.cores, |c| c.grpc[i].get()))
     }
 
     /// Request durations.

@@ -6,10 +6,77 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::codec::h1::{FieldKind, RequestHead};
+use ringmesh_core::protocol::ConnectionFacts;
+
+use crate::codec::h1::{Field, FieldKind, RequestHead};
 use crate::config::HttpListener;
 use crate::local_reply::ResponseFlag;
 use crate::server::Client;
+
+/// The downstream side of a request as the record needs it: an HTTP/1.1
+/// connection ([`Client`]) or one HTTP/2 stream.
+pub(crate) trait Downstream {
+    /// The connection's facts.
+    fn facts(&self) -> &ConnectionFacts;
+    /// The client's address as text.
+    fn peer_ip(&self) -> &str;
+    /// The request's access-log text.
+    fn log(&self) -> &LogText;
+    /// The client's identity interned in the mesh metrics.
+    fn mesh_source(&self, mesh: &crate::mesh::MeshStats) -> u16;
+    /// Bytes received from the client so far (this request's counted
+    /// from the record's start).
+    fn received(&self) -> u64;
+    /// Bytes sent to the client so far.
+    fn sent(&self) -> u64;
+}
+
+impl Downstream for Client {
+    fn facts(&self) -> &ConnectionFacts {
+        &self.facts
+    }
+    fn peer_ip(&self) -> &str {
+        &self.peer_ip
+    }
+    fn log(&self) -> &LogText {
+        &self.log
+    }
+    fn mesh_source(&self, mesh: &crate::mesh::MeshStats) -> u16 {
+        Client::mesh_source(self, mesh)
+    }
+    fn received(&self) -> u64 {
+        self.bytes.received.get()
+    }
+    fn sent(&self) -> u64 {
+        self.bytes.sent.get()
+    }
+}
+
+/// The protocol a request arrived with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http10,
+    Http11,
+    Http2,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http10 => "HTTP/1.0",
+            Protocol::Http11 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        }
+    }
+
+    fn version(self) -> &'static [u8] {
+        match self {
+            Protocol::Http10 => b"1.0",
+            Protocol::Http11 => b"1.1",
+            Protocol::Http2 => b"2",
+        }
+    }
+}
 
 /// Text fields of the access log (and of a sampled request's spans),
 /// reused by a connection's requests.
@@ -45,9 +112,11 @@ pub(crate) struct RequestRecord {
     pub span: bool,
     /// The connection's `LogText` holds this request's fields.
     texted: bool,
+    /// The gRPC status the response ended with (gRPC requests).
+    pub grpc_status: Option<u8>,
     /// The id sent upstream when the proxy generated one.
     request_id: Option<[u8; 36]>,
-    minor: u8,
+    pub protocol: Protocol,
     received_before: u64,
     sent_before: u64,
 }
@@ -67,18 +136,35 @@ impl RequestRecord {
         head: &RequestHead,
         c: &mut Client,
     ) -> Self {
+        let sent_before = c.bytes.sent.get();
+        Self::of_head(
+            started,
+            (received_before, sent_before),
+            http,
+            head,
+            (&c.buf, &c.fields),
+            &mut c.log,
+        )
+    }
+
+    /// Starts the record of the request whose head `head` is in `buf`
+    /// (`fields` its fields), whatever the protocol; `bytes` are the
+    /// connection's counts (received, sent) before it.
+    pub fn of_head(
+        started: Instant,
+        bytes: (u64, u64),
+        http: &HttpListener,
+        head: &RequestHead,
+        (buf, fields): (&[u8], &[Field]),
+        text: &mut LogText,
+    ) -> Self {
         let request_id = (http.settings.generate_request_id && !head.has_request_id)
             .then(crate::request_id::uuid_v4);
-        let trace = http
-            .tracing
-            .as_ref()
-            .map(|t| t.start(&c.buf, head, &c.fields));
+        let trace = http.tracing.as_ref().map(|t| t.start(buf, head, fields));
         let recorded = http.tracing.as_ref().is_some_and(|t| t.sink.is_some());
         let span = recorded && trace.is_some_and(|t| t.sampled);
         let texted = http.settings.access_log || span || http.taps.is_active();
         if texted {
-            let text = &mut c.log;
-            let buf = &c.buf;
             let set = |s: &mut String, b: &[u8]| {
                 s.clear();
                 s.push_str(&String::from_utf8_lossy(b));
@@ -92,7 +178,7 @@ impl RequestRecord {
             text.request_id.clear();
             if let Some(id) = &request_id {
                 set(&mut text.request_id, id);
-            } else if let Some(f) = c.fields.iter().find(|f| f.kind == FieldKind::XRequestId) {
+            } else if let Some(f) = fields.iter().find(|f| f.kind == FieldKind::XRequestId) {
                 set(&mut text.request_id, f.value.get(buf));
             }
         }
@@ -108,10 +194,15 @@ impl RequestRecord {
             route: None,
             target: None,
             error: None,
+            grpc_status: None,
             request_id,
-            minor: head.minor,
-            received_before,
-            sent_before: c.bytes.sent.get(),
+            protocol: if head.minor == 0 {
+                Protocol::Http10
+            } else {
+                Protocol::Http11
+            },
+            received_before: bytes.0,
+            sent_before: bytes.1,
         }
     }
 
@@ -123,15 +214,18 @@ impl RequestRecord {
     }
 
     /// Emits the request's metrics and access-log line.
-    pub fn finish(self, http: &HttpListener, c: &Client) {
+    pub fn finish(self, http: &HttpListener, c: &impl Downstream) {
         let elapsed = self.started.elapsed();
-        let core = c.facts.core;
+        let core = c.facts().core;
         let route = self.route.and_then(|i| http.routes.routes().get(i));
         let stats = match route {
             Some(r) => r.stats(self.target),
             None => &http.unrouted,
         };
         stats.record(core, self.status.max(100), elapsed);
+        if let Some(code) = self.grpc_status {
+            stats.record_grpc(core, code);
+        }
         let sink = http.tracing.as_ref().and_then(|t| t.sink.as_ref());
         if let (Some(trace), true, Some(sink)) = (&self.trace, self.span, sink) {
             sink.record(core, |out| self.server_span(out, trace, route, http, c));
@@ -156,8 +250,8 @@ impl RequestRecord {
                     code: self.status,
                     flag: self.flag,
                     duration: elapsed,
-                    request_bytes: c.bytes.received.get() - self.received_before,
-                    response_bytes: c.bytes.sent.get() - self.sent_before,
+                    request_bytes: c.received() - self.received_before,
+                    response_bytes: c.sent() - self.sent_before,
                 },
             );
         }
@@ -188,20 +282,21 @@ impl RequestRecord {
             listener = %http.name,
             route = route.map(|r| &*r.name).unwrap_or("-"),
             cluster = cluster.unwrap_or("-"),
-            peer = %c.facts.peer,
-            method = %c.log.method,
-            authority = %or_dash(&c.log.authority),
-            path = %c.log.path,
-            protocol = if self.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
+            peer = %c.facts().peer,
+            method = %c.log().method,
+            authority = %or_dash(&c.log().authority),
+            path = %c.log().path,
+            protocol = self.protocol.as_str(),
             status = self.status,
+            grpc_status = self.grpc_status.map_or("-", crate::h2::grpc::name),
             flags = self.flag.map(|f| f.as_str()).unwrap_or("-"),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             upstream = endpoint.as_deref().unwrap_or("-"),
             attempts = self.attempts,
-            bytes_received = c.bytes.received.get() - self.received_before,
-            bytes_sent = c.bytes.sent.get() - self.sent_before,
-            identity = c.facts.identity.as_deref().unwrap_or("-"),
-            request_id = %or_dash(&c.log.request_id),
+            bytes_received = c.received() - self.received_before,
+            bytes_sent = c.sent() - self.sent_before,
+            identity = c.facts().identity.as_deref().unwrap_or("-"),
+            request_id = %or_dash(&c.log().request_id),
             trace_id = trace_id,
             error = self.error.as_deref().unwrap_or(""),
             "request"
@@ -215,10 +310,10 @@ impl RequestRecord {
         trace: &crate::trace::Trace,
         route: Option<&crate::route::Route>,
         http: &HttpListener,
-        c: &Client,
+        c: &impl Downstream,
     ) {
         use crate::trace::encode::{Attr, SpanHead, span_attribute, span_body};
-        let text = &c.log;
+        let text = c.log();
         let target = text.path.as_bytes();
         let path = target.split(|&b| b == b'?').next().unwrap_or(target);
         let (start, end) = crate::trace::span_times(self.started);
@@ -247,9 +342,19 @@ impl RequestRecord {
             let scheme: &[u8] = if http.tls { b"https" } else { b"http" };
             span_attribute(out, "url.scheme", Attr::Str(scheme));
             span_attribute(out, "server.address", Attr::Str(text.authority.as_bytes()));
-            span_attribute(out, "network.peer.address", Attr::Str(c.peer_ip.as_bytes()));
-            let version: &[u8] = if self.minor == 0 { b"1.0" } else { b"1.1" };
-            span_attribute(out, "network.protocol.version", Attr::Str(version));
+            span_attribute(
+                out,
+                "network.peer.address",
+                Attr::Str(c.peer_ip().as_bytes()),
+            );
+            span_attribute(
+                out,
+                "network.protocol.version",
+                Attr::Str(self.protocol.version()),
+            );
+            if let Some(code) = self.grpc_status {
+                span_attribute(out, "rpc.grpc.status_code", Attr::Int(i64::from(code)));
+            }
             if self.status > 0 {
                 span_attribute(
                     out,
@@ -279,7 +384,7 @@ impl RequestRecord {
                     Attr::Int(i64::from(self.attempts)),
                 );
             }
-            if let Some(id) = &c.facts.identity {
+            if let Some(id) = &c.facts().identity {
                 span_attribute(out, "ringmesh.peer.identity", Attr::Str(id.as_bytes()));
             }
         });
@@ -292,7 +397,7 @@ impl RequestRecord {
         &self,
         http: &HttpListener,
         route: Option<&crate::route::Route>,
-        c: &Client,
+        c: &impl Downstream,
         elapsed: std::time::Duration,
     ) {
         let cluster = match (route.map(|r| &r.action), self.target) {
@@ -301,7 +406,7 @@ impl RequestRecord {
             }
             _ => None,
         };
-        let text = &c.log;
+        let text = c.log();
         let view = crate::tap::TapView {
             listener: &http.name,
             route: route.map(|r| &*r.name).unwrap_or("-"),
@@ -327,8 +432,8 @@ impl RequestRecord {
                 .endpoint
                 .map_or_else(|| "-".to_owned(), |e| e.to_string()),
             attempts: self.attempts,
-            peer: c.facts.peer.to_string(),
-            identity: c.facts.identity.as_deref().unwrap_or("-").to_owned(),
+            peer: c.facts().peer.to_string(),
+            identity: c.facts().identity.as_deref().unwrap_or("-").to_owned(),
             request_id: if text.request_id.is_empty() {
                 "-".to_owned()
             } else {

@@ -27,7 +27,7 @@ use crate::metrics::{RetryResult, UpstreamStats};
 
 /// The conditions a policy retries on (`on:`), as bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RetryOn(u8);
+pub struct RetryOn(u16);
 
 impl RetryOn {
     /// No connection could be made (connect refused, timed out, TLS).
@@ -49,9 +49,19 @@ impl RetryOn {
     pub const RETRIABLE_4XX: RetryOn = RetryOn(1 << 5);
     /// The statuses in `retriable_status_codes`.
     pub const RETRIABLE_STATUS_CODES: RetryOn = RetryOn(1 << 6);
+    /// gRPC status CANCELLED (1), from the response's headers or trailers.
+    pub const CANCELLED: RetryOn = RetryOn(1 << 7);
+    /// gRPC status DEADLINE_EXCEEDED (4).
+    pub const DEADLINE_EXCEEDED: RetryOn = RetryOn(1 << 8);
+    /// gRPC status INTERNAL (13).
+    pub const INTERNAL: RetryOn = RetryOn(1 << 9);
+    /// gRPC status RESOURCE_EXHAUSTED (8).
+    pub const RESOURCE_EXHAUSTED: RetryOn = RetryOn(1 << 10);
+    /// gRPC status UNAVAILABLE (14).
+    pub const UNAVAILABLE: RetryOn = RetryOn(1 << 11);
 
     /// Every condition by its configuration name.
-    pub const NAMES: [(&'static str, RetryOn); 7] = [
+    pub const NAMES: [(&'static str, RetryOn); 12] = [
         ("connect-failure", RetryOn::CONNECT_FAILURE),
         ("refused-stream", RetryOn::REFUSED_STREAM),
         ("reset", RetryOn::RESET),
@@ -59,6 +69,11 @@ impl RetryOn {
         ("gateway-error", RetryOn::GATEWAY_ERROR),
         ("retriable-4xx", RetryOn::RETRIABLE_4XX),
         ("retriable-status-codes", RetryOn::RETRIABLE_STATUS_CODES),
+        ("cancelled", RetryOn::CANCELLED),
+        ("deadline-exceeded", RetryOn::DEADLINE_EXCEEDED),
+        ("internal", RetryOn::INTERNAL),
+        ("resource-exhausted", RetryOn::RESOURCE_EXHAUSTED),
+        ("unavailable", RetryOn::UNAVAILABLE),
     ];
 
     /// The condition named `name`.
@@ -93,6 +108,10 @@ pub enum Cause {
     PerTryTimeout,
     /// The upstream answered with this status.
     Status(u16),
+    /// A gRPC response (HTTP 200) ended with this `grpc-status`, read from
+    /// its headers (trailers-only) or trailers. A response already being
+    /// streamed to the client is not retried whatever its trailers say.
+    Grpc(u8),
 }
 
 /// Fully jittered exponential backoff (Envoy's): the wait before retry
@@ -160,6 +179,17 @@ impl RetryPolicy {
                     || (s == 409 && self.on.any(O::RETRIABLE_4XX))
                     || (self.on.any(O::RETRIABLE_STATUS_CODES)
                         && self.retriable_status_codes.contains(&s))
+            }
+            Cause::Grpc(code) => {
+                let on = match code {
+                    1 => O::CANCELLED,
+                    4 => O::DEADLINE_EXCEEDED,
+                    8 => O::RESOURCE_EXHAUSTED,
+                    13 => O::INTERNAL,
+                    14 => O::UNAVAILABLE,
+                    _ => return false,
+                };
+                self.on.any(on)
             }
         }
     }
@@ -380,6 +410,29 @@ mod tests {
         assert_eq!(covered(&["retriable-4xx"]), [Status(409)]);
         assert_eq!(covered(&["retriable-status-codes"]), [Status(418)]);
         assert!(covered(&[]).is_empty());
+    }
+
+    #[test]
+    fn grpc_conditions_retry_their_own_status_and_nothing_else() {
+        let p = policy(&["unavailable", "deadline-exceeded"]);
+        assert!(p.retries_on(Cause::Grpc(14)));
+        assert!(p.retries_on(Cause::Grpc(4)));
+        for other in [0, 1, 2, 8, 13, 16] {
+            assert!(!p.retries_on(Cause::Grpc(other)), "code {other}");
+        }
+        // An HTTP status is not a gRPC status, and `5xx` names no gRPC code.
+        assert!(!p.retries_on(Cause::Status(503)));
+        assert!(!policy(&["5xx"]).retries_on(Cause::Grpc(14)));
+        let all = policy(&[
+            "cancelled",
+            "deadline-exceeded",
+            "internal",
+            "resource-exhausted",
+            "unavailable",
+        ]);
+        for code in [1, 4, 8, 13, 14] {
+            assert!(all.retries_on(Cause::Grpc(code)), "code {code}");
+        }
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Target {
     pub budget: Arc<crate::retry::RetryBudget>,
     /// The cluster as the mesh metrics' destination (interned).
     pub mesh_id: u16,
+    /// Speak HTTP/2 to the cluster's endpoints (`http2: true`).
+    pub http2: bool,
 }
 
 /// One cluster of a forwarding route, with its share.

@@ -94,6 +94,8 @@ enum NextHead {
     Rejected,
     /// The client's socket failed.
     Failed(io::Error),
+    /// The connection opened with the HTTP/2 preface (prior knowledge).
+    Http2,
 }
 
 /// Serves one HTTP connection to its end.
@@ -104,6 +106,10 @@ pub(crate) async fn serve(conn: Connection) -> ConnectionEnd {
         listener,
         bytes,
     } = conn;
+    // TLS clients choose HTTP/2 by ALPN.
+    if facts.alpn.as_deref() == Some(b"h2") {
+        return crate::h2::server::serve(stream, facts, listener, bytes, Vec::new()).await;
+    }
     let peer_ip = facts.peer.ip().to_string();
     let hash_key = ringmesh_core::balance::client_key(facts.peer);
     let mut client = Client {
@@ -124,8 +130,21 @@ pub(crate) async fn serve(conn: Connection) -> ConnectionEnd {
         body_unread: false,
     };
     let end = client.run().await;
+    if end.is_none() {
+        // The preface of HTTP/2 with prior knowledge: h2 takes over, with
+        // the bytes read so far.
+        let Client {
+            stream,
+            facts,
+            watch,
+            bytes,
+            buf,
+            ..
+        } = client;
+        return crate::h2::server::serve(stream, facts, watch, bytes, buf).await;
+    }
     buffers::give(std::mem::take(&mut client.buf));
-    end
+    end.unwrap_or_else(|| end_of(CloseReason::Completed, None))
 }
 
 impl Client {
@@ -139,12 +158,14 @@ impl Client {
         i
     }
 
-    async fn run(&mut self) -> ConnectionEnd {
+    /// Serves requests to the connection's end; `None` when the client
+    /// opened with the HTTP/2 preface instead.
+    async fn run(&mut self) -> Option<ConnectionEnd> {
         loop {
             let listener = self.watch.current();
             let Some(http) = http_of(&listener) else {
                 // The listener stopped being HTTP on reload: finish here.
-                return end(CloseReason::Completed, None);
+                return Some(end(CloseReason::Completed, None));
             };
             let settings = http.settings.clone();
             let received_before = self.bytes.received.get();
@@ -152,19 +173,22 @@ impl Client {
                 NextHead::Head(head, started) => (head, started),
                 NextHead::Closed => {
                     let _ = self.stream.finish().await;
-                    return end(CloseReason::Completed, None);
+                    return Some(end(CloseReason::Completed, None));
                 }
-                NextHead::Rejected => return end(CloseReason::Completed, Some("request refused")),
+                NextHead::Rejected => {
+                    return Some(end(CloseReason::Completed, Some("request refused")));
+                }
                 NextHead::Failed(e) => {
-                    return end(CloseReason::DownstreamError, Some(&e.to_string()));
+                    return Some(end(CloseReason::DownstreamError, Some(&e.to_string())));
                 }
+                NextHead::Http2 => return None,
             };
             self.requests += 1;
             self.body_unread = false;
             // The request runs on the config current now, start to end.
             let listener = self.watch.current();
             let Some(http) = http_of(&listener) else {
-                return end(CloseReason::Completed, None);
+                return Some(end(CloseReason::Completed, None));
             };
             let mut record = RequestRecord::new(started, received_before, http, &head, self);
             let after = crate::phases::run(self, &listener, http, &head, &mut record).await;
@@ -184,11 +208,11 @@ impl Client {
                     } else if head.keep_alive || !self.buf.is_empty() || !self.stream.is_plain() {
                         let _ = self.stream.finish().await;
                     }
-                    return end(CloseReason::Completed, None);
+                    return Some(end(CloseReason::Completed, None));
                 }
                 After::Abort => {
                     self.stream.reset();
-                    return end(CloseReason::UpstreamError, flag.map(|f| f.as_str()));
+                    return Some(end(CloseReason::UpstreamError, flag.map(|f| f.as_str())));
                 }
             }
         }
@@ -203,7 +227,12 @@ impl Client {
         let limits = settings.limits;
         let mut started = None;
         loop {
-            if !self.buf.is_empty() {
+            if self.requests == 0 && http.settings.http2.enabled && is_preface(&self.buf) {
+                if self.buf.len() >= crate::h2::server::PREFACE.len() {
+                    return NextHead::Http2;
+                }
+                // Part of the preface: wait for the rest.
+            } else if !self.buf.is_empty() {
                 let first = *started.get_or_insert_with(Instant::now);
                 match h1::parse_request(&self.buf, &limits, &mut self.fields, &mut self.nominated) {
                     Ok(Some(head)) => return NextHead::Head(head, first),
@@ -280,8 +309,10 @@ impl Client {
         let status = match why {
             Rejection::Head(e) => e.status(),
             Rejection::HeaderTimeout => 408,
-            Rejection::ChunkedBody => 400,
+            Rejection::ChunkedBody | Rejection::Http2Request => 400,
             Rejection::Connect => 405,
+            // Not HTTP/1.1 rejections; a connection is closed for them.
+            Rejection::RapidReset | Rejection::Http2Protocol => 400,
         };
         tracing::info!(
             target: "ringmesh::access",
@@ -409,6 +440,13 @@ impl Client {
     }
 }
 
+/// Whether `buf` starts like the HTTP/2 connection preface (and is not
+/// empty): no HTTP/1.1 request line begins with `PRI * HTTP/2.0`.
+fn is_preface(buf: &[u8]) -> bool {
+    let p = crate::h2::server::PREFACE;
+    !buf.is_empty() && buf[..buf.len().min(p.len())] == p[..buf.len().min(p.len())]
+}
+
 /// The HTTP config a listener carries, if it is an HTTP listener.
 pub(crate) fn http_of(listener: &ListenerRef) -> Option<&HttpListener> {
     listener
@@ -416,6 +454,10 @@ pub(crate) fn http_of(listener: &ListenerRef) -> Option<&HttpListener> {
         .as_ref()
         .and_then(|p| p.as_any().downcast_ref::<crate::HttpHandler>())
         .map(|h| &h.config)
+}
+
+fn end_of(reason: CloseReason, error: Option<&str>) -> ConnectionEnd {
+    end(reason, error)
 }
 
 fn end(reason: CloseReason, error: Option<&str>) -> ConnectionEnd {

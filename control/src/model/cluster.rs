@@ -200,6 +200,10 @@ pub struct ClusterDoc {
     pub pool: PoolDoc,
     /// How many HTTP retries the cluster takes (Linkerd's retry budget).
     pub retry_budget: RetryBudgetDoc,
+    /// Speak HTTP/2 to the endpoints (multiplexed connections; needed for
+    /// gRPC). With `tls`, ALPN offers `h2` unless `tls.alpn` says
+    /// otherwise. Default false (HTTP/1.1).
+    pub http2: bool,
     /// How an `original_destination` cluster rewrites each connection's
     /// original destination (`discovery: original_destination` only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -393,6 +397,7 @@ const KEYS: &[&str] = &[
     "panic_threshold",
     "pool",
     "retry_budget",
+    "http2",
     "original_destination",
 ];
 
@@ -533,6 +538,10 @@ impl ClusterDoc {
             None => RetryBudgetDoc::default(),
             Some((n, p)) => RetryBudgetDoc::decode(d, n, &p).unwrap_or_default(),
         };
+        let http2 = match f.take("http2") {
+            None => false,
+            Some((n, p)) => crate::decode::boolean(d, n, &p).unwrap_or(false),
+        };
         f.finish(d, KEYS);
         if by_original {
             for (key, origin) in &noted {
@@ -564,6 +573,7 @@ impl ClusterDoc {
             panic_threshold: panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
             pool,
             retry_budget,
+            http2,
             original_destination,
             name_origin: Origin {
                 mark: name_mark,

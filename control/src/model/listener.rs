@@ -141,8 +141,83 @@ pub struct HttpDoc {
     /// default: this proxy is the destination) or `outbound` (it calls out
     /// on its workload's behalf: the source).
     pub mesh_role: String,
+    /// HTTP/2 towards clients.
+    pub http2: Http2Doc,
     #[serde(skip)]
     pub(crate) routes_origin: Origin,
+}
+
+/// `http2:` of an HTTP listener (README "HTTP/2 and gRPC").
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Http2Doc {
+    /// Accept HTTP/2: ALPN `h2` on TLS, prior knowledge (h2c) on plain
+    /// TCP. Default true.
+    pub enabled: bool,
+    /// Streams a client may have open at once. Default 100 (Envoy's
+    /// recommendation for edge proxies).
+    pub max_concurrent_streams: u32,
+    /// Each stream's flow-control window, bytes. Default 1048576.
+    pub initial_stream_window_size: u32,
+    /// The connection's flow-control window, bytes. Default 4194304.
+    pub initial_connection_window_size: u32,
+    /// Close a connection (GOAWAY, streams finish) this long after it
+    /// opened. Default none.
+    #[serde(serialize_with = "human_opt", skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration: Option<Duration>,
+}
+
+impl Default for Http2Doc {
+    fn default() -> Self {
+        let d = ringmesh_l7::config::Http2Settings::default();
+        Http2Doc {
+            enabled: d.enabled,
+            max_concurrent_streams: d.max_concurrent_streams,
+            initial_stream_window_size: d.initial_stream_window_size,
+            initial_connection_window_size: d.initial_connection_window_size,
+            max_connection_duration: d.max_connection_duration,
+        }
+    }
+}
+
+impl Http2Doc {
+    fn decode(d: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let mut f = Fields::of(d, node, path)?;
+        let mut doc = Http2Doc::default();
+        // RFC 9113 §6.5.2: windows of 65535 to 2^31-1 bytes.
+        const MAX_WINDOW: u64 = (1 << 31) - 1;
+        if let Some((n, p)) = f.take("enabled") {
+            doc.enabled = boolean(d, n, &p)?;
+        }
+        if let Some((n, p)) = f.take("max_concurrent_streams") {
+            doc.max_concurrent_streams = integer(d, n, &p, 1, 10_000)? as u32;
+        }
+        if let Some((n, p)) = f.take("initial_stream_window_size") {
+            doc.initial_stream_window_size = integer(d, n, &p, 65_535, MAX_WINDOW)? as u32;
+        }
+        if let Some((n, p)) = f.take("initial_connection_window_size") {
+            doc.initial_connection_window_size = integer(d, n, &p, 65_535, MAX_WINDOW)? as u32;
+        }
+        if let Some((n, p)) = f.take("max_connection_duration") {
+            doc.max_connection_duration = Some(duration(
+                d,
+                n,
+                &p,
+                Duration::from_millis(1),
+                Duration::from_secs(30 * 86400),
+            )?);
+        }
+        f.finish(
+            d,
+            &[
+                "enabled",
+                "max_concurrent_streams",
+                "initial_stream_window_size",
+                "initial_connection_window_size",
+                "max_connection_duration",
+            ],
+        );
+        Some(doc)
+    }
 }
 
 impl Default for HttpDoc {
@@ -161,6 +236,7 @@ impl Default for HttpDoc {
             response_headers: None,
             rate_limit: None,
             mesh_role: "inbound".to_owned(),
+            http2: Http2Doc::default(),
             routes_origin: Origin::default(),
         }
     }
@@ -182,6 +258,7 @@ const HTTP_KEYS: &[&str] = &[
     "response_headers",
     "rate_limit",
     "mesh_role",
+    "http2",
 ];
 
 impl HttpDoc {
@@ -247,6 +324,7 @@ impl HttpDoc {
                     doc.response_headers = super::HeaderOpsDoc::decode(d, n, &p);
                 }
                 "rate_limit" => doc.rate_limit = super::RateLimitDoc::decode(d, n, &p),
+                "http2" => doc.http2 = Http2Doc::decode(d, n, &p)?,
                 "mesh_role" => match crate::decode::scalar(d, n, &p, "a mesh role")? {
                     v @ ("inbound" | "outbound") => doc.mesh_role = v.to_owned(),
                     v => {

@@ -168,6 +168,7 @@ fn split(weights: &[u32], sticky: Option<Sticky>) -> Forward {
                     pool: Default::default(),
                     budget: registry.retry_budget(&name, Default::default()),
                     mesh_id: 0,
+                    http2: false,
                 },
                 weight,
                 stats: registry.route("l", "r", &name),
