@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod browser;
 pub mod dns;
+pub mod grpc;
 pub mod http;
 pub mod mesh;
 pub mod proxy;
