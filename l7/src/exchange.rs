@@ -52,7 +52,7 @@ pub(crate) const INLINE_BODY: usize = 64 * 1024;
 
 /// How the request side of an exchange failed.
 #[derive(Debug, thiserror::Error)]
-enum SendError {
+pub(crate) enum SendError {
     /// The client's socket failed or it closed mid-body.
     #[error("client: {0}")]
     Client(io::Error),
@@ -153,6 +153,9 @@ pub(crate) async fn forward(
     head: &RequestHead,
     record: &mut RequestRecord,
 ) -> After {
+    if leg.target.http2 {
+        return crate::h2::h1_client::forward(c, http, leg, head, record).await;
+    }
     let core = c.facts.core;
     let cluster = &*leg.target.cluster;
     let policy = leg.forward.retries.as_deref();
@@ -473,7 +476,7 @@ fn client_span(
 /// a chunked body until its end or until [`INLINE_BODY`] bytes of it are
 /// buffered (then it streams, and is not retried). Bytes after the body
 /// (a pipelined request) stay in the buffer.
-async fn buffer_for_replay(
+pub(crate) async fn buffer_for_replay(
     c: &mut Client,
     head: &RequestHead,
     idle: Duration,
@@ -573,7 +576,7 @@ fn inline_body(buf: &[u8], head: &RequestHead, out: &mut Vec<u8>, chunked: bool)
 /// Answers a request whose client failed before it could be sent: a
 /// client that went silent gets 408 (flag `SI`), one that is gone gets
 /// nothing.
-async fn client_failed(
+pub(crate) async fn client_failed(
     c: &mut Client,
     record: &mut RequestRecord,
     leg: Leg<'_>,

@@ -12,10 +12,10 @@
 //! - [`grpc`]: gRPC statuses, `grpc-timeout`, the proxy's gRPC errors;
 //! - [`io`]: core's completion-based stream as the I/O traits h2 drives.
 //!
-//! HTTP/1.1 clients of an HTTP/2 cluster go through
-//! [`request::forward_h1_client`].
+//! HTTP/1.1 clients of an HTTP/2 cluster go through [`h1_client`].
 
 pub mod grpc;
+pub(crate) mod h1_client;
 pub(crate) mod io;
 pub(crate) mod pool;
 pub(crate) mod request;

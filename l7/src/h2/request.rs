@@ -61,7 +61,7 @@ use crate::route::matcher::RequestView;
 use crate::server::http_of;
 
 /// A request body up to this size is kept whole when the route may retry.
-const REPLAY_BODY: usize = crate::exchange::INLINE_BODY;
+pub(crate) const REPLAY_BODY: usize = crate::exchange::INLINE_BODY;
 
 /// Serves one stream to its end.
 pub(crate) async fn serve(
@@ -308,7 +308,7 @@ fn limit_key<'r>(r: &'r Req<'_>, limit: &crate::ratelimit::RateLimit) -> &'r [u8
 }
 
 /// How one attempt ended.
-enum Attempt {
+pub(crate) enum Attempt {
     /// The response (the upstream's) went to the client, or the client
     /// went away: the request is over.
     Done,
@@ -377,15 +377,19 @@ impl Body {
 }
 
 /// How pumping a body stopped early.
-#[derive(Debug)]
-enum Pump {
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Pump {
     /// The receiving side (where the bytes come from) failed or reset.
+    #[error("receiving: {}", .0.as_ref().map_or_else(|| "stream closed".to_owned(), |e| e.to_string()))]
     Recv(Option<h2::Error>),
     /// The sending side failed or reset.
+    #[error("sending: {}", .0.as_ref().map_or_else(|| "stream closed".to_owned(), |e| e.to_string()))]
     Send(Option<h2::Error>),
     /// The HTTP/1.1 side's socket failed, or its body broke framing.
+    #[error("{0}")]
     Io(String),
     /// No bytes for the idle timeout.
+    #[error("no bytes within the idle timeout")]
     Idle,
 }
 
@@ -537,17 +541,17 @@ async fn forward_request(r: &mut Req<'_>, leg: Leg<'_>) {
 }
 
 /// The clocks of one attempt.
-struct Clocks {
+pub(crate) struct Clocks {
     /// The route timeout (bounded by `grpc-timeout`) ends here.
-    deadline: Instant,
-    per_try: Option<Duration>,
-    idle: Duration,
+    pub deadline: Instant,
+    pub per_try: Option<Duration>,
+    pub idle: Duration,
 }
 
 impl Clocks {
     /// When this attempt's wait for a response head ends, and which
     /// timeout that is.
-    fn head_deadline(&self, started: Instant) -> (Instant, TimeoutKind) {
+    pub fn head_deadline(&self, started: Instant) -> (Instant, TimeoutKind) {
         match self.per_try.map(|p| started + p) {
             Some(t) if t < self.deadline => (t, TimeoutKind::PerTry),
             _ => (self.deadline, TimeoutKind::Request),
@@ -594,69 +598,10 @@ async fn attempt_h2(
 ) -> Attempt {
     let core = r.conn.facts.core;
     let cluster = &*leg.target.cluster;
-    let stats = leg.target.stats.cores.get(core);
-    let taken = if fresh {
-        None
-    } else {
-        h2pool::take(cluster, pick.addr, pick.index, false)
-    };
-    let checkout = match taken {
-        Some(c) => {
-            stats.reused.inc();
-            c
-        }
-        None => {
-            let left = clocks.deadline.saturating_duration_since(Instant::now());
-            let opened = rt::timeout(
-                left,
-                h2pool::open(cluster, core, pick, leg.target.pool.idle_timeout),
-            )
-            .await;
-            match opened {
-                None => return r.timed_out(leg, TimeoutKind::Request).await,
-                Some(Ok(c)) => {
-                    stats.new.inc();
-                    c
-                }
-                // At the breaker: queue on the least loaded session.
-                Some(Err(OpenError::Overflow)) => {
-                    match h2pool::take(cluster, pick.addr, pick.index, true) {
-                        Some(c) => c,
-                        None => {
-                            return Attempt::Failed {
-                                cause: None,
-                                flag: ResponseFlag::UpstreamOverflow,
-                                error: None,
-                            };
-                        }
-                    }
-                }
-                Some(Err(OpenError::Connect(e))) => {
-                    if let ConnectError::Exhausted { addr, .. } = &e {
-                        if let Some(i) = cluster.endpoints.iter().position(|x| x.addr == *addr) {
-                            retries.tried(i);
-                        }
-                    }
-                    retries.tried(pick.index);
-                    let cause = matches!(e, ConnectError::Exhausted { .. })
-                        .then_some(Cause::ConnectFailure);
-                    return Attempt::Failed {
-                        cause,
-                        flag: connect_flag(&e),
-                        error: Some(e.to_string()),
-                    };
-                }
-                Some(Err(e)) => {
-                    retries.tried(pick.index);
-                    cluster.record_outcome(core, pick.index, Outcome::LocalOriginFailure);
-                    return Attempt::Failed {
-                        cause: Some(Cause::ConnectFailure),
-                        flag: ResponseFlag::UpstreamConnectFailure,
-                        error: Some(e.to_string()),
-                    };
-                }
-            }
-        }
+    let checkout = match session(leg, core, pick, fresh, clocks, retries).await {
+        Ok(c) => c,
+        Err(Some(attempt)) => return attempt,
+        Err(None) => return r.timed_out(leg, TimeoutKind::Request).await,
     };
     let index = checkout.index;
     let reused = checkout.reused;
@@ -721,8 +666,77 @@ async fn attempt_h2(
     done
 }
 
+/// A session to send the attempt on: a pooled one with a free stream, or
+/// a new one. `Err(None)`: the route timeout passed while connecting;
+/// `Err(Some(_))`: how the attempt failed.
+pub(crate) async fn session(
+    leg: Leg<'_>,
+    core: usize,
+    pick: Pick,
+    fresh: bool,
+    clocks: &Clocks,
+    retries: &mut Retries<'_>,
+) -> Result<h2pool::Checkout, Option<Attempt>> {
+    let cluster = &*leg.target.cluster;
+    let stats = leg.target.stats.cores.get(core);
+    let taken = if fresh {
+        None
+    } else {
+        h2pool::take(cluster, pick.addr, pick.index, false)
+    };
+    if let Some(c) = taken {
+        stats.reused.inc();
+        return Ok(c);
+    }
+    let left = clocks.deadline.saturating_duration_since(Instant::now());
+    let opened = rt::timeout(
+        left,
+        h2pool::open(cluster, core, pick, leg.target.pool.idle_timeout),
+    )
+    .await;
+    match opened {
+        None => Err(None),
+        Some(Ok(c)) => {
+            stats.new.inc();
+            Ok(c)
+        }
+        // At the breaker: queue on the least loaded session.
+        Some(Err(OpenError::Overflow)) => {
+            h2pool::take(cluster, pick.addr, pick.index, true).ok_or(Some(Attempt::Failed {
+                cause: None,
+                flag: ResponseFlag::UpstreamOverflow,
+                error: None,
+            }))
+        }
+        Some(Err(OpenError::Connect(e))) => {
+            if let ConnectError::Exhausted { addr, .. } = &e {
+                if let Some(i) = cluster.endpoints.iter().position(|x| x.addr == *addr) {
+                    retries.tried(i);
+                }
+            }
+            retries.tried(pick.index);
+            let cause =
+                matches!(e, ConnectError::Exhausted { .. }).then_some(Cause::ConnectFailure);
+            Err(Some(Attempt::Failed {
+                cause,
+                flag: connect_flag(&e),
+                error: Some(e.to_string()),
+            }))
+        }
+        Some(Err(e)) => {
+            retries.tried(pick.index);
+            cluster.record_outcome(core, pick.index, Outcome::LocalOriginFailure);
+            Err(Some(Attempt::Failed {
+                cause: Some(Cause::ConnectFailure),
+                flag: ResponseFlag::UpstreamConnectFailure,
+                error: Some(e.to_string()),
+            }))
+        }
+    }
+}
+
 /// An attempt whose stream failed before any response.
-fn failed_stream(
+pub(crate) fn failed_stream(
     cluster: &ringmesh_core::Cluster,
     core: usize,
     index: usize,
@@ -912,7 +926,7 @@ async fn pump(
 }
 
 /// Sends one chunk when the peer's window allows it.
-async fn send_chunk(
+pub(crate) async fn send_chunk(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
     end: bool,
@@ -1574,7 +1588,7 @@ impl Req<'_> {
             }
             other => {
                 self.record.flag = Some(ResponseFlag::UpstreamConnectionTermination);
-                self.record.error = Some(format!("{other:?}"));
+                self.record.error = Some(other.to_string());
                 self.respond.send_reset(h2::Reason::INTERNAL_ERROR);
             }
         }

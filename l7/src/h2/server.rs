@@ -44,7 +44,6 @@ const ABRUPT_LINGER: Duration = Duration::from_secs(1);
 pub(crate) struct ConnCtx {
     pub facts: ConnectionFacts,
     pub watch: ListenerWatch,
-    pub bytes: Rc<ByteCounts>,
     pub peer_ip: String,
     pub hash_key: u64,
     mesh_source: Cell<Option<u16>>,
@@ -129,7 +128,6 @@ pub(crate) async fn serve(
         hash_key: ringmesh_core::balance::client_key(facts.peer),
         facts,
         watch,
-        bytes,
         mesh_source: Cell::new(None),
         streams: Cell::new(0),
         premature: Cell::new(0),
