@@ -363,6 +363,7 @@ fn http_handler(
                             }),
                             abort: f.abort.as_ref().map(|a| Abort {
                                 status: a.status,
+                                grpc_status: a.grpc_status,
                                 per_million: per_million(a.percent),
                             }),
                             headers,

@@ -521,7 +521,11 @@ impl Destination {
     /// workload's behalf (`mesh_role: outbound`): the node is the source,
     /// the cluster called the destination service (Istio's source
     /// reporter knows no more of the destination).
-    fn outbound_labels<'a>(&'a self, cluster: &'a str) -> Vec<(&'a str, &'a str)> {
+    fn outbound_labels<'a>(
+        &'a self,
+        cluster: &'a str,
+        protocol: &'a str,
+    ) -> Vec<(&'a str, &'a str)> {
         vec![
             ("reporter", "source"),
             ("source_workload", &self.workload),
@@ -543,7 +547,7 @@ impl Destination {
             ("destination_canonical_service", "unknown"),
             ("destination_canonical_revision", "unknown"),
             ("destination_cluster", "unknown"),
-            ("request_protocol", "http"),
+            ("request_protocol", protocol),
             ("connection_security_policy", "unknown"),
         ]
     }
@@ -620,13 +624,15 @@ fn render_mesh(o: &mut Out, node: &crate::model::NodeDoc, mesh: &ringmesh_l7::me
         o.header(name, kind, help);
         for s in &series {
             let code = s.code.to_string();
+            let grpc = s.grpc.map(|g| g.to_string()).unwrap_or_default();
+            let protocol = if s.grpc.is_some() { "grpc" } else { "http" };
             let mut labels = match &s.destination {
-                Some(cluster) if s.outbound => destination.outbound_labels(cluster),
-                _ => destination.labels(&s.source, "http"),
+                Some(cluster) if s.outbound => destination.outbound_labels(cluster, protocol),
+                _ => destination.labels(&s.source, protocol),
             };
             labels.extend([
                 ("response_code", code.as_str()),
-                ("grpc_response_status", ""),
+                ("grpc_response_status", grpc.as_str()),
                 ("response_flags", s.flag.map_or("-", |f| f.as_str())),
             ]);
             match name {

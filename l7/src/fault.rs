@@ -33,6 +33,9 @@ pub struct Delay {
 pub struct Abort {
     /// The status answered (200-599).
     pub status: u16,
+    /// The gRPC status answered to gRPC requests (else the one `status`
+    /// maps to).
+    pub grpc_status: Option<u8>,
     /// Share, in parts per million.
     pub per_million: u32,
 }
@@ -59,6 +62,9 @@ pub struct Injected {
     pub delay: Option<Duration>,
     /// Then answer this status instead of forwarding.
     pub abort: Option<u16>,
+    /// A gRPC request is answered this gRPC status (when the abort came
+    /// from the config and names one).
+    pub abort_grpc: Option<u8>,
 }
 
 /// Whether a fault may answer `status`: 200-599 except 204 and 304 (the
@@ -85,6 +91,7 @@ impl Fault {
         if let Some(a) = &self.abort {
             if chance(a.per_million) {
                 out.abort = Some(a.status);
+                out.abort_grpc = a.grpc_status;
             }
         }
         if self.header_control {
@@ -115,6 +122,7 @@ impl Fault {
                     configured,
                 )) {
                     out.abort = Some(status);
+                    out.abort_grpc = None;
                 }
             }
             let ms = value(b"x-ringmesh-fault-delay-request").and_then(|v| v.parse::<u64>().ok());

@@ -132,10 +132,12 @@ impl Default for Table {
 }
 
 /// The key of a label set (never 0: 0 is an empty slot): the source
-/// (inbound) or the destination cluster (outbound, bit 62) in bits 32-47.
-fn key(peer: u16, outbound: bool, code: u16, flag: u8) -> u64 {
+/// (inbound) or the destination cluster (outbound, bit 62) in bits 32-47,
+/// the gRPC status plus one (0: not gRPC) in bits 48-52.
+fn key(peer: u16, outbound: bool, code: u16, flag: u8, grpc: Option<u8>) -> u64 {
     1 << 63
         | u64::from(outbound) << 62
+        | u64::from(grpc.map_or(0, |g| g.min(16) + 1)) << 48
         | u64::from(peer) << 32
         | u64::from(code) << 8
         | u64::from(flag)
@@ -156,6 +158,8 @@ pub struct Sample {
     pub code: u16,
     /// The response flag, if any.
     pub flag: Option<ResponseFlag>,
+    /// The gRPC status (gRPC requests).
+    pub grpc: Option<u8>,
     pub duration: std::time::Duration,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -231,7 +235,7 @@ impl MeshStats {
     /// Counts one request on worker `core`.
     pub fn record(&self, core: usize, s: &Sample) {
         let flag = s.flag.map_or(0, |f| f.index() as u8 + 1);
-        let k = key(s.source, s.outbound, s.code, flag);
+        let k = key(s.source, s.outbound, s.code, flag, s.grpc);
         let table = self.tables.get(core);
         let mut i = (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize % SLOTS;
         let mut slot = &table.slots[SLOTS];
@@ -322,6 +326,11 @@ impl MeshStats {
                         destination: outbound.then(|| self.destinations.name(peer)),
                         code,
                         flag,
+                        grpc: if k == OVERFLOW_KEY {
+                            None
+                        } else {
+                            ((k >> 48 & 0x1f) as u8).checked_sub(1)
+                        },
                         overflow: k == OVERFLOW_KEY,
                         requests: 0,
                         duration: vec![0; DURATION_BUCKETS_MS.len() + 1],
@@ -364,6 +373,8 @@ pub struct Series {
     pub destination: Option<Arc<str>>,
     pub code: u16,
     pub flag: Option<ResponseFlag>,
+    /// The gRPC status (gRPC requests): `request_protocol="grpc"`.
+    pub grpc: Option<u8>,
     /// The worker's table was full: labels beyond the source are unknown.
     pub overflow: bool,
     pub requests: u64,
@@ -402,10 +413,33 @@ mod tests {
             outbound: false,
             code,
             flag: None,
+            grpc: None,
             duration: Duration::from_millis(ms),
             request_bytes: 100,
             response_bytes: 2000,
         }
+    }
+
+    #[test]
+    fn grpc_statuses_are_series_of_their_own() {
+        let m = MeshStats::new(1);
+        let a = m.sources.intern(Some("spiffe://mesh/ns/shop/sa/web"));
+        let ok = Sample {
+            grpc: Some(0),
+            ..sample(a, 200, 1)
+        };
+        let unavailable = Sample {
+            grpc: Some(14),
+            ..sample(a, 200, 1)
+        };
+        m.record(0, &ok);
+        m.record(0, &ok);
+        m.record(0, &unavailable);
+        m.record(0, &sample(a, 200, 1));
+        let mut got: Vec<(Option<u8>, u64)> =
+            m.series().iter().map(|s| (s.grpc, s.requests)).collect();
+        got.sort();
+        assert_eq!(got, [(None, 1), (Some(0), 2), (Some(14), 1)]);
     }
 
     #[test]

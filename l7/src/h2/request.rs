@@ -269,7 +269,7 @@ async fn phases(r: &mut Req<'_>) {
         }
         if let Some(status) = injected.abort {
             counters.aborts.inc();
-            return r.fault_abort(status).await;
+            return r.fault_abort(status, injected.abort_grpc).await;
         }
     }
     let req = RequestView::new(&r.buf, &r.head, &r.fields);
@@ -1519,11 +1519,12 @@ impl Req<'_> {
     }
 
     /// Answers with the fault filter's status (`FI`).
-    async fn fault_abort(&mut self, status: u16) {
+    async fn fault_abort(&mut self, status: u16, grpc_status: Option<u8>) {
         let flag = ResponseFlag::FaultInjected;
         self.record.flag = Some(flag);
         if self.grpc {
-            self.grpc_error(grpc::from_http(status), "fault filter abort (FI)", None);
+            let code = grpc_status.unwrap_or_else(|| grpc::from_http(status));
+            self.grpc_error(code, "fault filter abort (FI)", None);
             return;
         }
         let mut out = buffers::take();
