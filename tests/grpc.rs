@@ -505,3 +505,42 @@ fn a_drain_sends_goaway_and_lets_streams_in_flight_finish() {
     // The Sleep call that was in flight completed normally.
     assert_eq!(out["code"], "OK", "{out}");
 }
+
+#[test]
+fn upstream_sessions_respect_the_servers_stream_limit_and_goaway() {
+    need_peers!();
+    // A server that takes 2 streams per connection: 40 concurrent calls
+    // need more than one upstream connection, and none fails.
+    let server = GrpcServer::start_with("g1", "127.0.0.1:0", &["--max-streams", "2"]);
+    let proxy = grpc_proxy("uring", &[server.addr], "", "");
+    let out = grpc::client(proxy.listener("web"), &["many", "40"]);
+    assert_eq!(out["ok_count"], 40, "{out}");
+    let opened = proxy.metric(
+        "ringmesh_upstream_connections_total",
+        &[("cluster", "grpc")],
+    );
+    assert!(
+        opened >= 2.0,
+        "{opened} upstream connection(s) for 40 calls at 2 streams each"
+    );
+    // A server that sends GOAWAY every 300 ms: calls in flight finish on
+    // the old connection, new ones go to a new one; nothing fails.
+    let server = GrpcServer::start_with("g2", "127.0.0.1:0", &["--max-age-ms", "300"]);
+    let proxy = grpc_proxy("uring", &[server.addr], "", "");
+    let web = proxy.listener("web");
+    let t0 = Instant::now();
+    let mut calls = 0;
+    while t0.elapsed() < Duration::from_secs(2) {
+        let out = grpc::client(web, &["deadline", "5000", "150"]);
+        assert_eq!(out["code"], "OK", "call {calls}: {out}");
+        calls += 1;
+    }
+    let opened = proxy.metric(
+        "ringmesh_upstream_connections_total",
+        &[("cluster", "grpc")],
+    );
+    assert!(
+        opened >= 2.0,
+        "{opened} upstream connection(s) over {calls} calls across GOAWAYs"
+    );
+}

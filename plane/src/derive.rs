@@ -24,7 +24,7 @@ use ringmesh_control::model::Protocol;
 use serde_json::{Value, json};
 
 /// Cluster keys the control plane sets (removed from `traffic`).
-const DERIVED: [&str; 4] = ["name", "endpoints", "discovery", "tls"];
+const DERIVED: [&str; 5] = ["name", "endpoints", "discovery", "tls", "http2"];
 
 /// The Host names callers may use for `s`.
 pub fn hosts(s: &ServiceDoc) -> Vec<String> {
@@ -120,6 +120,9 @@ fn cluster(
         }
         map.insert("name".into(), json!(name));
         map.insert("endpoints".into(), Value::Array(endpoints));
+        if s.http2 {
+            map.insert("http2".into(), json!(true));
+        }
         map.insert(
             "tls".into(),
             json!({
@@ -180,10 +183,14 @@ pub fn derive_indexed(mesh: &MeshDoc, instances: &Instances<'_>, me: &Registrati
             }
         }
         listeners.push(inbound);
-        clusters.push(json!({
+        let mut app = json!({
             "name": "inbound-app",
             "endpoints": [format!("127.0.0.1:{}", me.app_port)],
-        }));
+        });
+        if s.http2 {
+            app["http2"] = json!(true);
+        }
+        clusters.push(app);
     }
     let called = called(mesh, me);
     let mut routes = Vec::new();
@@ -398,6 +405,56 @@ services:
         assert_eq!(routes.len(), 2);
         assert_eq!(routes[0].name.as_deref(), Some("review.canary"));
         assert_eq!(routes[0].matcher.host[0], "review");
+    }
+
+    #[test]
+    fn an_http2_service_is_called_over_http2_by_sidecars_and_its_own() {
+        let text = MESH.replace("    port: 9081\n", "    port: 9081\n    http2: true\n");
+        let mesh = load_mesh("mesh.yaml", &text).expect("mesh");
+        let product = reg("p1", "product", Some("v1"), 7000);
+        let r1 = reg("r1", "review", Some("v1"), 7001);
+        let http2_of = |me: &Registration| -> Vec<(String, bool)> {
+            let doc = derive(&mesh, &[&product, &r1], me);
+            let loaded = ringmesh_control::load("d.json", &doc.to_string())
+                .unwrap_or_else(|e| panic!("{e}\n{doc}"));
+            loaded
+                .clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.http2))
+                .collect()
+        };
+        // product (HTTP/1.1 itself) calls review over HTTP/2, sidecar to
+        // sidecar; review's sidecar reaches its app over HTTP/2.
+        let s = |n: &str, b: bool| (n.to_owned(), b);
+        assert_eq!(
+            http2_of(&product),
+            [
+                s("inbound-app", false),
+                s("review-v1", true),
+                s("review-v2", true)
+            ]
+        );
+        assert_eq!(http2_of(&r1)[0], s("inbound-app", true));
+        // `http2` is the control plane's to derive, not a traffic setting.
+        let bad = MESH.replace(
+            "  - { name: recommendation, port: 9082 }",
+            "  - { name: recommendation, port: 9082, traffic: { http2: true } }",
+        );
+        let errs = load_mesh("mesh.yaml", &bad)
+            .expect_err("refused")
+            .to_string();
+        assert!(errs.contains("derived by the control plane"), "{errs}");
+        let bad = MESH.replace(
+            "  - { name: db, port: 5432, protocol: tcp }",
+            "  - { name: db, port: 5432, protocol: tcp, http2: true }",
+        );
+        let errs = load_mesh("mesh.yaml", &bad)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            errs.contains("`http2` applies to `protocol: http`"),
+            "{errs}"
+        );
     }
 
     #[test]

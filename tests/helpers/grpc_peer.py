@@ -228,12 +228,25 @@ class Echo:
         })
 
 
+def limits(args):
+    """Server options that make a proxy's upstream handling visible: a
+    stream limit (SETTINGS_MAX_CONCURRENT_STREAMS) and a connection age
+    after which the server sends GOAWAY (calls in flight get a grace)."""
+    out = []
+    if args.max_streams:
+        out.append(("grpc.max_concurrent_streams", args.max_streams))
+    if args.max_age_ms:
+        out.append(("grpc.max_connection_age_ms", args.max_age_ms))
+        out.append(("grpc.max_connection_age_grace_ms", 5000))
+    return out
+
+
 def serve(args):
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=args.workers),
         # Without so_reuseport a port-0 bind can never share a port with
         # another test's server.
-        options=MESSAGE_OPTIONS + [("grpc.so_reuseport", 0)],
+        options=MESSAGE_OPTIONS + [("grpc.so_reuseport", 0)] + limits(args),
     )
     server.add_generic_rpc_handlers((Echo(args.name).handler(),))
     if args.tls_cert or args.tls_key:
@@ -573,6 +586,10 @@ def main():
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--workers", type=int, default=256, help="handler threads")
+    p.add_argument("--max-streams", type=int, default=0,
+                   help="SETTINGS_MAX_CONCURRENT_STREAMS (0: grpcio's default)")
+    p.add_argument("--max-age-ms", type=int, default=0,
+                   help="send GOAWAY this long after a connection opens (0: never)")
     client_parser(sub)
     args = parser.parse_args()
     if args.role == "server":

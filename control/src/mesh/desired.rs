@@ -93,6 +93,10 @@ pub struct ServiceDoc {
     pub port: u16,
     /// `http` (routes apply) or `tcp`.
     pub protocol: Protocol,
+    /// The app speaks HTTP/2 (gRPC): sidecars call it, and each other for
+    /// it, over HTTP/2. HTTP services only. Default false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
     /// The workload serving it (default: named like the service): its
     /// identity (`sa/<workload>` in the SPIFFE ID) and the metrics' label.
     pub workload: String,
@@ -204,6 +208,7 @@ const SERVICE_KEYS: &[&str] = &[
     "namespace",
     "port",
     "protocol",
+    "http2",
     "workload",
     "versions",
     "routes",
@@ -213,7 +218,7 @@ const SERVICE_KEYS: &[&str] = &[
     "inbound_fault",
 ];
 /// Cluster keys the control plane sets itself in `traffic`.
-const DERIVED_CLUSTER_KEYS: &[&str] = &["name", "endpoints", "discovery", "tls"];
+const DERIVED_CLUSTER_KEYS: &[&str] = &["name", "endpoints", "discovery", "tls", "http2"];
 
 /// Parses, decodes and validates a `mesh.yaml`. `file` names the source.
 pub fn load_mesh(file: &str, text: &str) -> Result<MeshDoc, ConfigErrors> {
@@ -375,6 +380,20 @@ fn service(d: &mut Decoder, node: &Node, path: &str) -> Option<ServiceDoc> {
     let calls = f
         .take("calls")
         .map(|(n, p)| crate::decode::list_of(d, n, &p, name).unwrap_or_default());
+    let http2 = match f.take("http2") {
+        None => false,
+        Some((n, p)) => {
+            let v = crate::decode::boolean(d, n, &p).unwrap_or(false);
+            if v && protocol == Some(Protocol::Tcp) {
+                d.error(
+                    n.mark,
+                    &p,
+                    "`http2` applies to `protocol: http` services only",
+                );
+            }
+            v
+        }
+    };
     let inbound_fault = f.take("inbound_fault").and_then(|(n, p)| {
         if protocol == Some(Protocol::Tcp) {
             d.error(
@@ -391,6 +410,7 @@ fn service(d: &mut Decoder, node: &Node, path: &str) -> Option<ServiceDoc> {
         namespace: namespace?,
         port: port?,
         protocol: protocol?,
+        http2,
         workload: workload?,
         versions,
         routes,
@@ -449,7 +469,7 @@ fn traffic(d: &mut Decoder, node: &Node, path: &str) -> Option<ClusterDoc> {
                 k.mark,
                 &crate::decode::child(path, text),
                 format!(
-                    "`{text}` is derived by the control plane (endpoints from registered instances, mTLS from the mesh CA)"
+                    "`{text}` is derived by the control plane (endpoints from registered instances, mTLS from the mesh CA, HTTP/2 from the service's `http2`)"
                 ),
             );
             continue;
