@@ -1087,7 +1087,7 @@ async fn attempt_h1(
         };
         send_rest_h1(&mut rest, up, chunked, idle, counts)
             .await
-            .map(|t| Some(t))
+            .map(Some)
     };
     let until = clocks.head_deadline(started);
     let outcome = {

@@ -149,14 +149,15 @@ pub(crate) async fn serve(
             let accept = connection.accept();
             pin_mut!(wait, accept);
             match select(accept, wait).await {
-                Either::Left((Some(Ok(stream)), _)) => Step::Stream(stream),
+                Either::Left((Some(Ok(stream)), _)) => Step::Stream(Box::new(stream)),
                 Either::Left((Some(Err(e)), _)) => Step::Failed(e),
                 Either::Left((None, _)) => Step::Closed,
                 Either::Right((event, _)) => Step::Event(event),
             }
         };
         match step {
-            Step::Stream((req, respond)) => {
+            Step::Stream(stream) => {
+                let (req, respond) = *stream;
                 ctx.streams.set(ctx.streams.get() + 1);
                 ctx.open.set(ctx.open.get() + 1);
                 rt::spawn(super::request::serve(ctx.clone(), req, respond)).detach();
@@ -200,11 +201,12 @@ pub(crate) async fn serve(
 
 /// What one wait on the connection gave.
 enum Step {
+    /// A stream (boxed: it is much larger than the other variants).
     Stream(
-        (
+        Box<(
             http::Request<h2::RecvStream>,
             h2::server::SendResponse<Bytes>,
-        ),
+        )>,
     ),
     Failed(h2::Error),
     Closed,
