@@ -166,15 +166,26 @@ impl AsyncWrite for H2Io {
         Poll::Ready(Ok(data.len()))
     }
 
+    /// Hands what was gathered to the kernel without waiting for the write
+    /// to complete: while one write is in flight, the frames h2 produces
+    /// meanwhile gather into the next one (one system call for many
+    /// streams' frames under load). The write's completion wakes the
+    /// connection's task, whose next flush starts the next write, so
+    /// nothing gathered is left behind; `poll_shutdown` waits for all.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            ready!(this.poll_writing(cx))?;
-            if this.wbuf.is_empty() {
-                return Poll::Ready(Ok(()));
+        if this.writing.is_some() {
+            if let Poll::Ready(Err(e)) = this.poll_writing(cx) {
+                return Poll::Ready(Err(e));
             }
-            this.start_write();
         }
+        if this.writing.is_none() && !this.wbuf.is_empty() {
+            this.start_write();
+            if let Poll::Ready(Err(e)) = this.poll_writing(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
