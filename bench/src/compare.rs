@@ -260,10 +260,49 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Where nginx's stream module comes from: `Ok(Some(path))` for the dynamic
+/// module to load, `Ok(None)` when it is compiled in; an error when this nginx
+/// has none (Debian ships it apart, as `libnginx-mod-stream`).
+fn nginx_stream_module(nginx: &Path) -> Result<Option<String>, String> {
+    if let Some(m) = [
+        "/usr/lib/nginx/modules/ngx_stream_module.so",
+        "/usr/share/nginx/modules/ngx_stream_module.so",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    {
+        return Ok(Some(m.to_owned()));
+    }
+    // `nginx -V` prints its configure arguments on stderr.
+    let built_in = Command::new(nginx)
+        .arg("-V")
+        .output()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stderr).into_owned();
+            text.split_whitespace().any(|arg| arg == "--with-stream")
+        })
+        .unwrap_or(false);
+    if built_in {
+        Ok(None)
+    } else {
+        Err("nginx has no stream module (Debian: apt-get install libnginx-mod-stream)".into())
+    }
+}
+
 fn ensure_available(via: Via, a: &CompareArgs) -> Result<(), String> {
-    if via == Via::Direct || binary(via, a).is_some() {
+    if via == Via::Direct {
         return Ok(());
     }
+    let missing = match binary(via, a) {
+        None => "not installed".to_owned(),
+        Some(bin) => match via {
+            Via::Nginx => match nginx_stream_module(&bin) {
+                Ok(_) => return Ok(()),
+                Err(_) => "nginx has no stream module".to_owned(),
+            },
+            _ => return Ok(()),
+        },
+    };
     let packages: &[&str] = match via {
         Via::Haproxy => &["haproxy"],
         Via::Nginx => &["nginx", "libnginx-mod-stream"],
@@ -273,7 +312,7 @@ fn ensure_available(via: Via, a: &CompareArgs) -> Result<(), String> {
     let root = unsafe { libc::geteuid() } == 0;
     if a.no_install || !root {
         return Err(format!(
-            "not installed; install with: apt-get install {}",
+            "{missing}; install with: apt-get install {}",
             packages.join(" ")
         ));
     }
@@ -285,10 +324,10 @@ fn ensure_available(via: Via, a: &CompareArgs) -> Result<(), String> {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if ok && binary(via, a).is_some() {
-        Ok(())
-    } else {
-        Err(format!("apt-get install {} failed", packages.join(" ")))
+    match binary(via, a) {
+        Some(bin) if ok && via == Via::Nginx => nginx_stream_module(&bin).map(|_| ()),
+        Some(_) if ok => Ok(()),
+        _ => Err(format!("apt-get install {} failed", packages.join(" "))),
     }
 }
 
@@ -350,21 +389,10 @@ fn start_peer(via: Via, b: &Backends, a: &CompareArgs) -> Result<(Option<Peer>, 
             cmd.arg("-f").arg(cfg).arg("-db");
         }
         Via::Nginx => {
-            let module = [
-                "/usr/lib/nginx/modules/ngx_stream_module.so",
-                "/usr/share/nginx/modules/ngx_stream_module.so",
-            ]
-            .into_iter()
-            .find(|p| Path::new(p).exists());
-            let already_loaded =
-                Path::new("/etc/nginx/modules-enabled").exists() && module.is_none();
+            let module = nginx_stream_module(&bin)?;
             vars.push((
                 "LOAD_STREAM_MODULE",
-                match module {
-                    Some(m) => format!("load_module {m};"),
-                    None if already_loaded => String::new(),
-                    None => String::new(),
-                },
+                module.map_or_else(String::new, |m| format!("load_module {m};")),
             ));
             let cfg = work.join("nginx.conf");
             std::fs::write(&cfg, fill(PEER_NGINX, &vars)).map_err(|e| e.to_string())?;
