@@ -38,13 +38,18 @@ pub enum ListenKey {
 impl ListenKey {
     /// The key of a configured listener.
     pub fn of(listener: &ListenerConfig) -> Self {
-        if listener.listen.port() == 0 {
+        Self::new(&listener.name, listener.listen)
+    }
+
+    /// The key of listener `name` configured with address `addr`.
+    pub fn new(name: &Arc<str>, addr: SocketAddr) -> Self {
+        if addr.port() == 0 {
             ListenKey::Ephemeral {
-                name: listener.name.clone(),
-                addr: listener.listen,
+                name: name.clone(),
+                addr,
             }
         } else {
-            ListenKey::Addr(listener.listen)
+            ListenKey::Addr(addr)
         }
     }
 }
@@ -134,14 +139,7 @@ pub(crate) fn bind_group(
     let mut bound = addr;
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers.max(1) {
-        let socket = new_socket(bound).map_err(io_err)?;
-        socket.set_reuse_port(true).map_err(io_err)?;
-        // Accepted sockets inherit TCP_NODELAY from the listener (Linux
-        // clones the listener's socket): one setsockopt per listener
-        // instead of one per connection.
-        socket.set_tcp_nodelay(true).map_err(io_err)?;
-        socket.bind(&bound.into()).map_err(io_err)?;
-        socket.listen(BACKLOG).map_err(io_err)?;
+        let socket = bind_one(bound).map_err(io_err)?;
         if bound.port() == 0 {
             bound = socket
                 .local_addr()
@@ -152,6 +150,40 @@ pub(crate) fn bind_group(
         sockets.push(TcpListener::from(socket));
     }
     Ok((sockets, bound))
+}
+
+/// Binds `count` more sockets into the SO_REUSEPORT group already
+/// listening on `bound` (sockets inherited from the process this one
+/// upgraded, when it ran fewer workers). No check for a foreign listener:
+/// the group is ours.
+pub(crate) fn join_group(
+    name: &Arc<str>,
+    bound: SocketAddr,
+    count: usize,
+) -> Result<Vec<TcpListener>, BindError> {
+    (0..count)
+        .map(|_| {
+            bind_one(bound)
+                .map(TcpListener::from)
+                .map_err(|source| BindError::Io {
+                    name: name.clone(),
+                    addr: bound,
+                    source,
+                })
+        })
+        .collect()
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = new_socket(addr)?;
+    socket.set_reuse_port(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener (Linux clones
+    // the listener's socket): one setsockopt per listener instead of one
+    // per connection.
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! When the proxy drains, each worker closes its listening sockets and
 //! raises this signal. A TCP connection carries on until it ends; an HTTP
 //! connection (l7) answers its request in flight with `Connection: close`
-//! and closes at once if it is idle between requests. The signal is
+//! and closes after a short grace if it is idle between requests. The signal is
 //! worker-local: raising it touches no other core.
 
 use std::cell::{Cell, RefCell};

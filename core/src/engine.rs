@@ -14,7 +14,7 @@ use std::thread;
 use futures_channel::{mpsc, oneshot};
 use thiserror::Error;
 
-use crate::bind::{BindError, ListenKey, bind_group};
+use crate::bind::{BindError, ListenKey, bind_group, join_group};
 use crate::health::HealthRegistry;
 use crate::health::service::HealthService;
 use crate::metrics::StatsRegistry;
@@ -79,6 +79,27 @@ pub struct BoundListener {
     pub bound: SocketAddr,
 }
 
+/// A listening socket group taken over from the process this one upgraded.
+#[derive(Debug)]
+pub struct InheritedListener {
+    /// The listener's name in the old process's config.
+    pub name: Arc<str>,
+    /// Its configured address there (port 0 for an ephemeral port).
+    pub configured: SocketAddr,
+    /// The sockets of its SO_REUSEPORT group, one per old worker.
+    pub sockets: Vec<std::net::TcpListener>,
+}
+
+/// A listener's sockets, duplicated for the next process (see
+/// [`Engine::handover`]).
+#[derive(Debug)]
+pub struct HandoverListener {
+    /// Name, configured and bound address.
+    pub listener: BoundListener,
+    /// Duplicates of every socket of its group.
+    pub sockets: Vec<std::net::TcpListener>,
+}
+
 /// The running data plane.
 pub struct Engine {
     workers: Vec<WorkerHandle>,
@@ -88,6 +109,11 @@ pub struct Engine {
     health: Arc<HealthRegistry>,
     health_service: HealthService,
     bound: HashMap<ListenKey, BoundListener>,
+    /// A duplicate of every socket the workers serve, per listener: what a
+    /// binary upgrade hands over. Closed with the workers' on drain.
+    held: HashMap<ListenKey, Vec<std::net::TcpListener>>,
+    /// Sockets from the previous process not yet claimed by a config.
+    inherited: HashMap<ListenKey, (SocketAddr, Vec<std::net::TcpListener>)>,
     draining: bool,
 }
 
@@ -146,6 +172,8 @@ impl Engine {
             stats: Arc::new(StatsRegistry::new(count)),
             workers,
             bound: HashMap::new(),
+            held: HashMap::new(),
+            inherited: HashMap::new(),
             draining: false,
         })
     }
@@ -185,6 +213,58 @@ impl Engine {
         v
     }
 
+    /// Takes over listening sockets from the process this one upgraded.
+    /// The next [`Engine::apply`] serves each on the listener configured
+    /// with the same address (or, for port 0, the same name and address);
+    /// sockets it does not claim are closed after it. A socket that is not
+    /// a listening TCP socket is closed now and reported.
+    pub fn inherit(&mut self, listeners: Vec<InheritedListener>) -> Vec<String> {
+        let mut refused = Vec::new();
+        for l in listeners {
+            let mut bound = None;
+            let mut sockets = Vec::with_capacity(l.sockets.len());
+            for s in l.sockets {
+                match listening_addr(&s) {
+                    Ok(addr) if bound.is_none_or(|b| b == addr) => {
+                        bound = Some(addr);
+                        sockets.push(s);
+                    }
+                    Ok(addr) => refused.push(format!(
+                        "listener `{}`: a socket bound to {addr}, not {}",
+                        l.name,
+                        bound.unwrap_or(addr)
+                    )),
+                    Err(e) => refused.push(format!("listener `{}`: {e}", l.name)),
+                }
+            }
+            if let Some(bound) = bound {
+                self.inherited
+                    .insert(ListenKey::new(&l.name, l.configured), (bound, sockets));
+            }
+        }
+        refused
+    }
+
+    /// Duplicates of every listening socket, per listener, for the next
+    /// process of a binary upgrade. Empty once draining.
+    pub fn handover(&self) -> std::io::Result<Vec<HandoverListener>> {
+        let mut out = Vec::with_capacity(self.held.len());
+        for (key, sockets) in &self.held {
+            let Some(listener) = self.bound.get(key) else {
+                continue;
+            };
+            out.push(HandoverListener {
+                listener: listener.clone(),
+                sockets: sockets
+                    .iter()
+                    .map(std::net::TcpListener::try_clone)
+                    .collect::<std::io::Result<_>>()?,
+            });
+        }
+        out.sort_by(|a, b| a.listener.name.cmp(&b.listener.name));
+        Ok(out)
+    }
+
     /// Publishes `snapshot` to every worker and waits until all run it.
     /// On error nothing has changed, except in the (unexpected) case of a
     /// worker failing to register a socket it was given.
@@ -193,21 +273,58 @@ impl Engine {
             return Err(EngineError::Draining);
         }
         let n = self.workers.len();
-        // 1. Bind every new address before touching a worker.
-        let mut per_worker: Vec<HashMap<ListenKey, std::net::TcpListener>> =
+        // 1. Bind every new address (or take the inherited sockets) before
+        // touching a worker.
+        let mut per_worker: Vec<HashMap<ListenKey, Vec<std::net::TcpListener>>> =
             (0..n).map(|_| HashMap::new()).collect();
         let mut next_bound = HashMap::with_capacity(snapshot.listeners.len());
+        let mut next_held = HashMap::with_capacity(snapshot.listeners.len());
         for l in &snapshot.listeners {
             let key = ListenKey::of(l);
             if let Some(existing) = self.bound.get(&key) {
                 let mut b = existing.clone();
                 b.name = l.name.clone();
-                next_bound.insert(key, b);
+                next_bound.insert(key.clone(), b);
+                if let Some(held) = self.held.remove(&key) {
+                    next_held.insert(key, held);
+                }
                 continue;
             }
-            let (sockets, bound) = bind_group(&l.name, l.listen, n)?;
+            let (sockets, bound) = match self.inherited.get(&key) {
+                Some((bound, inherited)) => {
+                    let mut sockets = inherited
+                        .iter()
+                        .map(std::net::TcpListener::try_clone)
+                        .collect::<std::io::Result<Vec<_>>>()
+                        .map_err(|source| BindError::Io {
+                            name: l.name.clone(),
+                            addr: *bound,
+                            source,
+                        })?;
+                    // Fewer old workers than ours: the group grows.
+                    sockets.extend(join_group(
+                        &l.name,
+                        *bound,
+                        n.saturating_sub(sockets.len()),
+                    )?);
+                    (sockets, *bound)
+                }
+                None => bind_group(&l.name, l.listen, n)?,
+            };
+            let held = sockets
+                .iter()
+                .map(std::net::TcpListener::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|source| BindError::Io {
+                    name: l.name.clone(),
+                    addr: bound,
+                    source,
+                })?;
+            next_held.insert(key.clone(), held);
+            // More sockets than workers (the old process ran more): some
+            // workers accept from several.
             for (i, s) in sockets.into_iter().enumerate() {
-                per_worker[i].insert(key.clone(), s);
+                per_worker[i % n].entry(key.clone()).or_default().push(s);
             }
             next_bound.insert(
                 key,
@@ -250,6 +367,14 @@ impl Engine {
             }
         }
         self.bound = next_bound;
+        self.held = next_held;
+        // Inherited sockets are claimed by the first config or never: the
+        // old process's listeners this config dropped close now.
+        for (key, (bound, _)) in self.inherited.drain() {
+            if !self.bound.contains_key(&key) {
+                tracing::warn!(addr = %bound, "a listener taken over from the previous process is not in this config: closed");
+            }
+        }
         // The snapshot runs now: its endpoints are the clusters' members.
         for cluster in &snapshot.clusters {
             let members: Vec<_> = cluster.endpoints.iter().map(|e| e.health.clone()).collect();
@@ -282,10 +407,39 @@ impl Engine {
             let _ = ack.await;
         }
         self.bound.clear();
+        // The last descriptors: the kernel stops queueing connections here
+        // (unless a new process took the sockets over).
+        self.held.clear();
+        self.inherited.clear();
     }
 
     /// Downstream connections open on every worker.
     pub fn active_connections(&self) -> u64 {
         self.stats.active_connections()
     }
+}
+
+/// The address `socket` listens on; an error unless it is a listening TCP
+/// socket (what a hand-over must carry).
+fn listening_addr(socket: &std::net::TcpListener) -> std::io::Result<SocketAddr> {
+    use std::os::fd::AsRawFd;
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `listening`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if listening == 0 {
+        return Err(std::io::Error::other("not a listening socket"));
+    }
+    socket.local_addr()
 }

@@ -47,7 +47,9 @@ mod worker;
 pub use balance::{Balancer, LbPolicy};
 pub use bind::{BindError, ListenKey};
 pub use connect::{AttemptError, ConnectError};
-pub use engine::{BoundListener, Engine, EngineError, EngineOptions};
+pub use engine::{
+    BoundListener, Engine, EngineError, EngineOptions, HandoverListener, InheritedListener,
+};
 pub use forward::{BULK_BUFFER, INITIAL_BUFFER, MAX_BUFFER, RING_BUFFER, SUSTAINED_BULK_BYTES};
 pub use metrics::{CloseReason, StatsRegistry};
 pub use runtime::{IoEngine, IoEngineChoice};

@@ -11,13 +11,13 @@ use std::time::Duration;
 use crate::conn::{self, ListenerCtx};
 use crate::fd_share;
 use crate::local_resource::ResourceKind;
-use crate::runtime::{self, TcpListener};
+use crate::runtime::{self, Listener};
 
 /// The listener config new connections pick up; replaced in place on reload.
 pub(crate) type CurrentCtx = Rc<RefCell<Rc<ListenerCtx>>>;
 
 /// Accepts until the task is dropped (listener removed, or drain).
-pub(crate) async fn accept_loop(listener: TcpListener, current: CurrentCtx) {
+pub(crate) async fn accept_loop(listener: Listener, current: CurrentCtx) {
     // Read once per socket: a capturing listener tells a redirected
     // connection from a direct one by comparing with its own address.
     let bound = listener.local_addr().ok();

@@ -16,7 +16,7 @@ pub(crate) use compio::BufResult;
 pub(crate) use compio::buf::IoBuf;
 pub(crate) use compio::driver::BufferRef;
 pub(crate) use compio::io::{AsyncRead, AsyncWriteExt};
-pub(crate) use compio::net::{TcpListener, TcpStream};
+pub(crate) use compio::net::TcpStream;
 
 /// Which I/O driver the operator asked for (`--io-engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -248,12 +248,57 @@ impl<F: Future, T: Future<Output = ()>> Future for Timeout<F, T> {
     }
 }
 
-/// Adopts a listening socket created by the control thread into this
-/// worker's runtime.
-pub(crate) fn listener_from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
-    // The epoll driver needs non-blocking sockets; io_uring does not care.
+/// A worker's listening socket, accepted from by readiness: wait until the
+/// kernel queue holds a connection, then `accept4(2)` without blocking.
+///
+/// Not io_uring's accept operation, on purpose: a queued accept that is
+/// cancelled (the listener removed by a reload, or handed to a new process
+/// during a binary upgrade) can complete in the kernel anyway, and the
+/// connection it took off the queue is then lost. A cancelled readiness
+/// wait takes nothing off the queue: every connection stays there for
+/// whichever process or socket accepts next.
+pub(crate) struct Listener {
+    socket: std::net::TcpListener,
+}
+
+impl Listener {
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The next connection in the queue. Cancellation-safe.
+    pub(crate) async fn accept(&self) -> io::Result<(TcpStream, std::net::SocketAddr)> {
+        use std::os::fd::AsRawFd;
+        loop {
+            // std's accept is accept4(SOCK_CLOEXEC); the socket is
+            // non-blocking, so an empty queue is `WouldBlock`.
+            match self.socket.accept() {
+                Ok((stream, peer)) => return Ok((TcpStream::from_std(stream)?, peer)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    poll_once(
+                        self.socket.as_raw_fd(),
+                        compio::driver::op::Interest::Readable,
+                    )
+                    .await?
+                }
+                // The client gave up while queued, or a signal: try the next.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Adopts a listening socket created by the control thread (or inherited
+/// from the process this one upgraded) into this worker's runtime.
+pub(crate) fn listener_from_std(listener: std::net::TcpListener) -> io::Result<Listener> {
     listener.set_nonblocking(true)?;
-    TcpListener::from_std(listener)
+    Ok(Listener { socket: listener })
 }
 
 /// Opens a TCP connection.

@@ -25,7 +25,7 @@ pub(crate) enum Command {
     /// config), open the new ones from `sockets`, close the others.
     Apply {
         snapshot: Arc<Snapshot>,
-        sockets: HashMap<ListenKey, StdListener>,
+        sockets: HashMap<ListenKey, Vec<StdListener>>,
         done: oneshot::Sender<Result<(), String>>,
     },
     /// Close every listening socket; established connections carry on.
@@ -40,8 +40,8 @@ pub(crate) struct Started {
 
 struct RunningListener {
     current: CurrentCtx,
-    /// Dropping the task cancels the accept loop and closes the socket.
-    _accept: Task<()>,
+    /// Dropping a task cancels its accept loop and closes its socket.
+    _accept: Vec<Task<()>>,
 }
 
 /// The worker thread's body.
@@ -93,7 +93,7 @@ async fn serve_commands(core: usize, mut commands: mpsc::UnboundedReceiver<Comma
 fn apply(
     core: usize,
     snapshot: &Snapshot,
-    sockets: &mut HashMap<ListenKey, StdListener>,
+    sockets: &mut HashMap<ListenKey, Vec<StdListener>>,
     listeners: &mut HashMap<ListenKey, RunningListener>,
 ) -> Result<(), String> {
     let mut next = HashMap::with_capacity(snapshot.listeners.len());
@@ -108,16 +108,19 @@ fn apply(
             next.insert(key, running);
             continue;
         }
-        let Some(socket) = sockets.remove(&key) else {
+        let Some(group) = sockets.remove(&key).filter(|g| !g.is_empty()) else {
             return Err(format!(
                 "listener `{}`: no socket was bound for worker {core}",
                 config.name
             ));
         };
-        let socket = runtime::listener_from_std(socket)
-            .map_err(|e| format!("listener `{}`: cannot register socket: {e}", config.name))?;
         let current: CurrentCtx = Rc::new(RefCell::new(ctx));
-        let accept = runtime::spawn(accept_loop(socket, current.clone()));
+        let mut accept = Vec::with_capacity(group.len());
+        for socket in group {
+            let socket = runtime::listener_from_std(socket)
+                .map_err(|e| format!("listener `{}`: cannot register socket: {e}", config.name))?;
+            accept.push(runtime::spawn(accept_loop(socket, current.clone())));
+        }
         next.insert(
             key,
             RunningListener {

@@ -1,7 +1,7 @@
 //! One downstream HTTP/1.x connection, top to bottom:
 //!
 //! 1. [`Client::next_head`]: wait for a request (idle timeout; a drain
-//!    closes an idle connection at once), read its head within
+//!    closes an idle connection after [`DRAIN_IDLE_GRACE`]), read its head within
 //!    `request_headers_timeout`, parse and check it (`codec::h1`); a bad
 //!    head is answered 400/414/431/501 (408 on timeout) and the connection
 //!    closed;
@@ -30,6 +30,12 @@ use crate::config::HttpListener;
 use crate::local_reply;
 use crate::metrics::Rejection;
 use crate::record::RequestRecord;
+
+/// How long a connection idle between requests stays open once the proxy
+/// drains (or hands over to a new binary). A request arriving meanwhile is
+/// answered, with `Connection: close`, so a client that was just sending
+/// one on a kept-alive connection does not see it closed under its feet.
+pub const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The connection's state kept across requests.
 pub(crate) struct Client {
@@ -269,7 +275,12 @@ impl Client {
                 };
                 let drained = async {
                     if idle {
-                        ringmesh_core::drain::wait().await
+                        ringmesh_core::drain::wait().await;
+                        // A client may be sending its next request on this
+                        // connection right now: for a moment it still gets
+                        // an answer (with `Connection: close`) instead of
+                        // the race of a close against its request.
+                        rt::sleep(DRAIN_IDLE_GRACE).await
                     } else {
                         std::future::pending().await
                     }
