@@ -173,6 +173,16 @@ struct RunArgs {
     /// config are checked for changes (rotation without restart).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     cert_watch_interval: Duration,
+    /// Serve binary upgrades on this Unix socket: a new `ringmesh run
+    /// --upgrade-from PATH` (or SIGUSR2, which starts one) takes the
+    /// listening sockets over, and this process drains.
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
+    /// Take the listening sockets over from the ringmesh serving upgrades
+    /// on PATH, then serve upgrades there (unless --upgrade-socket says
+    /// elsewhere). If this process fails to start, the old one serves on.
+    #[arg(long, value_name = "PATH")]
+    upgrade_from: Option<PathBuf>,
 }
 
 /// Joining a mesh: `ringmesh run --control URL --node NAME ...`.
@@ -408,6 +418,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         drain_timeout: args.drain_timeout,
         cert_watch_interval: args.cert_watch_interval,
+        upgrade_socket: args.upgrade_socket,
+        upgrade_from: args.upgrade_from,
     };
     ringmesh_control::run(options).context("ringmesh run")
 }

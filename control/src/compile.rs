@@ -131,6 +131,14 @@ pub fn compile(
             health_check: c.health_check.as_ref().map(|h| h.0.clone()),
             panic_threshold: c.panic_threshold,
             original_destination,
+            send_proxy_protocol: c.send_proxy_protocol.map(|v| match v {
+                crate::model::ProxyProtocolVersion::V1 => {
+                    ringmesh_core::proxy_protocol::Version::V1
+                }
+                crate::model::ProxyProtocolVersion::V2 => {
+                    ringmesh_core::proxy_protocol::Version::V2
+                }
+            }),
         });
         clusters.insert(c.name.as_str(), cluster.clone());
         ordered.push(cluster);
@@ -202,6 +210,12 @@ pub fn compile(
             access_log: l.access_log,
             zero_copy: l.zero_copy,
             original_destination: l.original_destination,
+            proxy_protocol: l
+                .proxy_protocol
+                .map(|mode| ringmesh_core::AcceptProxyProtocol {
+                    required: mode == crate::model::ProxyProtocolMode::Required,
+                    timeout: l.proxy_protocol_timeout,
+                }),
             tls,
             sni_routes,
             protocol,

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod compile;
 pub mod decode;
 pub mod discovery;
+pub mod handover;
 pub mod limits;
 pub mod mesh;
 pub mod model;
@@ -17,6 +18,8 @@ pub mod otlp;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod upgrade;
+pub mod systemd;
 mod validate;
 pub mod yaml;
 

@@ -44,6 +44,11 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// How often certificate, key and bundle files are checked for changes.
     pub cert_watch_interval: Duration,
+    /// Serve binary upgrades on this Unix socket (see [`crate::handover`]).
+    pub upgrade_socket: Option<PathBuf>,
+    /// Take the listening sockets over from the process serving upgrades
+    /// on this Unix socket, then serve upgrades there.
+    pub upgrade_from: Option<PathBuf>,
 }
 
 /// Why the proxy could not start.
@@ -73,6 +78,9 @@ pub enum RunError {
     /// The proxy cannot join its mesh.
     #[error("joining the mesh: {0}")]
     Join(#[from] crate::mesh::JoinError),
+    /// A binary upgrade could not take the running process's sockets.
+    #[error("upgrade: {0}")]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
 }
 
 /// Why a new config was not applied. The running config is untouched.
@@ -132,7 +140,7 @@ pub struct Applied {
 
 /// State shared by the admin API, the signal handlers and the drain.
 pub struct Proxy {
-    engine: Mutex<Engine>,
+    pub(crate) engine: Mutex<Engine>,
     /// Per-core statistics of the data plane.
     pub stats: Arc<StatsRegistry>,
     /// Endpoint health of every cluster.
@@ -164,8 +172,14 @@ pub struct Proxy {
     /// with no listener until its first push: not ready before).
     configured: AtomicBool,
     admin: crate::model::AdminDoc,
-    draining: AtomicBool,
+    pub(crate) draining: AtomicBool,
     drain_requested: Notify,
+    /// A new process took the sockets over (binary upgrade): this one
+    /// drains without telling systemd or the mesh that the service stops.
+    pub(crate) handed_over: AtomicBool,
+    /// A duplicate of the admin API's listening socket, for the next
+    /// process of a binary upgrade, with its bound address.
+    pub(crate) admin_socket: Option<(SocketAddr, std::net::TcpListener)>,
     reloads_applied: AtomicU64,
     reloads_rejected: AtomicU64,
 }
@@ -654,17 +668,56 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             Some(client)
         }
     };
+    // An upgrade takes the running process's sockets before anything
+    // else: from here on, any failure is reported to it (it keeps serving).
+    let mut inherited = match &options.upgrade_from {
+        Some(path) => Some(crate::handover::take_over(path)?),
+        None => None,
+    };
+    let result = serve(
+        options,
+        source,
+        document,
+        token,
+        runtime,
+        mesh,
+        started_with_cache,
+        &mut inherited,
+    );
+    if let (Err(e), Some(inherited)) = (&result, inherited) {
+        inherited.answer.failed(&e.to_string());
+    }
+    result
+}
+
+/// `run` once the config is loaded (and, on an upgrade, the sockets taken).
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    options: RunOptions,
+    source: String,
+    document: Document,
+    token: Option<Vec<u8>>,
+    runtime: tokio::runtime::Runtime,
+    mesh: Option<crate::mesh::MeshClient>,
+    mut started_with_cache: Option<crate::mesh::client::CachedConfig>,
+    inherited: &mut Option<crate::handover::Inherited>,
+) -> Result<(), RunError> {
     let fd_share = ringmesh_core::fd_share::reserve(crate::admin::server::RESERVED_DESCRIPTORS);
     tracing::info!(
         limit = fd_share.limit,
         data_plane_ceiling = fd_share.ceiling,
         "file descriptors: the data plane stops below the ceiling; the rest is kept for the admin API and reloads"
     );
-    let engine = Engine::start(&EngineOptions {
+    let mut engine = Engine::start(&EngineOptions {
         workers: options.workers,
         io_engine: options.io_engine,
         pin_workers: true,
     })?;
+    if let Some(inherited) = inherited.as_mut() {
+        for refused in engine.inherit(std::mem::take(&mut inherited.listeners)) {
+            tracing::warn!(reason = %refused, "upgrade: an inherited socket is unusable and was closed");
+        }
+    }
     if let Some(reason) = engine.fallback_reason() {
         tracing::warn!(reason, "io_uring is unavailable; falling back to epoll");
     }
@@ -714,12 +767,27 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             tracing::info!(listener = %l.name, addr = %l.bound, "listening");
         }
         let admin_listen = document.admin.listen;
-        let admin_socket = tokio::net::TcpListener::bind(admin_listen)
-            .await
-            .map_err(|e| RunError::Admin {
-                addr: admin_listen,
-                source: e,
-            })?;
+        let admin_error = |source| RunError::Admin {
+            addr: admin_listen,
+            source,
+        };
+        // An upgrade keeps the admin API's socket when the address is the
+        // same (port 0: whatever the old process was given).
+        let inherited_admin = inherited
+            .as_mut()
+            .and_then(|i| i.admin.take())
+            .filter(|(bound, _)| {
+                *bound == admin_listen
+                    || (admin_listen.port() == 0 && bound.ip() == admin_listen.ip())
+            })
+            .map(|(_, socket)| socket);
+        let admin_std = match inherited_admin {
+            Some(socket) => socket,
+            None => std::net::TcpListener::bind(admin_listen).map_err(admin_error)?,
+        };
+        admin_std.set_nonblocking(true).map_err(admin_error)?;
+        let admin_keep = admin_std.try_clone().map_err(admin_error)?;
+        let admin_socket = tokio::net::TcpListener::from_std(admin_std).map_err(admin_error)?;
         let admin_addr = admin_socket.local_addr().unwrap_or(admin_listen);
         let policy = crate::admin::guard::AdminPolicy {
             bound: admin_addr,
@@ -766,6 +834,8 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             admin,
             draining: AtomicBool::new(false),
             drain_requested: Notify::new(),
+            handed_over: AtomicBool::new(false),
+            admin_socket: Some((admin_addr, admin_keep)),
             reloads_applied: AtomicU64::new(1),
             reloads_rejected: AtomicU64::new(0),
         });
@@ -773,9 +843,32 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
         // SIGHUP or SIGTERM arriving earlier would take the default action
         // (terminate).
         let signals = Signals::install();
-        tokio::spawn(crate::admin::serve(admin_socket, proxy.clone(), policy));
+        let admin_task = tokio::spawn(crate::admin::serve(admin_socket, proxy.clone(), policy));
         tokio::spawn(reload_on_sighup(proxy.clone(), signals.hup));
         tracing::info!(addr = %admin_addr, "admin API listening");
+        // Serving: an upgrade's old process may stop now. Then this one
+        // serves upgrades in turn, on the same path unless told otherwise.
+        if let Some(inherited) = inherited.take() {
+            let old_pid = inherited.answer.old_pid;
+            match inherited.answer.ready(crate::handover::READY_TIMEOUT) {
+                Ok(()) => tracing::info!(addr = %admin_addr, old_pid, "upgrade complete: serving on the inherited sockets; the old process drains"),
+                Err(e) => tracing::warn!(error = %e, old_pid, "upgrade: the old process did not confirm it stopped accepting; serving anyway"),
+            }
+        }
+        let upgrade_socket = options.upgrade_socket.clone().or(options.upgrade_from.clone());
+        if let Some(path) = upgrade_socket {
+            match crate::upgrade::listen(&path) {
+                Ok(listener) => {
+                    tracing::info!(socket = %path.display(), "serving binary upgrades (ringmesh run --upgrade-from, or SIGUSR2)");
+                    tokio::spawn(crate::handover::serve_upgrades(proxy.clone(), listener, admin_task.abort_handle()));
+                    if let Some(successor) = crate::handover::Successor::of_this_process(path) {
+                        tokio::spawn(crate::handover::upgrade_on_sigusr2(successor));
+                    }
+                }
+                Err(e) => tracing::error!(socket = %path.display(), error = %e, "cannot serve binary upgrades"),
+            }
+        }
+        crate::systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
         tokio::spawn(watch_certificates(
             proxy.clone(),
             options.cert_watch_interval,
@@ -790,6 +883,10 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             )
         });
         wait_for_drain_request(&proxy, signals.term, signals.int).await;
+        let handed_over = proxy.handed_over.load(Ordering::Relaxed);
+        if !handed_over {
+            crate::systemd::notify("STOPPING=1");
+        }
         if let (Some(client), Some(watch)) = (&mesh, watch) {
             // Leave first: callers stop picking this instance while its
             // open connections finish. The watch stops before, so that no
@@ -797,7 +894,10 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
             proxy.draining.store(true, Ordering::Relaxed);
             watch.abort();
             let _ = watch.await;
-            client.leave().await;
+            // After an upgrade the new process is this instance.
+            if !handed_over {
+                client.leave().await;
+            }
         }
         proxy.drain(options.drain_timeout).await;
         Ok(())
@@ -853,7 +953,13 @@ async fn wait_for_drain_request(
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
-        _ = proxy.drain_requested.notified() => tracing::info!("POST /drain: draining"),
+        _ = proxy.drain_requested.notified() => {
+            if proxy.handed_over.load(Ordering::Relaxed) {
+                tracing::info!("upgrade: draining")
+            } else {
+                tracing::info!("POST /drain: draining")
+            }
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! 1. [`admit`]: count it, enforce the listener's `max_connections`;
 //! 2. [`serve`]: on a capturing listener recover where the client was going
-//!    ([`recover_destination`], [`crate::capture`]), then connect upstream
+//!    ([`recover_destination`], [`crate::capture`]); on a listener taking
+//!    PROXY protocol read the client's address from the header
+//!    ([`receive_proxy_header`]); then connect upstream
 //!    ([`crate::connect`]), then copy both ways ([`crate::forward`]) until
 //!    both sides are done, one fails, or it idles;
 //! 3. [`ConnectionRecord::finish`]: emit its metrics and access-log line,
@@ -22,6 +24,7 @@ use crate::health::{Outcome, outlier};
 use crate::listener::CurrentCtx;
 use crate::metrics::CloseReason;
 use crate::protocol::{ByteCounts, Connection, ConnectionFacts, ListenerWatch, ProtocolHandler};
+use crate::proxy_protocol::{self, Decoded, Outgoing, ProxyProtocolError};
 use crate::runtime::TcpStream;
 use crate::runtime::{self, BufResult};
 use crate::snapshot::Cluster;
@@ -97,8 +100,14 @@ pub(crate) async fn serve(
     admitted: Admitted,
     current: CurrentCtx,
 ) {
-    let mut record = ConnectionRecord::new(peer);
-    if recover_destination(&downstream, bound, &ctx, &mut record) {
+    let mut record = ConnectionRecord::new(
+        peer,
+        bound.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+        std::os::fd::AsRawFd::as_raw_fd(&downstream),
+    );
+    if recover_destination(&downstream, bound, &ctx, &mut record)
+        && receive_proxy_header(&downstream, &ctx, &mut record).await
+    {
         serve_recovered(downstream, &ctx, current, &mut record).await;
     }
     record.finish(&ctx);
@@ -129,6 +138,90 @@ fn recover_destination(
             record.reason = CloseReason::NotRedirected;
             record.error = Some(ErrorText::NotRedirected(e));
             false
+        }
+    }
+}
+
+/// On a listener taking PROXY protocol, reads the header (v1 or v2) the
+/// load balancer in front sent before the client's bytes, and makes the
+/// client it names this connection's peer. The header is peeked until
+/// whole, then consumed exactly: the client's own bytes stay in the socket
+/// for TLS or the protocol. `false`: close now (malformed; missing or late
+/// when `required`; counted as `proxy_protocol`). An `optional` listener
+/// serves a connection whose first bytes cannot start a header, or that
+/// sends nothing within the timeout (a server-speaks-first protocol), as it
+/// is.
+async fn receive_proxy_header(
+    downstream: &TcpStream,
+    ctx: &ListenerCtx,
+    record: &mut ConnectionRecord,
+) -> bool {
+    let Some(accept) = ctx.config.proxy_protocol else {
+        return true;
+    };
+    let deadline = Instant::now() + accept.timeout;
+    let mut buf = Vec::with_capacity(proxy_protocol::MAX_HEADER);
+    let mut backoff = Duration::from_millis(1);
+    let mut seen = 0;
+    let failed = |record: &mut ConnectionRecord, e: String| {
+        tracing::debug!(listener = %ctx.config.name, peer = %record.peer, error = %e, "PROXY protocol: connection closed");
+        record.reason = CloseReason::ProxyProtocol;
+        record.error = Some(ErrorText::Text(e));
+        false
+    };
+    loop {
+        buf.clear();
+        let peeked = match deadline.checked_duration_since(Instant::now()) {
+            Some(left) => runtime::timeout(left, runtime::peek(downstream, buf)).await,
+            None => None,
+        };
+        let Some(BufResult(res, b)) = peeked else {
+            if !accept.required && seen == 0 {
+                return true;
+            }
+            return failed(
+                record,
+                format!(
+                    "no PROXY protocol header within {:?} ({seen} byte(s) received)",
+                    accept.timeout
+                ),
+            );
+        };
+        buf = b;
+        let n = match res {
+            Ok(0) => return failed(record, "closed before a PROXY protocol header".into()),
+            Ok(n) => n,
+            Err(e) => {
+                record.reason = CloseReason::DownstreamError;
+                record.error = Some(ErrorText::Io(e));
+                return false;
+            }
+        };
+        seen = n;
+        match proxy_protocol::decode(&buf[..n]) {
+            Ok(Decoded::Complete { header, len }) => {
+                if let Err(e) = runtime::read_exact(downstream, len).await {
+                    record.reason = CloseReason::DownstreamError;
+                    record.error = Some(ErrorText::Io(e));
+                    return false;
+                }
+                // LOCAL (the balancer's own health check) or an unknown
+                // family names no client: the TCP peer stays.
+                if let Some((source, destination)) = header.addresses {
+                    record.proxied_by = Some(record.peer);
+                    record.peer = source;
+                    record.proxied_destination = Some(destination);
+                }
+                return true;
+            }
+            Ok(Decoded::Incomplete) => {
+                // A peek returns at once while part of the header is in:
+                // wait a little for the rest instead of spinning.
+                runtime::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            Err(e) if !accept.required && matches!(e, ProxyProtocolError::NotProxy) => return true,
+            Err(e) => return failed(record, format!("PROXY protocol: {e}")),
         }
     }
 }
@@ -250,6 +343,10 @@ async fn hand_over(
             tls: record.tls.as_ref().map(|t| t.0),
             core: ctx.core,
             original_destination: record.original_destination,
+            proxied_destination: record.proxied_destination,
+            // A wildcard bind's real address costs one `getsockname`, next
+            // to an HTTP connection's setup.
+            local: crate::protocol::local_address(record.local, record.fd),
         },
         listener: ListenerWatch(current),
         bytes: bytes.clone(),
@@ -402,11 +499,30 @@ async fn proxy_to_admitted(
     // Boxed: the connect state (endpoint attempts, TLS origination) is
     // several KiB and dead once connected; inline it would be carried by
     // every connection task for its whole life, idle ones included.
+    let origin = match cluster.send_proxy_protocol {
+        Some(_) => Some(Outgoing {
+            source: record.peer,
+            destination: record
+                .proxied_destination
+                .or(record.original_destination)
+                .unwrap_or_else(|| crate::protocol::local_address(record.local, record.fd)),
+            alpn: record.alpn.as_deref(),
+            authority: record.tls.as_ref().and_then(|t| t.1.as_deref()),
+            spiffe_id: record.identity.as_deref(),
+            tls_version: record
+                .tls
+                .as_ref()
+                .map(|t| t.0)
+                .filter(|v| *v != "passthrough"),
+        }),
+        None => None,
+    };
     let connected = Box::pin(connect_upstream(
         cluster,
         ctx.core,
         crate::balance::client_key(record.peer),
         record.original_destination,
+        origin.as_ref(),
     ))
     .await;
     drop(pending);
@@ -509,7 +625,19 @@ impl std::fmt::Display for ErrorText {
 /// Everything recorded about one connection, emitted once when it ends.
 struct ConnectionRecord {
     started: Instant,
+    /// The client: the TCP peer, or the address a PROXY protocol header
+    /// named.
     peer: SocketAddr,
+    /// The TCP peer (the load balancer) when a PROXY header named the client.
+    proxied_by: Option<SocketAddr>,
+    /// The destination a PROXY protocol header named.
+    proxied_destination: Option<SocketAddr>,
+    /// The listener's bound address (a wildcard is resolved only when a
+    /// PROXY header must name the address the client connected to).
+    local: SocketAddr,
+    /// The client socket's descriptor, for that resolution; the socket
+    /// outlives the record's use of it.
+    fd: std::os::fd::RawFd,
     /// Where the client was going before iptables redirected it here
     /// (capturing listeners only).
     original_destination: Option<SocketAddr>,
@@ -538,10 +666,14 @@ struct ConnectionRecord {
 }
 
 impl ConnectionRecord {
-    fn new(peer: SocketAddr) -> Self {
+    fn new(peer: SocketAddr, local: SocketAddr, fd: std::os::fd::RawFd) -> Self {
         Self {
             started: Instant::now(),
             peer,
+            proxied_by: None,
+            proxied_destination: None,
+            local,
+            fd,
             original_destination: None,
             endpoint: None,
             identity: None,
@@ -587,6 +719,7 @@ impl ConnectionRecord {
             target: "ringmesh::access",
             listener = %config.name,
             peer = %self.peer,
+            proxied_by = %OrDash(self.proxied_by),
             original_destination = %OrDash(self.original_destination),
             cluster = %self.cluster_name(config),
             endpoint = endpoint.as_deref().unwrap_or("-"),

@@ -13,6 +13,7 @@ use crate::fd_share;
 use crate::health::{Outcome, outlier};
 use crate::local_resource::ResourceKind;
 use crate::metrics::CONNECT_BUCKETS;
+use crate::proxy_protocol::{self, Outgoing, Version};
 use crate::runtime::{self, TcpStream};
 use crate::snapshot::Cluster;
 use crate::stream::Stream;
@@ -96,15 +97,18 @@ pub(crate) const ORIGINAL_DESTINATION: usize = usize::MAX;
 /// Connects to one of `cluster`'s endpoints from worker `core`, for a
 /// client with hash key `key` (consistent-hashing policies) whose
 /// connection's original destination is `original` (capturing listeners).
+/// `origin` is what a PROXY protocol header names, for clusters that send
+/// one.
 pub(crate) async fn connect_upstream(
     cluster: &Cluster,
     core: usize,
     key: u64,
     original: Option<SocketAddr>,
+    origin: Option<&Outgoing<'_>>,
 ) -> Result<Upstream, ConnectError> {
     if cluster.original_destination.is_some() {
         let addr = original_target(cluster, core, original)?;
-        return connect_original(cluster, core, addr).await;
+        return connect_original(cluster, core, addr, origin).await;
     }
     let endpoints = &cluster.endpoints;
     if endpoints.is_empty() {
@@ -115,7 +119,7 @@ pub(crate) async fn connect_upstream(
         stats.unavailable.inc();
         return Err(ConnectError::NoHealthyEndpoints);
     };
-    connect_from(cluster, core, first, healthy_only).await
+    connect_from(cluster, core, first, healthy_only, origin).await
 }
 
 /// Where an `original_destination` cluster sends a connection whose
@@ -160,9 +164,10 @@ pub(crate) async fn connect_original(
     cluster: &Cluster,
     core: usize,
     addr: SocketAddr,
+    origin: Option<&Outgoing<'_>>,
 ) -> Result<Upstream, ConnectError> {
     let started = Instant::now();
-    match attempt(cluster, core, addr).await {
+    match attempt(cluster, core, addr, origin).await {
         Attempt::Connected(stream) => Ok(Upstream {
             stream,
             addr,
@@ -194,9 +199,15 @@ enum Attempt {
 }
 
 /// One connect attempt to `addr` within the cluster's `connect_timeout`,
-/// with TLS origination; successes and failures are counted in the
-/// cluster's stats on worker `core`.
-async fn attempt(cluster: &Cluster, core: usize, addr: SocketAddr) -> Attempt {
+/// with the PROXY protocol header (clusters that send one) and TLS
+/// origination; successes and failures are counted in the cluster's stats
+/// on worker `core`.
+async fn attempt(
+    cluster: &Cluster,
+    core: usize,
+    addr: SocketAddr,
+    origin: Option<&Outgoing<'_>>,
+) -> Attempt {
     let stats = cluster.stats.cores.get(core);
     let started = Instant::now();
     match runtime::timeout(cluster.connect_timeout, runtime::connect(addr)).await {
@@ -220,6 +231,13 @@ async fn attempt(cluster: &Cluster, core: usize, addr: SocketAddr) -> Attempt {
             // Interactive protocols (TLS handshakes, RPC) stall on Nagle
             // plus delayed ACK; a proxy must not add that.
             let _ = stream.set_nodelay(true);
+            if let Some(version) = cluster.send_proxy_protocol {
+                // Before TLS: the header is for the endpoint's TCP layer.
+                if let Err(e) = send_proxy_header(&stream, version, origin).await {
+                    stats.connect_failures.inc();
+                    return Attempt::Failed(AttemptError::Io(e));
+                }
+            }
             match secure(stream, addr, cluster).await {
                 Ok(stream) => {
                     stats
@@ -253,6 +271,7 @@ pub(crate) async fn connect_from(
     core: usize,
     first: usize,
     healthy_only: bool,
+    origin: Option<&Outgoing<'_>>,
 ) -> Result<Upstream, ConnectError> {
     let endpoints = &cluster.endpoints;
     let stats = cluster.stats.cores.get(core);
@@ -270,7 +289,7 @@ pub(crate) async fn connect_from(
         let endpoint = &endpoints[index];
         let addr = endpoint.addr;
         let started = Instant::now();
-        let err = match attempt(cluster, core, addr).await {
+        let err = match attempt(cluster, core, addr, origin).await {
             Attempt::Connected(stream) => {
                 return Ok(Upstream {
                     stream,
@@ -387,6 +406,27 @@ pub(crate) fn avoid_tried(
         .map_or(first, |i| (i, healthy_only))
 }
 
+/// Writes the PROXY protocol header a fresh upstream connection starts
+/// with: the client's addresses (and, in v2, its TLVs), or, without a
+/// client (`origin` absent), v1 `UNKNOWN` / v2 `LOCAL`. Small enough for
+/// the socket buffer of a new connection: one write.
+async fn send_proxy_header(
+    stream: &TcpStream,
+    version: Version,
+    origin: Option<&Outgoing<'_>>,
+) -> io::Result<()> {
+    let mut header = Vec::with_capacity(128);
+    match (version, origin) {
+        (Version::V1, Some(o)) => proxy_protocol::encode_v1(o, &mut header),
+        (Version::V2, Some(o)) => proxy_protocol::encode_v2(o, &mut header),
+        (Version::V1, None) => header.extend_from_slice(b"PROXY UNKNOWN\r\n"),
+        // The v2 signature, version 2 command LOCAL, family UNSPEC, no
+        // payload.
+        (Version::V2, None) => header.extend_from_slice(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00"),
+    }
+    runtime::send_all(stream, header).await.0
+}
+
 /// Runs the cluster's TLS handshake on a fresh connection, if it has TLS.
 async fn secure(
     stream: TcpStream,
@@ -467,6 +507,7 @@ mod tests {
             health_check: None,
             panic_threshold,
             original_destination: None,
+            send_proxy_protocol: None,
         }
     }
 

@@ -35,6 +35,7 @@ pub mod local_resource;
 pub mod metrics;
 pub mod per_core;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod rt;
 mod runtime;
 pub mod snapshot;
@@ -53,5 +54,7 @@ pub use engine::{
 pub use forward::{BULK_BUFFER, INITIAL_BUFFER, MAX_BUFFER, RING_BUFFER, SUSTAINED_BULK_BYTES};
 pub use metrics::{CloseReason, StatsRegistry};
 pub use runtime::{IoEngine, IoEngineChoice};
-pub use snapshot::{Cluster, Endpoint, ListenerConfig, OriginalDestination, Snapshot, ZeroCopy};
+pub use snapshot::{
+    AcceptProxyProtocol, Cluster, Endpoint, ListenerConfig, OriginalDestination, Snapshot, ZeroCopy,
+};
 pub use stream::{Stream, TunnelEnd};

@@ -46,11 +46,14 @@ pub enum CloseReason {
     /// iptables had not redirected to it (made to the proxy's port
     /// directly): there is nowhere to forward it but back into the proxy.
     NotRedirected,
+    /// A listener taking PROXY protocol got a malformed header, none when
+    /// it is `required`, or one that did not arrive within its timeout.
+    ProxyProtocol,
 }
 
 impl CloseReason {
     /// Every reason, in label order.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Completed,
         CloseReason::IdleTimeout,
         CloseReason::UpstreamUnavailable,
@@ -61,6 +64,7 @@ impl CloseReason {
         CloseReason::LocalResource,
         CloseReason::FirstByteTimeout,
         CloseReason::NotRedirected,
+        CloseReason::ProxyProtocol,
     ];
 
     /// The metric label and log value.
@@ -76,6 +80,7 @@ impl CloseReason {
             CloseReason::LocalResource => "local_resource",
             CloseReason::FirstByteTimeout => "first_byte_timeout",
             CloseReason::NotRedirected => "not_redirected",
+            CloseReason::ProxyProtocol => "proxy_protocol",
         }
     }
 

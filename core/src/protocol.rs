@@ -64,6 +64,52 @@ pub struct ConnectionFacts {
     /// accept); `None` on other listeners. `original_destination` clusters
     /// forward there ([`crate::upstream::pick`]).
     pub original_destination: Option<SocketAddr>,
+    /// The destination a PROXY protocol header named (listeners with
+    /// `proxy_protocol`); `peer` is then the client the header named.
+    pub proxied_destination: Option<SocketAddr>,
+    /// The address the client connected to (on this host).
+    pub local: SocketAddr,
+}
+
+impl ConnectionFacts {
+    /// The address the client was connecting to, for a PROXY protocol
+    /// header sent upstream: a received header's destination, else the
+    /// original destination, else the local address.
+    pub fn destination(&self) -> SocketAddr {
+        self.proxied_destination
+            .or(self.original_destination)
+            .unwrap_or(self.local)
+    }
+
+    /// What a PROXY protocol header sent upstream for this connection
+    /// says: the client, where it connected, and its TLS facts.
+    pub fn proxy_origin(&self) -> crate::proxy_protocol::Outgoing<'_> {
+        crate::proxy_protocol::Outgoing {
+            source: self.peer,
+            destination: self.destination(),
+            alpn: self.alpn.as_deref(),
+            authority: self.sni.as_deref(),
+            spiffe_id: self.identity.as_deref(),
+            tls_version: self.tls,
+        }
+    }
+}
+
+/// `bound`, or when it is a wildcard the local address of the connected
+/// socket `fd` (one `getsockname`, paid only where a PROXY protocol header
+/// needs it).
+pub fn local_address(bound: SocketAddr, fd: std::os::fd::RawFd) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    // SAFETY: the caller's socket is open for the duration of this call;
+    // SockRef only borrows it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(bound)
 }
 
 /// An accepted connection handed to a [`ProtocolHandler`].

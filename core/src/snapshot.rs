@@ -53,6 +53,9 @@ pub struct ListenerConfig {
     /// its facts, for `original_destination` clusters; a connection that was
     /// not redirected is closed (`not_redirected`). See [`crate::capture`].
     pub original_destination: bool,
+    /// PROXY protocol headers expected before the client's bytes (see
+    /// [`AcceptProxyProtocol`]); `None`: the TCP peer is the client.
+    pub proxy_protocol: Option<AcceptProxyProtocol>,
     /// TLS termination (with mTLS and authorization when configured).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// TLS passthrough routing by the ClientHello's server name, in order;
@@ -66,6 +69,18 @@ pub struct ListenerConfig {
     pub stats: Arc<ListenerStats>,
     /// Told of each proxied TCP connection (mesh metrics), if any.
     pub observer: Option<Arc<dyn crate::protocol::ConnectionObserver>>,
+}
+
+/// How a listener takes PROXY protocol (v1 or v2) headers: the address in
+/// the header replaces the TCP peer as the client's, for logs, metrics,
+/// hashing and `x-forwarded-for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptProxyProtocol {
+    /// A connection without a header is closed (else served as it is).
+    pub required: bool,
+    /// Time the header has to arrive; past it the connection is closed
+    /// (`required`) or served without one (`optional`).
+    pub timeout: Duration,
 }
 
 /// When a plain TCP connection forwards its bytes with `splice(2)` (socket
@@ -139,6 +154,9 @@ pub struct Cluster {
     /// listener with `original_destination`). `None`: a cluster of
     /// configured endpoints.
     pub original_destination: Option<OriginalDestination>,
+    /// Open each upstream connection with a PROXY protocol header of this
+    /// version, carrying the client's address.
+    pub send_proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 /// How an `original_destination` cluster turns a connection's original
@@ -185,6 +203,7 @@ impl Cluster {
             health_check: None,
             panic_threshold: 50,
             original_destination: None,
+            send_proxy_protocol: None,
         }
     }
 }

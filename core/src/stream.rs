@@ -82,7 +82,8 @@ impl Duplex for Stream {
 }
 
 impl Stream {
-    fn raw_fd(&self) -> RawFd {
+    /// The socket's descriptor (TLS or not).
+    pub fn raw_fd(&self) -> RawFd {
         match self {
             Stream::Plain(s) => s.as_raw_fd(),
             Stream::Tls(s) => s.raw_fd(),

@@ -106,6 +106,7 @@ pub async fn connect(
     cluster: &Cluster,
     core: usize,
     pick: Pick,
+    origin: Option<&crate::proxy_protocol::Outgoing<'_>>,
 ) -> Result<UpstreamConnection, ConnectError> {
     let pending = &cluster.stats.pending;
     if pending.fetch_add(1, Ordering::Relaxed) >= cluster.max_pending {
@@ -114,13 +115,17 @@ pub async fn connect(
         return Err(ConnectError::PendingOverflow);
     }
     let result = if pick.index == ORIGINAL_DESTINATION {
-        Box::pin(crate::connect::connect_original(cluster, core, pick.addr)).await
+        Box::pin(crate::connect::connect_original(
+            cluster, core, pick.addr, origin,
+        ))
+        .await
     } else {
         Box::pin(crate::connect::connect_from(
             cluster,
             core,
             pick.index,
             pick.healthy_only,
+            origin,
         ))
         .await
     };

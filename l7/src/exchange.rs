@@ -308,8 +308,12 @@ pub(crate) async fn forward(
                 };
                 // Connects (and their failover) spend the route timeout too.
                 let left = clock.deadline().saturating_duration_since(Instant::now());
-                let Some(connected) =
-                    rt::timeout(left, upstream::connect(cluster, core, pick)).await
+                let origin = cluster.send_proxy_protocol.map(|_| c.facts.proxy_origin());
+                let Some(connected) = rt::timeout(
+                    left,
+                    upstream::connect(cluster, core, pick, origin.as_ref()),
+                )
+                .await
                 else {
                     leg.stats.timed_out(core, TimeoutKind::Request);
                     let flag = ResponseFlag::UpstreamTimeout;

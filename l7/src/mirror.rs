@@ -141,7 +141,9 @@ async fn exchange(
     copy: Vec<u8>,
 ) -> MirrorResult {
     let connected = match upstream::pick(cluster, core, key, original) {
-        Ok(pick) => upstream::connect(cluster, core, pick).await,
+        // A shadow request names no client in a PROXY protocol header
+        // (v1 `UNKNOWN`, v2 `LOCAL`): it is the proxy's own.
+        Ok(pick) => upstream::connect(cluster, core, pick, None).await,
         Err(e) => Err(e),
     };
     let conn = match connected {

@@ -9,7 +9,8 @@
 //! (EOF) or sent something unasked is detected then, and the connection is
 //! dropped. Idle connections older than the pool's `idle_timeout` are
 //! closed by a per-worker sweep. Each pooled connection keeps its slot of
-//! the cluster's `max_connections` breaker and active gauge.
+//! the cluster's `max_connections` breaker and active gauge. Clusters that
+//! send PROXY protocol headers are not pooled: a header names one client.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -105,6 +106,9 @@ fn key(cluster: &ringmesh_core::Cluster, addr: SocketAddr) -> Key {
 /// first (the one most likely alive); stale ones found on the way are
 /// closed.
 pub fn take(cluster: &ringmesh_core::Cluster, addr: SocketAddr) -> Option<PooledConnection> {
+    if cluster.send_proxy_protocol.is_some() {
+        return None;
+    }
     POOLS.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.lists.get_mut(&key(cluster, addr))?;
@@ -120,7 +124,11 @@ pub fn take(cluster: &ringmesh_core::Cluster, addr: SocketAddr) -> Option<Pooled
 /// Returns a reusable connection to its pool (or closes it when the pool
 /// is full).
 pub fn put(cluster: &ringmesh_core::Cluster, conn: PooledConnection, settings: &PoolSettings) {
-    if settings.max_idle_per_endpoint == 0 {
+    // A connection that opened with a PROXY protocol header names its
+    // client for good: reused for another client's request it would
+    // misattribute it (HAProxy keeps such connections private the same
+    // way). Closed after its request instead.
+    if settings.max_idle_per_endpoint == 0 || cluster.send_proxy_protocol.is_some() {
         return;
     }
     let start_sweep = POOLS.with(|p| {

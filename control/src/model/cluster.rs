@@ -204,12 +204,26 @@ pub struct ClusterDoc {
     /// gRPC). With `tls`, ALPN offers `h2` unless `tls.alpn` says
     /// otherwise. Default false (HTTP/1.1).
     pub http2: bool,
+    /// Open every upstream connection with a PROXY protocol header (`v1`
+    /// or `v2`) carrying the original client's address; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
     /// How an `original_destination` cluster rewrites each connection's
     /// original destination (`discovery: original_destination` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub original_destination: Option<OriginalDestinationDoc>,
     #[serde(skip)]
     pub(crate) name_origin: Origin,
+}
+
+/// The PROXY protocol version a cluster sends (`send_proxy_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    /// The human-readable line (`PROXY TCP4 ...`).
+    V1,
+    /// The binary header, with TLVs (ALPN, authority, SPIFFE ID).
+    V2,
 }
 
 /// `original_destination: { host }`: where an `original_destination`
@@ -398,6 +412,7 @@ const KEYS: &[&str] = &[
     "pool",
     "retry_budget",
     "http2",
+    "send_proxy_protocol",
     "original_destination",
 ];
 
@@ -542,6 +557,34 @@ impl ClusterDoc {
             None => false,
             Some((n, p)) => crate::decode::boolean(d, n, &p).unwrap_or(false),
         };
+        let send_proxy_field = f.take("send_proxy_protocol");
+        let send_proxy_origin = send_proxy_field.as_ref().map(|(n, p)| (n.mark, p.clone()));
+        let send_proxy_protocol = match send_proxy_field {
+            None => None,
+            Some((n, p)) => match crate::decode::scalar(d, n, &p, "v1 or v2") {
+                Some("v1") => Some(ProxyProtocolVersion::V1),
+                Some("v2") => Some(ProxyProtocolVersion::V2),
+                Some(other) => {
+                    d.error(
+                        n.mark,
+                        &p,
+                        format!(
+                            "unknown send_proxy_protocol `{}` (expected v1 or v2)",
+                            crate::limits::quote(other)
+                        ),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        if let (true, Some(_), Some((mark, p))) = (http2, send_proxy_protocol, &send_proxy_origin) {
+            d.error(
+                *mark,
+                p,
+                "send_proxy_protocol names one client per upstream connection, and an HTTP/2 connection carries many clients' requests: not supported with `http2: true`",
+            );
+        }
         f.finish(d, KEYS);
         if by_original {
             for (key, origin) in &noted {
@@ -574,6 +617,7 @@ impl ClusterDoc {
             pool,
             retry_budget,
             http2,
+            send_proxy_protocol,
             original_destination,
             name_origin: Origin {
                 mark: name_mark,

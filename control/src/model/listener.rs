@@ -68,6 +68,13 @@ pub struct ListenerDoc {
     /// `original_destination` clusters, and close connections that were
     /// not redirected. Default false.
     pub original_destination: bool,
+    /// PROXY protocol (v1 or v2) expected before the client's bytes:
+    /// `required`, `optional`, or absent (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocolMode>,
+    /// Time the PROXY protocol header has to arrive. Default 5s.
+    #[serde(serialize_with = "human")]
+    pub proxy_protocol_timeout: Duration,
     /// TLS termination, optionally mutual.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<super::ListenerTlsDoc>,
@@ -85,6 +92,20 @@ pub struct ListenerDoc {
     pub(crate) cluster_origin: Origin,
 }
 
+/// Whether a listener's connections start with a PROXY protocol header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolMode {
+    /// Every connection must send one (v1 or v2); others are closed.
+    Required,
+    /// A header is used when present; connections without one are served
+    /// with their TCP peer as the client.
+    Optional,
+}
+
+/// Time a PROXY protocol header has to arrive after the connection.
+pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Envoy's TCP proxy default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const KEYS: &[&str] = &[
@@ -99,6 +120,8 @@ const KEYS: &[&str] = &[
     "access_log",
     "zero_copy",
     "original_destination",
+    "proxy_protocol",
+    "proxy_protocol_timeout",
     "tls",
     "authz",
     "sni_routes",
@@ -441,6 +464,34 @@ impl ListenerDoc {
             None => Some(false),
             Some((n, p)) => boolean(d, n, &p),
         };
+        let proxy_protocol = match f.take("proxy_protocol") {
+            None => Some(None),
+            Some((n, p)) => match scalar(d, n, &p, "required or optional")? {
+                "required" => Some(Some(ProxyProtocolMode::Required)),
+                "optional" => Some(Some(ProxyProtocolMode::Optional)),
+                other => {
+                    d.error(
+                        n.mark,
+                        &p,
+                        format!(
+                            "unknown proxy_protocol `{}` (expected required or optional; leave it out to accept none)",
+                            crate::limits::quote(other)
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let proxy_protocol_timeout = match f.take("proxy_protocol_timeout") {
+            None => Some(DEFAULT_PROXY_PROTOCOL_TIMEOUT),
+            Some((n, p)) => duration(
+                d,
+                n,
+                &p,
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            ),
+        };
         let tls = f
             .take("tls")
             .and_then(|(n, p)| super::ListenerTlsDoc::decode(d, n, &p));
@@ -520,6 +571,9 @@ impl ListenerDoc {
             access_log: access_log.unwrap_or(true),
             zero_copy: zero_copy.unwrap_or_default(),
             original_destination: original_destination.unwrap_or(false),
+            proxy_protocol: proxy_protocol.flatten(),
+            proxy_protocol_timeout: proxy_protocol_timeout
+                .unwrap_or(DEFAULT_PROXY_PROTOCOL_TIMEOUT),
             tls,
             authz,
             sni_routes,

@@ -14,11 +14,11 @@ mod tracing;
 use serde::Serialize;
 
 pub use admin::{AdminDoc, read_token};
-pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy, PoolDoc};
+pub use cluster::{ClusterDoc, EndpointDoc, LbPolicy, PoolDoc, ProxyProtocolVersion};
 pub use discovery::{DiscoveryDoc, parse_endpoint_list};
 pub use health::{HealthCheckDoc, OutlierDetectionDoc};
 pub(crate) use listener::human;
-pub use listener::{HttpDoc, ListenerDoc, Protocol};
+pub use listener::{HttpDoc, ListenerDoc, Protocol, ProxyProtocolMode};
 pub use route::{
     ActionDoc, ConditionDoc, DirectResponseDoc, FaultAbortDoc, FaultDelayDoc, FaultDoc,
     HeaderOpsDoc, MatchDoc, MirrorDoc, PathDoc, RateLimitDoc, RedirectDoc, RewriteDoc, RouteDoc,

@@ -153,7 +153,10 @@ pub(crate) async fn open(
     idle_timeout: Duration,
 ) -> Result<Checkout, OpenError> {
     let slot = ConnectionSlot::acquire(cluster, core).ok_or(OpenError::Overflow)?;
-    let conn = upstream::connect(cluster, core, pick).await?;
+    // No PROXY protocol client: a multiplexed session carries many
+    // clients' streams (the config refuses `http2` with
+    // `send_proxy_protocol`).
+    let conn = upstream::connect(cluster, core, pick, None).await?;
     let (addr, index) = (conn.addr, conn.index);
     let io = H2Io::new(Rc::new(conn.stream), Vec::new(), None);
     let handshake = h2::client::Builder::new()

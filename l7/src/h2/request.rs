@@ -1027,7 +1027,15 @@ async fn attempt_h1(
                 };
             };
             let left = clocks.deadline.saturating_duration_since(Instant::now());
-            match rt::timeout(left, upstream::connect(cluster, core, pick)).await {
+            let origin = cluster
+                .send_proxy_protocol
+                .map(|_| r.conn.facts.proxy_origin());
+            match rt::timeout(
+                left,
+                upstream::connect(cluster, core, pick, origin.as_ref()),
+            )
+            .await
+            {
                 None => return r.timed_out(leg, TimeoutKind::Request).await,
                 Some(Ok(conn)) => {
                     stats.new.inc();

@@ -1,0 +1,406 @@
+//! Binary upgrades (`ringmesh run --upgrade-from`, SIGUSR2): the new
+//! process takes the listening sockets over a Unix socket and the old one
+//! drains. Specified here: under a client connecting in a loop, a client
+//! sending keep-alive HTTP requests and long streams started before each
+//! upgrade, ten upgrades in a row (alternating worker counts and I/O
+//! engines) refuse, reset or fail nothing, and every byte of every stream
+//! arrives; a new process that cannot start leaves the old one serving; and
+//! SIGUSR2 starts the successor itself.
+
+mod helpers;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use helpers::http::{Reply, Upstream};
+use helpers::proxy::Proxy;
+use helpers::tcp::{EchoServer, Payload};
+use sha2::{Digest, Sha256};
+
+fn config(echo: SocketAddr, web: SocketAddr, extra_listener: &str) -> String {
+    format!(
+        "admin:\n  listen: 127.0.0.1:0\nlisteners:\n  - name: tcp\n    listen: 127.0.0.1:0\n    cluster: echo\n  - name: web\n    listen: 127.0.0.1:0\n    protocol: http\n    cluster: web\n{extra_listener}clusters:\n  - name: echo\n    endpoints: [\"{echo}\"]\n  - name: web\n    endpoints: [\"{web}\"]\n"
+    )
+}
+
+/// Starts `ringmesh run -c config ARGS`, ready once `ready` is logged.
+fn launch(config: &Path, args: &[&str], ready: &str) -> Result<Proxy, String> {
+    let mut all: Vec<String> = vec!["run".into(), "-c".into(), config.display().to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    Proxy::launch(&all, tempfile::tempdir().map_err(|e| e.to_string())?, ready)
+}
+
+/// The client side of the test's traffic, with every failure kept.
+#[derive(Default)]
+struct Traffic {
+    stop: AtomicBool,
+    connections: AtomicU64,
+    requests: AtomicU64,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Traffic {
+    fn fail(&self, what: String) {
+        self.failures.lock().unwrap().push(what);
+    }
+}
+
+/// Opens a connection, sends a line, reads it back, closes; forever.
+fn connect_loop(addr: SocketAddr, traffic: Arc<Traffic>) {
+    let mut n = 0u64;
+    while !traffic.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let msg = format!("ping {n}\n");
+        let result = (|| -> std::io::Result<()> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(msg.as_bytes())?;
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back)?;
+            if back != msg.as_bytes() {
+                return Err(std::io::Error::other("echo differs"));
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                traffic.connections.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => traffic.fail(format!("connection {n}: {e}")),
+        }
+    }
+}
+
+/// Reads one response (head and `content-length` body); returns whether
+/// the server said `Connection: close`.
+fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<bool> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::other("closed before a response"));
+    }
+    if !line.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("status line {line:?}")));
+    }
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            length = v.trim().parse().map_err(std::io::Error::other)?;
+        }
+        if l == "connection: close" {
+            close = true;
+        }
+    }
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body)?;
+    Ok(close)
+}
+
+/// Keep-alive HTTP requests back to back, reconnecting when the proxy says
+/// `Connection: close` (as it does on the old process once it drains).
+fn keep_alive_loop(addr: SocketAddr, traffic: Arc<Traffic>) {
+    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let mut n = 0u64;
+    while !traffic.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let result = (|| -> std::io::Result<bool> {
+            if conn.is_none() {
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let r = BufReader::new(s.try_clone()?);
+                conn = Some((s, r));
+            }
+            let (s, r) = conn
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("no conn"))?;
+            s.write_all(b"GET /ka HTTP/1.1\r\nHost: upgrade.test\r\n\r\n")?;
+            read_response(r)
+        })();
+        match result {
+            Ok(close) => {
+                traffic.requests.fetch_add(1, Ordering::Relaxed);
+                if close {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                traffic.fail(format!("keep-alive request {n}: {e}"));
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Streams `len` bytes through the echo listener in paced chunks while
+/// reading them back; the hash of what came back must be the hash sent.
+fn long_stream(addr: SocketAddr, seed: u64, len: usize) -> Result<(), String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut reader = s.try_clone().map_err(|e| e.to_string())?;
+    let receiver = thread::spawn(move || {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
+        while total < len {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n;
+                    h.update(&buf[..n]);
+                }
+                Err(e) => return Err(format!("after {total} bytes: {e}")),
+            }
+        }
+        Ok((total, <[u8; 32]>::from(h.finalize())))
+    });
+    let mut writer = s;
+    let mut payload = Payload::new(seed, len);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = payload.next_chunk(&mut buf);
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        writer.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        // Paced: the stream spans the hand-over.
+        thread::sleep(Duration::from_millis(4));
+    }
+    let sent: [u8; 32] = h.finalize().into();
+    let (got, hash) = receiver.join().map_err(|_| "receiver panicked")??;
+    if got != len || hash != sent {
+        return Err(format!(
+            "{got} of {len} bytes came back, hash equal: {}",
+            hash == sent
+        ));
+    }
+    Ok(())
+}
+
+fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("upgrade.sock")
+}
+
+#[test]
+fn ten_upgrades_under_load_refuse_reset_and_lose_nothing() {
+    let echo = EchoServer::start();
+    let web = Upstream::start(|_| Reply::ok("hello through the upgrade"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ringmesh.yaml");
+    std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
+    let sock = socket_path(dir.path());
+    let sock_arg = sock.display().to_string();
+    let mut current = launch(
+        &cfg,
+        &["--workers", "2", "--upgrade-socket", &sock_arg],
+        "admin API listening",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tcp = current.listener("tcp");
+    let http = current.listener("web");
+    let admin = current.admin;
+
+    let traffic = Arc::new(Traffic::default());
+    let loops = [
+        thread::spawn({
+            let t = traffic.clone();
+            move || connect_loop(tcp, t)
+        }),
+        thread::spawn({
+            let t = traffic.clone();
+            move || keep_alive_loop(http, t)
+        }),
+    ];
+    let mut streams = Vec::new();
+    for round in 0..10u64 {
+        // A long stream that starts on the old process and must finish there.
+        streams.push(thread::spawn(move || {
+            long_stream(tcp, round, 2 << 20).map_err(|e| format!("stream {round}: {e}"))
+        }));
+        thread::sleep(Duration::from_millis(50));
+        let (workers, engine) = if round % 2 == 0 {
+            ("1", "epoll")
+        } else {
+            ("2", "uring")
+        };
+        let before = traffic.connections.load(Ordering::Relaxed);
+        let next = launch(
+            &cfg,
+            &[
+                "--workers",
+                workers,
+                "--io-engine",
+                engine,
+                "--upgrade-from",
+                &sock_arg,
+            ],
+            "upgrade complete: serving on the inherited sockets; the old process drains",
+        )
+        .unwrap_or_else(|e| panic!("upgrade {round}: {e}"));
+        assert_eq!(next.admin, admin, "the admin API keeps its address");
+        assert_eq!(next.listener("tcp"), tcp, "listeners keep their addresses");
+        let mut old = std::mem::replace(&mut current, next);
+        let status = old.wait_exit(Duration::from_secs(60)).unwrap_or_else(|| {
+            panic!(
+                "upgrade {round}: the old process did not exit:\n{}",
+                old.log_text()
+            )
+        });
+        assert!(
+            status.success(),
+            "upgrade {round}: old exited {status}:\n{}",
+            old.log_text()
+        );
+        // Traffic flows on the new process before the next round.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while traffic.connections.load(Ordering::Relaxed) < before + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "no traffic after upgrade {round}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    traffic.stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.join().unwrap();
+    }
+    let stream_failures: Vec<String> = streams
+        .into_iter()
+        .filter_map(|s| s.join().unwrap().err())
+        .collect();
+    let failures = traffic.failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty() && stream_failures.is_empty(),
+        "failures during upgrades:\n{failures:#?}\n{stream_failures:#?}"
+    );
+    let (connections, requests) = (
+        traffic.connections.load(Ordering::Relaxed),
+        traffic.requests.load(Ordering::Relaxed),
+    );
+    assert!(
+        connections > 200 && requests > 200,
+        "{connections} connections, {requests} requests"
+    );
+    eprintln!(
+        "10 upgrades: {connections} connections and {requests} keep-alive requests, none failed; 10 streams of 2 MiB intact"
+    );
+}
+
+#[test]
+fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
+    let echo = EchoServer::start();
+    let web = Upstream::start(|_| Reply::ok("still here"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ringmesh.yaml");
+    std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
+    let sock_arg = socket_path(dir.path()).display().to_string();
+    let old = launch(
+        &cfg,
+        &["--workers", "2", "--upgrade-socket", &sock_arg],
+        "admin API listening",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tcp = old.listener("tcp");
+
+    // The new config adds a listener on a port another process holds: the
+    // new process fails after it received the sockets.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        config(
+            echo.addr,
+            web.addr,
+            &format!(
+                "  - name: taken\n    listen: {}\n    cluster: echo\n",
+                taken.local_addr().unwrap()
+            ),
+        ),
+    )
+    .unwrap();
+    let failed = launch(&bad, &["--upgrade-from", &sock_arg], "upgrade complete");
+    let output = failed.err().expect("the new process must fail");
+    assert!(output.contains("already in use"), "{output}");
+    old.wait_log(Duration::from_secs(10), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("upgrade failed"))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "old process did not log the failed upgrade:\n{}",
+            old.log_text()
+        )
+    });
+    let mut s = helpers::tcp::connect(tcp);
+    assert_eq!(
+        helpers::tcp::echo_roundtrip(&mut s, b"after a failed upgrade").unwrap(),
+        b"after a failed upgrade"
+    );
+
+    // A later, good upgrade still works.
+    let mut old = old;
+    let next = launch(
+        &cfg,
+        &["--upgrade-from", &sock_arg],
+        "upgrade complete: serving on the inherited sockets; the old process drains",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(s);
+    assert!(
+        old.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+    let mut s = helpers::tcp::connect(next.listener("tcp"));
+    assert_eq!(
+        helpers::tcp::echo_roundtrip(&mut s, b"new").unwrap(),
+        b"new"
+    );
+}
+
+#[test]
+fn sigusr2_starts_the_successor_which_takes_over() {
+    let echo = EchoServer::start();
+    let web = Upstream::start(|_| Reply::ok("ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ringmesh.yaml");
+    std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
+    let sock_arg = socket_path(dir.path()).display().to_string();
+    let mut old = launch(
+        &cfg,
+        &["--workers", "1", "--upgrade-socket", &sock_arg],
+        "admin API listening",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tcp = old.listener("tcp");
+    old.signal(libc::SIGUSR2);
+    let served = old
+        .wait_log(Duration::from_secs(30), |v| {
+            v["message"] == "upgrade: the new process serves; this one stops accepting and drains"
+        })
+        .unwrap_or_else(|| panic!("no hand-over after SIGUSR2:\n{}", old.log_text()));
+    let new_pid = served["new_pid"].as_i64().expect("new_pid") as i32;
+    assert!(
+        old.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+    let mut s = helpers::tcp::connect(tcp);
+    let echoed = helpers::tcp::echo_roundtrip(&mut s, b"served by the successor");
+    // The successor is not our child: stop it ourselves.
+    // SAFETY: kill(2) on the pid the old process reported for its successor.
+    unsafe { libc::kill(new_pid, libc::SIGKILL) };
+    assert_eq!(echoed.unwrap(), b"served by the successor");
+}
