@@ -1758,7 +1758,8 @@ mod tests {
         let mut sockets = Vec::new();
         for _ in 0..n {
             // SAFETY: plain socket(2); the result is checked and owned at once.
-            let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            let raw =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
             assert!(raw >= 0, "socket: {}", io::Error::last_os_error());
             // SAFETY: a fresh descriptor.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -1913,7 +1914,11 @@ mod tests {
         }
     }
 
-    fn manifest(listeners: &[(&str, SocketAddr, usize)], admin: Option<SocketAddr>, fd_total: usize) -> Message {
+    fn manifest(
+        listeners: &[(&str, SocketAddr, usize)],
+        admin: Option<SocketAddr>,
+        fd_total: usize,
+    ) -> Message {
         Message::Offer(Manifest {
             protocol: PROTOCOL,
             pid: 17,
@@ -1951,7 +1956,11 @@ mod tests {
 
     /// The reason in the `failed` message the new side sends after refusing an offer.
     fn failure_report(conn: &mut Conn) -> String {
-        match conn.recv(Deadline::after(T), "test", 0).expect("answer").msg {
+        match conn
+            .recv(Deadline::after(T), "test", 0)
+            .expect("answer")
+            .msg
+        {
             Message::Failed { reason } => reason,
             other => panic!("expected failed, got {other:?}"),
         }
@@ -2041,7 +2050,10 @@ mod tests {
             assert_eq!(&got_inodes, inodes, "the same sockets, in the same order");
             for socket in &got.sockets {
                 assert_eq!(local_addr(socket.as_fd()).expect("getsockname"), *addr);
-                assert_eq!(sockopt_int(socket.as_fd(), libc::SO_ACCEPTCONN).expect("SO_ACCEPTCONN"), 1);
+                assert_eq!(
+                    sockopt_int(socket.as_fd(), libc::SO_ACCEPTCONN).expect("SO_ACCEPTCONN"),
+                    1
+                );
             }
             accept_through(&got.sockets, *addr);
         }
@@ -2094,7 +2106,12 @@ mod tests {
         drop(outcome);
         let err = new_side.await.expect("new side").unwrap_err();
         assert!(
-            matches!(err, UpgradeError::Closed { during: "the acknowledgement" }),
+            matches!(
+                err,
+                UpgradeError::Closed {
+                    during: "the acknowledgement"
+                }
+            ),
             "{err}"
         );
     }
@@ -2102,7 +2119,8 @@ mod tests {
     #[tokio::test]
     async fn more_than_253_descriptors_cross_in_several_messages() {
         raise_fd_limit();
-        let groups: Vec<(SocketAddr, Vec<OwnedFd>)> = (0..3).map(|_| reuseport_group(100)).collect();
+        let groups: Vec<(SocketAddr, Vec<OwnedFd>)> =
+            (0..3).map(|_| reuseport_group(100)).collect();
         let inodes: Vec<u64> = groups
             .iter()
             .flat_map(|(_, fds)| fds.iter().map(|fd| inode(fd.as_fd())))
@@ -2128,12 +2146,15 @@ mod tests {
             let mut conn = Conn::new(new, MAX_OFFER_BYTES).expect("conn");
             send(&mut conn, &hello(), &[]);
             let deadline = Deadline::after(T);
-            let Message::Offer(manifest) = conn.recv(deadline, "test", 0).expect("offer").msg else {
+            let Message::Offer(manifest) = conn.recv(deadline, "test", 0).expect("offer").msg
+            else {
                 panic!("expected the offer");
             };
             let (mut chunks, mut fds) = (Vec::new(), Vec::new());
             while fds.len() < manifest.fd_total {
-                let frame = conn.recv(deadline, "test", MAX_FDS_PER_MESSAGE).expect("fds");
+                let frame = conn
+                    .recv(deadline, "test", MAX_FDS_PER_MESSAGE)
+                    .expect("fds");
                 let Message::Fds { count } = frame.msg else {
                     panic!("expected descriptors, got {:?}", frame.msg);
                 };
@@ -2141,7 +2162,13 @@ mod tests {
                 chunks.push(count);
                 fds.extend(frame.fds);
             }
-            send(&mut conn, &Message::Failed { reason: "only counting".to_owned() }, &[]);
+            send(
+                &mut conn,
+                &Message::Failed {
+                    reason: "only counting".to_owned(),
+                },
+                &[],
+            );
             let received: Vec<u64> = fds.iter().map(|fd| inode(fd.as_fd())).collect();
             (chunks, received)
         });
@@ -2158,7 +2185,8 @@ mod tests {
     #[tokio::test]
     async fn an_inheritance_of_300_sockets_keeps_each_listeners_group() {
         raise_fd_limit();
-        let groups: Vec<(SocketAddr, Vec<OwnedFd>)> = (0..3).map(|_| reuseport_group(100)).collect();
+        let groups: Vec<(SocketAddr, Vec<OwnedFd>)> =
+            (0..3).map(|_| reuseport_group(100)).collect();
         let expected: Vec<(SocketAddr, Vec<u64>)> = groups
             .iter()
             .map(|(addr, fds)| (*addr, fds.iter().map(|fd| inode(fd.as_fd())).collect()))
@@ -2185,7 +2213,12 @@ mod tests {
             inheritance.failed("test over");
             listeners
                 .iter()
-                .map(|l| (l.bound, l.sockets.iter().map(|fd| inode(fd.as_fd())).collect()))
+                .map(|l| {
+                    (
+                        l.bound,
+                        l.sockets.iter().map(|fd| inode(fd.as_fd())).collect(),
+                    )
+                })
                 .collect::<Vec<(SocketAddr, Vec<u64>)>>()
         });
         let outcome = serve_one(tokio_stream(old), |_| offer, T)
@@ -2193,7 +2226,12 @@ mod tests {
             .expect("serve_one");
         assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
         assert_eq!(new_side.await.expect("new side"), expected);
-        assert_none_open(&expected.into_iter().flat_map(|(_, i)| i).collect::<Vec<_>>());
+        assert_none_open(
+            &expected
+                .into_iter()
+                .flat_map(|(_, i)| i)
+                .collect::<Vec<_>>(),
+        );
     }
 
     #[test]
@@ -2202,12 +2240,16 @@ mod tests {
         let (old, new) = pair();
         let old_side = fake_old(old, move |conn| {
             let fd = conn.stream.as_fd();
-            let offer = encode(&manifest(&[("web", addr, 2)], None, 2), MAX_OFFER_BYTES).expect("encode");
+            let offer =
+                encode(&manifest(&[("web", addr, 2)], None, 2), MAX_OFFER_BYTES).expect("encode");
             let fds = encode(&Message::Fds { count: 2 }, MAX_MESSAGE_BYTES).expect("encode");
             let mut dribble = |bytes: &[u8], attached: &[BorrowedFd<'_>]| {
                 for (i, byte) in bytes.iter().enumerate() {
                     let attached = if i == 0 { attached } else { &[] };
-                    assert_eq!(send_with_fds(fd, std::slice::from_ref(byte), attached).expect("send"), 1);
+                    assert_eq!(
+                        send_with_fds(fd, std::slice::from_ref(byte), attached).expect("send"),
+                        1
+                    );
                     thread::sleep(Duration::from_micros(200));
                 }
             };
@@ -2218,7 +2260,11 @@ mod tests {
         let inheritance = Inheritance::handshake(new, Deadline::after(T)).expect("receive");
         let originals = old_side.join().expect("old side");
         assert_eq!(inheritance.listeners[0].bound, addr);
-        let got: Vec<u64> = inheritance.listeners[0].sockets.iter().map(|fd| inode(fd.as_fd())).collect();
+        let got: Vec<u64> = inheritance.listeners[0]
+            .sockets
+            .iter()
+            .map(|fd| inode(fd.as_fd()))
+            .collect();
         let want: Vec<u64> = originals.iter().map(|fd| inode(fd.as_fd())).collect();
         assert_eq!(got, want);
     }
@@ -2245,7 +2291,16 @@ mod tests {
         );
         // The writer keeps its end until done; the answer then times out.
         let err = outcome.await.unwrap_err();
-        assert!(matches!(err, UpgradeError::Timeout { during: "the answer", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                UpgradeError::Timeout {
+                    during: "the answer",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         drop(writer.join());
     }
 
@@ -2266,7 +2321,10 @@ mod tests {
         let Outcome::Failed { reason } = outcome else {
             panic!("expected failed, got {outcome:?}");
         };
-        assert_eq!(reason, "config: listeners[0].address: port 80 needs privileges");
+        assert_eq!(
+            reason,
+            "config: listeners[0].address: port 80 needs privileges"
+        );
     }
 
     #[tokio::test]
@@ -2317,8 +2375,15 @@ mod tests {
         let err = serve_one(tokio_stream(old), |_| panic!("no offer"), T)
             .await
             .unwrap_err();
-        assert!(matches!(err, UpgradeError::Incompatible { theirs: 2, ours: 1 }), "{err}");
-        match conn.recv(Deadline::after(T), "test", 0).expect("refusal").msg {
+        assert!(
+            matches!(err, UpgradeError::Incompatible { theirs: 2, ours: 1 }),
+            "{err}"
+        );
+        match conn
+            .recv(Deadline::after(T), "test", 0)
+            .expect("refusal")
+            .msg
+        {
             Message::Refused { reason } => assert!(reason.contains("protocol 2"), "{reason}"),
             other => panic!("expected refused, got {other:?}"),
         }
@@ -2327,7 +2392,8 @@ mod tests {
     #[tokio::test]
     async fn refuse_tells_the_new_process_why() {
         let (old, new) = pair();
-        let new_side = tokio::task::spawn_blocking(move || Inheritance::handshake(new, Deadline::after(T)));
+        let new_side =
+            tokio::task::spawn_blocking(move || Inheritance::handshake(new, Deadline::after(T)));
         refuse(tokio_stream(old), "an upgrade is already under way", T)
             .await
             .expect("refuse");
@@ -2352,7 +2418,15 @@ mod tests {
         });
         let err = Inheritance::handshake(new, Deadline::after(T)).unwrap_err();
         old_side.join().expect("old side");
-        assert!(matches!(err, UpgradeError::Closed { during: "the descriptors" }), "{err}");
+        assert!(
+            matches!(
+                err,
+                UpgradeError::Closed {
+                    during: "the descriptors"
+                }
+            ),
+            "{err}"
+        );
         assert_none_open(&inodes);
     }
 
@@ -2368,11 +2442,20 @@ mod tests {
         });
         let err = Inheritance::handshake(new, Deadline::after(T)).unwrap_err();
         assert!(
-            matches!(err, UpgradeError::Protocol(ProtocolError::DescriptorCount { expected: 2, got: 3 })),
+            matches!(
+                err,
+                UpgradeError::Protocol(ProtocolError::DescriptorCount {
+                    expected: 2,
+                    got: 3
+                })
+            ),
             "{err}"
         );
         let reported = old_side.join().expect("old side");
-        assert!(reported.contains("announced 2 descriptors and carried 3"), "{reported}");
+        assert!(
+            reported.contains("announced 2 descriptors and carried 3"),
+            "{reported}"
+        );
         assert_none_open(&inodes);
     }
 
@@ -2388,7 +2471,13 @@ mod tests {
         });
         let err = Inheritance::handshake(new, Deadline::after(T)).unwrap_err();
         assert!(
-            matches!(err, UpgradeError::Protocol(ProtocolError::DescriptorCount { expected: 2, got: 1 })),
+            matches!(
+                err,
+                UpgradeError::Protocol(ProtocolError::DescriptorCount {
+                    expected: 2,
+                    got: 1
+                })
+            ),
             "{err}"
         );
         old_side.join().expect("old side");
@@ -2401,12 +2490,19 @@ mod tests {
         let inodes: Vec<u64> = sockets.iter().map(|fd| inode(fd.as_fd())).collect();
         let (old, new) = pair();
         let old_side = fake_old(old, move |conn| {
-            send(conn, &manifest(&[("web", addr, 1)], None, 1), &borrow_all(&sockets));
+            send(
+                conn,
+                &manifest(&[("web", addr, 1)], None, 1),
+                &borrow_all(&sockets),
+            );
             failure_report(conn)
         });
         let err = Inheritance::handshake(new, Deadline::after(T)).unwrap_err();
         assert!(
-            matches!(err, UpgradeError::Protocol(ProtocolError::UnexpectedDescriptors { got: 1, max: 0 })),
+            matches!(
+                err,
+                UpgradeError::Protocol(ProtocolError::UnexpectedDescriptors { got: 1, max: 0 })
+            ),
             "{err}"
         );
         old_side.join().expect("old side");
@@ -2421,7 +2517,11 @@ mod tests {
             (vec![("web", addr, 2)], Some(addr), 2),
             (vec![("web", addr, 0)], None, 0),
             (vec![("web", addr, usize::MAX), ("api", addr, 2)], None, 1),
-            (vec![("web", addr, MAX_DESCRIPTORS + 1)], None, MAX_DESCRIPTORS + 1),
+            (
+                vec![("web", addr, MAX_DESCRIPTORS + 1)],
+                None,
+                MAX_DESCRIPTORS + 1,
+            ),
         ] {
             let (old, new) = pair();
             let old_side = fake_old(old, move |conn| {
@@ -2433,7 +2533,12 @@ mod tests {
                 matches!(err, UpgradeError::Protocol(ProtocolError::BadManifest(_))),
                 "{err}"
             );
-            assert!(old_side.join().expect("old side").contains("bad offer manifest"));
+            assert!(
+                old_side
+                    .join()
+                    .expect("old side")
+                    .contains("bad offer manifest")
+            );
         }
     }
 
@@ -2470,13 +2575,18 @@ mod tests {
     fn a_huge_length_prefix_is_refused_before_any_body_is_read() {
         let (old, new) = pair();
         let old_side = fake_old(old, |conn| {
-            (&conn.stream).write_all(&[0xff, 0xff, 0xff, 0xff]).expect("write");
+            (&conn.stream)
+                .write_all(&[0xff, 0xff, 0xff, 0xff])
+                .expect("write");
         });
         let err = Inheritance::handshake(new, Deadline::after(T)).unwrap_err();
         assert!(
             matches!(
                 err,
-                UpgradeError::Protocol(ProtocolError::FrameTooLarge { len: 0xffff_ffff, max: MAX_OFFER_BYTES })
+                UpgradeError::Protocol(ProtocolError::FrameTooLarge {
+                    len: 0xffff_ffff,
+                    max: MAX_OFFER_BYTES
+                })
             ),
             "{err}"
         );
@@ -2485,7 +2595,11 @@ mod tests {
 
     #[test]
     fn garbage_instead_of_an_offer_is_a_protocol_error() {
-        for body in [&b"not json at all"[..], b"{\"type\":\"launch\"}", b"{\"type\":\"offer\"}"] {
+        for body in [
+            &b"not json at all"[..],
+            b"{\"type\":\"launch\"}",
+            b"{\"type\":\"offer\"}",
+        ] {
             let (old, new) = pair();
             let old_side = fake_old(old, move |conn| {
                 let mut frame = (body.len() as u32).to_be_bytes().to_vec();
@@ -2514,7 +2628,10 @@ mod tests {
             failure_report(conn)
         });
         let err = Inheritance::handshake(new, Deadline::after(T)).unwrap_err();
-        assert!(matches!(err, UpgradeError::Incompatible { theirs: 7, ours: 1 }), "{err}");
+        assert!(
+            matches!(err, UpgradeError::Incompatible { theirs: 7, ours: 1 }),
+            "{err}"
+        );
         assert!(old_side.join().expect("old side").contains("protocol 7"));
     }
 
@@ -2532,7 +2649,10 @@ mod tests {
         assert!(
             matches!(
                 err,
-                UpgradeError::Protocol(ProtocolError::FrameTooLarge { len: 0x4745_5420, max: MAX_MESSAGE_BYTES })
+                UpgradeError::Protocol(ProtocolError::FrameTooLarge {
+                    len: 0x4745_5420,
+                    max: MAX_MESSAGE_BYTES
+                })
             ),
             "{err}"
         );
@@ -2550,7 +2670,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, UpgradeError::Protocol(ProtocolError::UnexpectedDescriptors { got: 2, max: 0 })),
+            matches!(
+                err,
+                UpgradeError::Protocol(ProtocolError::UnexpectedDescriptors { got: 2, max: 0 })
+            ),
             "{err}"
         );
         assert_none_open(&inodes);
@@ -2568,7 +2691,10 @@ mod tests {
         assert!(
             matches!(
                 err,
-                UpgradeError::Protocol(ProtocolError::Unexpected { expected: "ready or failed", got: "ack" })
+                UpgradeError::Protocol(ProtocolError::Unexpected {
+                    expected: "ready or failed",
+                    got: "ack"
+                })
             ),
             "{err}"
         );
@@ -2580,10 +2706,23 @@ mod tests {
     async fn serve_one_times_out_on_a_silent_peer() {
         let (old, _silent) = pair();
         let started = Instant::now();
-        let err = serve_one(tokio_stream(old), |_| panic!("no offer"), Duration::from_millis(200))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, UpgradeError::Timeout { during: "the hello", .. }), "{err}");
+        let err = serve_one(
+            tokio_stream(old),
+            |_| panic!("no offer"),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UpgradeError::Timeout {
+                    during: "the hello",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(started.elapsed() < T);
     }
 
@@ -2592,10 +2731,23 @@ mod tests {
         let (old, new) = pair();
         let mut conn = Conn::new(new, MAX_OFFER_BYTES).expect("conn");
         send(&mut conn, &hello(), &[]);
-        let err = serve_one(tokio_stream(old), |_| empty_offer(), Duration::from_millis(200))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, UpgradeError::Timeout { during: "the answer", .. }), "{err}");
+        let err = serve_one(
+            tokio_stream(old),
+            |_| empty_offer(),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UpgradeError::Timeout {
+                    during: "the answer",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -2606,7 +2758,16 @@ mod tests {
         let _silent = StdUnixListener::bind(&path).expect("bind");
         let started = Instant::now();
         let err = Inheritance::receive(&path, Duration::from_millis(200)).unwrap_err();
-        assert!(matches!(err, UpgradeError::Timeout { during: "the offer", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                UpgradeError::Timeout {
+                    during: "the offer",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert!(started.elapsed() < T);
     }
@@ -2617,7 +2778,11 @@ mod tests {
         let missing = dir.join("missing.sock");
         let err = Inheritance::receive(&missing, T).unwrap_err();
         assert!(matches!(err, UpgradeError::NotRunning { .. }), "{err}");
-        assert!(err.to_string().contains("no running ringmesh accepts upgrades"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("no running ringmesh accepts upgrades"),
+            "{err}"
+        );
 
         // A socket file left by a process that is gone.
         let stale = dir.join("stale.sock");
@@ -2642,11 +2807,13 @@ mod tests {
             thread::spawn(move || {
                 let mut missing = 0;
                 while stopped.try_recv().is_err() {
-                    if let Err(UpgradeError::NotRunning { source, .. }) =
-                        connect(&path, Deadline::after(Duration::from_millis(50)))
-                        && source.kind() == io::ErrorKind::NotFound
-                    {
-                        missing += 1;
+                    match connect(&path, Deadline::after(Duration::from_millis(50))) {
+                        Err(UpgradeError::NotRunning { source, .. })
+                            if source.kind() == io::ErrorKind::NotFound =>
+                        {
+                            missing += 1;
+                        }
+                        _ => {}
                     }
                 }
                 missing
@@ -2665,31 +2832,27 @@ mod tests {
         let names: Vec<_> = fs::read_dir(&dir.0).expect("read dir").collect();
         assert_eq!(names.len(), 1, "no temporary name left behind: {names:?}");
 
-        // A client now reaches the newest listener, not the previous one.
+        // A client now reaches the newest listener: find its marker byte
+        // among the prober's (closed, empty) connections.
         let latest = replacements.pop().expect("a listener");
-        let probe_inode = {
-            let client = StdUnixStream::connect(&path).expect("connect");
-            inode(client.as_fd())
-        };
-        let accepted = loop {
+        let mut client = StdUnixStream::connect(&path).expect("connect");
+        client.write_all(b"!").expect("write");
+        loop {
             let (stream, _) = tokio::time::timeout(T, latest.accept())
                 .await
-                .expect("accept in time")
+                .expect("the client's connection in the newest listener's queue")
                 .expect("accept");
-            // Skip the prober's connections still in the queue.
-            if stream.peer_addr().is_ok() && check_peer(stream.as_fd()).is_ok() {
-                let mut found = false;
-                // SAFETY-free check: the last connection queued is ours.
-                if let Ok(None) = stream.take_error() {
-                    found = true;
-                }
-                if found {
-                    break stream;
-                }
+            tokio::time::timeout(T, stream.readable())
+                .await
+                .expect("readable")
+                .expect("readable");
+            let mut byte = [0u8; 1];
+            if stream.try_read(&mut byte).expect("read") == 1 {
+                assert_eq!(&byte, b"!");
+                break;
             }
-        };
-        let _ = (accepted, probe_inode);
-        assert!(matches!(previous.accept(), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+        }
+        drop(previous);
     }
 
     #[tokio::test]
@@ -2731,7 +2894,16 @@ mod tests {
         let body = br#"{"type":"fds","count":3}"#;
         assert_eq!(&frame[..4], &(body.len() as u32).to_be_bytes());
         assert_eq!(&frame[4..], body);
-        let err = encode(&Message::Failed { reason: "x".repeat(100) }, 64).unwrap_err();
-        assert!(matches!(err, UpgradeError::TooLarge { max: 64, .. }), "{err}");
+        let err = encode(
+            &Message::Failed {
+                reason: "x".repeat(100),
+            },
+            64,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, UpgradeError::TooLarge { max: 64, .. }),
+            "{err}"
+        );
     }
 }
