@@ -436,28 +436,12 @@ impl Inheritance {
             version: VERSION.to_owned(),
         };
         conn.send(&hello, &[], MAX_MESSAGE_BYTES, deadline, "the hello")?;
-        let frame = conn.recv(deadline, "the offer", 0)?;
-        let manifest = match frame.msg {
-            Message::Offer(manifest) => manifest,
-            Message::Refused { reason } => {
-                return Err(UpgradeError::Refused {
-                    reason: clip(reason, MAX_REASON_BYTES),
-                });
-            }
-            other => {
-                return Err(ProtocolError::Unexpected {
-                    expected: "an offer",
-                    got: other.kind(),
-                }
-                .into());
-            }
-        };
-        match take_offer(&mut conn, manifest, deadline) {
-            Ok((listeners, admin, old_pid, old_version)) => Ok(Inheritance {
-                listeners,
-                admin,
-                old_pid,
-                old_version,
+        match receive_offer(&mut conn, deadline) {
+            Ok(offered) => Ok(Inheritance {
+                listeners: offered.listeners,
+                admin: offered.admin,
+                old_pid: offered.old_pid,
+                old_version: offered.old_version,
                 conn,
             }),
             Err(e) => {
@@ -509,22 +493,33 @@ impl Inheritance {
     }
 }
 
-/// Checks the manifest, receives its descriptors and sorts them into
-/// listeners; any error drops (closes) everything received so far.
-#[allow(clippy::type_complexity)]
-fn take_offer(
-    conn: &mut Conn,
-    manifest: Manifest,
-    deadline: Deadline,
-) -> Result<
-    (
-        Vec<ListenerSockets>,
-        Option<(SocketAddr, OwnedFd)>,
-        u32,
-        String,
-    ),
-    UpgradeError,
-> {
+/// An offer as received, its descriptors checked and sorted.
+struct Offered {
+    listeners: Vec<ListenerSockets>,
+    admin: Option<(SocketAddr, OwnedFd)>,
+    old_pid: u32,
+    old_version: String,
+}
+
+/// Receives the manifest, checks it, receives its descriptors and sorts them
+/// into listeners; any error drops (closes) everything received so far.
+fn receive_offer(conn: &mut Conn, deadline: Deadline) -> Result<Offered, UpgradeError> {
+    let frame = conn.recv(deadline, "the offer", 0)?;
+    let manifest = match frame.msg {
+        Message::Offer(manifest) => manifest,
+        Message::Refused { reason } => {
+            return Err(UpgradeError::Refused {
+                reason: clip(reason, MAX_REASON_BYTES),
+            });
+        }
+        other => {
+            return Err(ProtocolError::Unexpected {
+                expected: "an offer",
+                got: other.kind(),
+            }
+            .into());
+        }
+    };
     if manifest.protocol != PROTOCOL {
         return Err(UpgradeError::Incompatible {
             theirs: manifest.protocol,
@@ -594,12 +589,12 @@ fn take_offer(
         // check_manifest made the counts add up.
         _ => None,
     };
-    Ok((
+    Ok(Offered {
         listeners,
         admin,
-        manifest.pid,
-        clip(manifest.version, MAX_VERSION_BYTES),
-    ))
+        old_pid: manifest.pid,
+        old_version: clip(manifest.version, MAX_VERSION_BYTES),
+    })
 }
 
 /// The manifest's counts must add up, within [`MAX_DESCRIPTORS`].
@@ -2243,7 +2238,7 @@ mod tests {
             let offer =
                 encode(&manifest(&[("web", addr, 2)], None, 2), MAX_OFFER_BYTES).expect("encode");
             let fds = encode(&Message::Fds { count: 2 }, MAX_MESSAGE_BYTES).expect("encode");
-            let mut dribble = |bytes: &[u8], attached: &[BorrowedFd<'_>]| {
+            let dribble = |bytes: &[u8], attached: &[BorrowedFd<'_>]| {
                 for (i, byte) in bytes.iter().enumerate() {
                     let attached = if i == 0 { attached } else { &[] };
                     assert_eq!(
