@@ -27,7 +27,7 @@ enum Command {
     ///
     /// SIGHUP re-reads the file; SIGTERM or SIGINT drains (stop accepting,
     /// let open connections finish) and exits 0.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a configuration file and print every error with file:line:col.
     ///
     /// Exits 0 when the file is valid, 1 otherwise. Host names of endpoints
@@ -351,7 +351,7 @@ fn main() -> ExitCode {
         },
         Command::Run(args) => {
             let _guard = init_logging(args.log_format);
-            match run(args) {
+            match run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

@@ -18,8 +18,8 @@ pub mod otlp;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
-pub mod upgrade;
 pub mod systemd;
+pub mod upgrade;
 mod validate;
 pub mod yaml;
 

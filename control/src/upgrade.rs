@@ -2267,13 +2267,22 @@ mod tests {
     #[tokio::test]
     async fn a_hello_split_into_single_bytes_is_reassembled() {
         let (old, new) = pair();
-        let writer = thread::spawn(move || {
+        let new_side = thread::spawn(move || {
             let frame = encode(&hello(), MAX_MESSAGE_BYTES).expect("encode");
             for byte in frame {
                 (&new).write_all(&[byte]).expect("write");
                 thread::sleep(Duration::from_micros(200));
             }
-            new
+            let mut conn = Conn::new(new, MAX_OFFER_BYTES).expect("conn");
+            let offer = conn.recv(Deadline::after(T), "test", 0).expect("offer");
+            assert!(matches!(offer.msg, Message::Offer(_)), "{offer:?}");
+            send(
+                &mut conn,
+                &Message::Failed {
+                    reason: "test over".to_owned(),
+                },
+                &[],
+            );
         });
         let outcome = serve_one(
             tokio_stream(old),
@@ -2283,20 +2292,25 @@ mod tests {
                 empty_offer()
             },
             T,
-        );
-        // The writer keeps its end until done; the answer then times out.
-        let err = outcome.await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                UpgradeError::Timeout {
-                    during: "the answer",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        drop(writer.join());
+        )
+        .await
+        .expect("serve_one");
+        new_side.join().expect("new side");
+        assert!(matches!(outcome, Outcome::Failed { .. }), "{outcome:?}");
+    }
+
+    /// The caller spawns hand-overs on a multi-threaded runtime.
+    #[test]
+    fn a_hand_over_can_run_on_any_runtime_thread() {
+        fn assert_send<F: Send>(_: &F) {}
+        let (old, _new) = pair();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _guard = runtime.enter();
+        let future = serve_one(tokio_stream(old), |_| empty_offer(), T);
+        assert_send(&future);
     }
 
     // -- The new process gives up or goes away: the old one keeps serving. --
