@@ -493,3 +493,97 @@ fn a_tls_listener_reads_the_header_before_the_handshake() {
         })
         .unwrap_or_else(|| panic!("{}", proxy.log_text()));
 }
+
+/// Reads a v2 header from `s`; returns its TLVs as (type, value) pairs.
+fn read_v2_tlvs(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut fixed = [0u8; 16];
+    s.read_exact(&mut fixed).unwrap();
+    assert_eq!(&fixed[..12], b"\r\n\r\n\0\r\nQUIT\n", "not a v2 header");
+    let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    let addresses = match fixed[13] >> 4 {
+        1 => 12,
+        2 => 36,
+        _ => 0,
+    };
+    let mut tlvs = Vec::new();
+    let mut rest = &payload[addresses..];
+    while rest.len() >= 3 {
+        let n = u16::from_be_bytes([rest[1], rest[2]]) as usize;
+        tlvs.push((rest[0], rest[3..3 + n].to_vec()));
+        rest = &rest[3 + n..];
+    }
+    tlvs
+}
+
+#[test]
+fn v2_headers_carry_alpn_authority_tls_version_and_the_spiffe_id() {
+    let pki = helpers::tls::Pki::new();
+    pki.issue("web", &["--spiffe", "spiffe://mesh.local/ns/shop/sa/web"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let capture = helpers::tcp::serve_each(move |mut s| {
+        let tlvs = read_v2_tlvs(&mut s);
+        let _ = tx.lock().unwrap().send(tlvs);
+        let _ = s.write_all(b"ok");
+    });
+    let proxy = Proxy::start_with(
+        &format!(
+            "admin:\n  listen: 127.0.0.1:0\nlisteners:\n  - name: mtls\n    listen: 127.0.0.1:0\n    cluster: capture\n    tls: {{ cert: \"{}\", key: \"{}\", client_ca: \"{}\", alpn: [demo/1] }}\nclusters:\n  - name: capture\n    endpoints: [\"{capture}\"]\n    send_proxy_protocol: v2\n",
+            pki.file("server.pem"),
+            pki.file("server.key"),
+            pki.file("ca.pem"),
+        ),
+        &["--workers", "1"],
+    )
+    .unwrap();
+    let config = helpers::tls::client_config(
+        &pki.path("ca.pem"),
+        Some(&pki.path("web")),
+        helpers::tls::Versions::Both,
+    );
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"demo/1".to_vec()];
+    let mut client = helpers::tls::connect(proxy.listener("mtls"), std::sync::Arc::new(config));
+    client.write_all(b"x").unwrap();
+    let mut back = [0u8; 2];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ok");
+    let tlvs = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let get = |t: u8| {
+        tlvs.iter()
+            .find(|(k, _)| *k == t)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no TLV {t:#04x} in {tlvs:?}"))
+    };
+    assert_eq!(get(0x01), b"demo/1", "PP2_TYPE_ALPN");
+    assert_eq!(
+        get(0x02),
+        b"localhost",
+        "PP2_TYPE_AUTHORITY (the client's SNI)"
+    );
+    assert_eq!(
+        get(0xE0),
+        b"spiffe://mesh.local/ns/shop/sa/web",
+        "the client's SPIFFE ID"
+    );
+    let ssl = get(0x20);
+    assert_eq!(ssl[0] & 0x01, 0x01, "PP2_CLIENT_SSL");
+    // client (1 byte), verify (4 bytes, 0 = verified), then sub-TLVs.
+    assert_eq!(
+        &ssl[1..5],
+        &[0, 0, 0, 0],
+        "the client's certificate was verified"
+    );
+    let version = ssl[5..]
+        .first()
+        .filter(|t| **t == 0x21)
+        .map(|_| {
+            let n = u16::from_be_bytes([ssl[6], ssl[7]]) as usize;
+            String::from_utf8_lossy(&ssl[8..8 + n]).into_owned()
+        })
+        .unwrap_or_else(|| panic!("no PP2_SUBTYPE_SSL_VERSION in {ssl:?}"));
+    assert!(version.starts_with("TLS"), "{version}");
+    assert_eq!(get(0x03).len(), 4, "PP2_TYPE_CRC32C");
+}

@@ -34,6 +34,9 @@ use crate::upgrade::{self, Inheritance, ListenerSockets, Offer, Outcome};
 /// on them (config compile, certificate loads, discovery priming).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a refusal waits for the new process to read it.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long the new process waits for the old one to answer at all.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,8 +58,8 @@ pub(crate) async fn serve_upgrades(
             }
         };
         if proxy.is_draining() {
-            // Dropping the connection tells the new process to give up.
             tracing::warn!("upgrade refused: this process is draining");
+            let _ = upgrade::refuse(stream, "the running process is draining", HELLO_TIMEOUT).await;
             continue;
         }
         let offer = match offer(&proxy).await {
