@@ -233,7 +233,7 @@ async fn attempt(
             let _ = stream.set_nodelay(true);
             if let Some(version) = cluster.send_proxy_protocol {
                 // Before TLS: the header is for the endpoint's TCP layer.
-                if let Err(e) = send_proxy_header(&stream, version, origin).await {
+                if let Err(e) = send_proxy_header(&stream, addr, version, origin).await {
                     stats.connect_failures.inc();
                     return Attempt::Failed(AttemptError::Io(e));
                 }
@@ -407,11 +407,14 @@ pub(crate) fn avoid_tried(
 }
 
 /// Writes the PROXY protocol header a fresh upstream connection starts
-/// with: the client's addresses (and, in v2, its TLVs), or, without a
-/// client (`origin` absent), v1 `UNKNOWN` / v2 `LOCAL`. Small enough for
-/// the socket buffer of a new connection: one write.
+/// with: the client's addresses (and, in v2, its TLVs). A connection with
+/// no client (`origin` absent: the proxy's own, e.g. a mirrored request)
+/// sends v2 `LOCAL`, or in v1 its own addresses, as the specification asks
+/// of a sender's own connections (some receivers refuse `UNKNOWN`). Small
+/// enough for the socket buffer of a new connection: one write.
 async fn send_proxy_header(
     stream: &TcpStream,
+    endpoint: SocketAddr,
     version: Version,
     origin: Option<&Outgoing<'_>>,
 ) -> io::Result<()> {
@@ -419,10 +422,18 @@ async fn send_proxy_header(
     match (version, origin) {
         (Version::V1, Some(o)) => proxy_protocol::encode_v1(o, &mut header),
         (Version::V2, Some(o)) => proxy_protocol::encode_v2(o, &mut header),
-        (Version::V1, None) => header.extend_from_slice(b"PROXY UNKNOWN\r\n"),
-        // The v2 signature, version 2 command LOCAL, family UNSPEC, no
-        // payload.
-        (Version::V2, None) => header.extend_from_slice(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00"),
+        (Version::V1, None) => {
+            let own = Outgoing {
+                source: stream.local_addr()?,
+                destination: endpoint,
+                alpn: None,
+                authority: None,
+                spiffe_id: None,
+                tls_version: None,
+            };
+            proxy_protocol::encode_v1(&own, &mut header)
+        }
+        (Version::V2, None) => proxy_protocol::encode_v2_local(&mut header),
     }
     runtime::send_all(stream, header).await.0
 }

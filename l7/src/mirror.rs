@@ -142,7 +142,8 @@ async fn exchange(
 ) -> MirrorResult {
     let connected = match upstream::pick(cluster, core, key, original) {
         // A shadow request names no client in a PROXY protocol header
-        // (v1 `UNKNOWN`, v2 `LOCAL`): it is the proxy's own.
+        // (v2 `LOCAL`; v1 names the connection's own addresses): it is the
+        // proxy's own.
         Ok(pick) => upstream::connect(cluster, core, pick, None).await,
         Err(e) => Err(e),
     };
