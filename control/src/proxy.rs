@@ -850,7 +850,14 @@ fn serve(
         // serves upgrades in turn, on the same path unless told otherwise.
         if let Some(inherited) = inherited.take() {
             let old_pid = inherited.answer.old_pid;
-            match inherited.answer.ready(crate::handover::READY_TIMEOUT) {
+            // A blocking wait for the old process's ack (it stops accepting
+            // first): off this thread, so the admin API serves meanwhile.
+            let answer = inherited.answer;
+            let acked = tokio::task::spawn_blocking(move || {
+                answer.ready(crate::handover::READY_TIMEOUT)
+            })
+            .await;
+            match acked.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
                 Ok(()) => tracing::info!(addr = %admin_addr, old_pid, "upgrade complete: serving on the inherited sockets; the old process drains"),
                 Err(e) => tracing::warn!(error = %e, old_pid, "upgrade: the old process did not confirm it stopped accepting; serving anyway"),
             }
