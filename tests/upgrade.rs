@@ -404,3 +404,41 @@ fn sigusr2_starts_the_successor_which_takes_over() {
     unsafe { libc::kill(new_pid, libc::SIGKILL) };
     assert_eq!(echoed.unwrap(), b"served by the successor");
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    };
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/ringmesh.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.contains("ExecReload=/bin/kill -USR2 $MAINPID"),
+        "reload is an upgrade"
+    );
+    assert!(unit.contains("--upgrade-socket /run/ringmesh/upgrade.sock"));
+    // The unit names the installed binary; verify checks that it exists.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ringmesh.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/ringmesh", helpers::proxy::binary()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
