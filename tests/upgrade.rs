@@ -442,3 +442,54 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         "systemd-analyze verify: {stderr}"
     );
 }
+
+#[test]
+fn systemd_hears_ready_then_the_new_main_pid_and_stopping_only_at_the_end() {
+    use std::os::unix::net::UnixDatagram;
+    let echo = EchoServer::start();
+    let web = Upstream::start(|_| Reply::ok("ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ringmesh.yaml");
+    std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
+    let sock_arg = socket_path(dir.path()).display().to_string();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let notify_env = notify_path.display().to_string();
+    let env = [("NOTIFY_SOCKET", notify_env.as_str())];
+    let start = |args: &[&str], ready: &str| {
+        let mut all: Vec<String> = vec!["run".into(), "-c".into(), cfg.display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Proxy::launch_with_env(&all, &env, tempfile::tempdir().unwrap(), ready)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut old = start(&["--upgrade-socket", &sock_arg], "admin API listening");
+    assert_eq!(recv(), format!("READY=1\nMAINPID={}", old.pid()));
+    let mut new = start(
+        &["--upgrade-from", &sock_arg],
+        "upgrade complete: serving on the inherited sockets; the old process drains",
+    );
+    assert_eq!(recv(), format!("READY=1\nMAINPID={}", new.pid()));
+    assert!(
+        old.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+    // The old process drained without telling systemd the service stops.
+    new.signal(libc::SIGTERM);
+    assert_eq!(
+        recv(),
+        "STOPPING=1",
+        "the next notification is the new process's stop"
+    );
+    assert!(
+        new.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+}

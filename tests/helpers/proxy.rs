@@ -65,8 +65,18 @@ impl Proxy {
     /// for `run`, `control plane listening` for `control`); `admin` is
     /// that address. `dir` lives as long as the process.
     pub fn launch(args: &[String], dir: tempfile::TempDir, ready: &str) -> Result<Proxy, String> {
+        Self::launch_with_env(args, &[], dir, ready)
+    }
+
+    /// [`Proxy::launch`] with extra environment variables.
+    pub fn launch_with_env(
+        args: &[String],
+        env: &[(&str, &str)],
+        dir: tempfile::TempDir,
+        ready: &str,
+    ) -> Result<Proxy, String> {
         let mut cmd = Command::new(binary());
-        cmd.args(args);
+        cmd.args(args).envs(env.iter().copied());
         let config_path = dir.path().to_owned();
         Self::spawn(cmd, config_path, dir, ready)
     }
