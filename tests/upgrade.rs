@@ -202,9 +202,11 @@ fn ten_upgrades_under_load_refuse_reset_and_lose_nothing() {
     std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
     let sock = socket_path(dir.path());
     let sock_arg = sock.display().to_string();
+    // One worker first: the next process runs two, so its listeners' groups
+    // grow by a socket (SO_REUSEPORT) beside the inherited one.
     let mut current = launch(
         &cfg,
-        &["--workers", "2", "--upgrade-socket", &sock_arg],
+        &["--workers", "1", "--upgrade-socket", &sock_arg],
         "admin API listening",
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -231,9 +233,9 @@ fn ten_upgrades_under_load_refuse_reset_and_lose_nothing() {
         }));
         thread::sleep(Duration::from_millis(50));
         let (workers, engine) = if round % 2 == 0 {
-            ("1", "epoll")
+            ("2", "epoll")
         } else {
-            ("2", "uring")
+            ("1", "uring")
         };
         let before = traffic.connections.load(Ordering::Relaxed);
         let next = launch(
