@@ -587,3 +587,64 @@ fn v2_headers_carry_alpn_authority_tls_version_and_the_spiffe_id() {
     assert!(version.starts_with("TLS"), "{version}");
     assert_eq!(get(0x03).len(), 4, "PP2_TYPE_CRC32C");
 }
+
+#[test]
+fn health_checks_open_with_a_header_and_pass_behind_accept_proxy() {
+    let app = Upstream::start(|_| Reply::ok("healthy"));
+    for version in ["v1", "v2"] {
+        let haproxy_in = free_port();
+        let Some(_haproxy) = haproxy(
+            &format!(
+                "listen app\n  mode http\n  bind {haproxy_in} accept-proxy\n  server app {}\n",
+                app.addr
+            ),
+            app.addr,
+        ) else {
+            return;
+        };
+        let proxy = Proxy::start_with(
+            &format!(
+                "admin:\n  listen: 127.0.0.1:0\nlisteners:\n  - name: tcp\n    listen: 127.0.0.1:0\n    cluster: hap\nclusters:\n  - name: hap\n    endpoints: [\"{haproxy_in}\"]\n    send_proxy_protocol: {version}\n    health_check: {{ type: http, path: /, interval: 50ms }}\n"
+            ),
+            &["--workers", "1"],
+        )
+        .unwrap();
+        let labels = [("cluster", "hap"), ("result", "success")];
+        let passed = proxy.wait_metric(
+            "ringmesh_health_checks_total",
+            &labels,
+            Duration::from_secs(10),
+            |v| v >= 5.0,
+        );
+        let failed = proxy.metric(
+            "ringmesh_health_checks_total",
+            &[("cluster", "hap"), ("result", "failure")],
+        );
+        assert!(
+            passed >= 5.0 && failed == 0.0,
+            "{version}: {passed} passed, {failed} failed"
+        );
+    }
+}
+
+#[test]
+fn a_v2_header_larger_than_the_first_read_is_taken_whole() {
+    let echo = EchoServer::start();
+    let proxy = receiving_proxy(echo.addr, "required");
+    // Addresses, then a 1,000-byte PP2_TYPE_NOOP TLV: 1,028 bytes in all.
+    let mut header = v2_header("192.0.2.77:7777", "198.51.100.1:443", 1003);
+    header.extend_from_slice(&[0x04, 0x03, 0xE8]);
+    header.extend_from_slice(&[0u8; 1000]);
+    let mut s = helpers::tcp::connect(proxy.listener("pp"));
+    s.write_all(&header).unwrap();
+    s.write_all(b"after").unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"after");
+    drop(s);
+    proxy
+        .wait_log(Duration::from_secs(10), |v| {
+            v["message"] == "connection closed" && v["peer"] == "192.0.2.77:7777"
+        })
+        .unwrap_or_else(|| panic!("{}", proxy.log_text()));
+}

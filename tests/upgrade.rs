@@ -302,7 +302,7 @@ fn ten_upgrades_under_load_refuse_reset_and_lose_nothing() {
 }
 
 #[test]
-fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
+fn a_new_process_that_cannot_start_leaves_the_old_one_serving_and_resets_nothing() {
     let echo = EchoServer::start();
     let web = Upstream::start(|_| Reply::ok("still here"));
     let dir = tempfile::tempdir().unwrap();
@@ -311,65 +311,194 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     let sock_arg = socket_path(dir.path()).display().to_string();
     let old = launch(
         &cfg,
-        &["--workers", "2", "--upgrade-socket", &sock_arg],
+        &["--workers", "1", "--upgrade-socket", &sock_arg],
         "admin API listening",
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let tcp = old.listener("tcp");
+    let traffic = Arc::new(Traffic::default());
+    let client = thread::spawn({
+        let t = traffic.clone();
+        move || connect_loop(tcp, t)
+    });
 
-    // The new config adds a listener on a port another process holds: the
-    // new process fails after it received the sockets.
+    // A port another process holds, for a listener and for the admin API:
+    // each new process fails after it received the sockets. It runs more
+    // workers than the old one (its groups would grow) and fails before it
+    // accepts anything, so the old process's clients see nothing.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let bad = dir.path().join("bad.yaml");
+    let taken = taken.local_addr().map(|a| (taken, a)).unwrap();
+    let busy_listener = dir.path().join("busy-listener.yaml");
     std::fs::write(
-        &bad,
+        &busy_listener,
         config(
             echo.addr,
             web.addr,
             &format!(
                 "  - name: taken\n    listen: {}\n    cluster: echo\n",
-                taken.local_addr().unwrap()
+                taken.1
             ),
         ),
     )
     .unwrap();
-    let failed = launch(&bad, &["--upgrade-from", &sock_arg], "upgrade complete");
-    let output = failed.err().expect("the new process must fail");
-    assert!(output.contains("already in use"), "{output}");
-    old.wait_log(Duration::from_secs(10), |v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("upgrade failed"))
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "old process did not log the failed upgrade:\n{}",
-            old.log_text()
-        )
-    });
-    let mut s = helpers::tcp::connect(tcp);
-    assert_eq!(
-        helpers::tcp::echo_roundtrip(&mut s, b"after a failed upgrade").unwrap(),
-        b"after a failed upgrade"
+    let busy_admin = dir.path().join("busy-admin.yaml");
+    std::fs::write(
+        &busy_admin,
+        config(echo.addr, web.addr, "").replace(
+            "admin:\n  listen: 127.0.0.1:0",
+            &format!("admin:\n  listen: {}", taken.1),
+        ),
+    )
+    .unwrap();
+    for (bad, expected) in [
+        (&busy_listener, "already in use"),
+        (&busy_admin, "admin API: cannot listen"),
+    ] {
+        let failed = launch(
+            bad,
+            &["--workers", "2", "--upgrade-from", &sock_arg],
+            "upgrade complete",
+        );
+        let output = failed.err().expect("the new process must fail");
+        assert!(output.contains(expected), "{output}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let failures = old
+        .logs()
+        .iter()
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("upgrade failed"))
+        })
+        .count();
+    assert_eq!(failures, 2, "both failures logged:\n{}", old.log_text());
+    let before = traffic.connections.load(Ordering::Relaxed);
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        traffic.connections.load(Ordering::Relaxed) > before,
+        "the old process serves"
     );
 
     // A later, good upgrade still works.
     let mut old = old;
     let next = launch(
         &cfg,
-        &["--upgrade-from", &sock_arg],
+        &["--workers", "2", "--upgrade-from", &sock_arg],
         "upgrade complete: serving on the inherited sockets; the old process drains",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    drop(s);
     assert!(
         old.wait_exit(Duration::from_secs(30))
             .is_some_and(|s| s.success())
     );
+    traffic.stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let failures = traffic.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{failures:#?}");
     let mut s = helpers::tcp::connect(next.listener("tcp"));
     assert_eq!(
         helpers::tcp::echo_roundtrip(&mut s, b"new").unwrap(),
         b"new"
+    );
+}
+
+#[test]
+fn a_rejected_reload_does_not_stop_later_upgrades() {
+    let echo = EchoServer::start();
+    let web = Upstream::start(|_| Reply::ok("ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ringmesh.yaml");
+    let good = config(echo.addr, web.addr, "");
+    std::fs::write(&cfg, &good).unwrap();
+    let sock_arg = socket_path(dir.path()).display().to_string();
+    let mut old = launch(
+        &cfg,
+        &["--upgrade-socket", &sock_arg],
+        "admin API listening",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tcp = old.listener("tcp");
+    // A reload that needs a port another process holds is rejected after
+    // the kept listeners were looked at.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let rejected = old.put_config(&config(
+        echo.addr,
+        web.addr,
+        &format!(
+            "  - name: taken\n    listen: {}\n    cluster: echo\n",
+            taken.local_addr().unwrap()
+        ),
+    ));
+    assert!(rejected.status >= 400, "{}", rejected.status);
+    let next = launch(
+        &cfg,
+        &["--upgrade-from", &sock_arg],
+        "upgrade complete: serving on the inherited sockets; the old process drains",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(next.listener("tcp"), tcp, "the listener was handed over");
+    assert!(
+        old.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
+fn a_moved_admin_api_stops_listening_on_the_old_address() {
+    let echo = EchoServer::start();
+    let web = Upstream::start(|_| Reply::ok("ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ringmesh.yaml");
+    std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
+    let sock_arg = socket_path(dir.path()).display().to_string();
+    // Long drain: the old process lives on while a connection is open.
+    let mut old = launch(
+        &cfg,
+        &["--upgrade-socket", &sock_arg, "--drain-timeout", "60s"],
+        "admin API listening",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let old_admin = old.admin;
+    let held = helpers::tcp::connect(old.listener("tcp"));
+    let moved = dir.path().join("moved.yaml");
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        &moved,
+        config(echo.addr, web.addr, "").replace(
+            "admin:\n  listen: 127.0.0.1:0",
+            &format!("admin:\n  listen: {free}"),
+        ),
+    )
+    .unwrap();
+    let next = launch(
+        &moved,
+        &["--upgrade-from", &sock_arg],
+        "upgrade complete: serving on the inherited sockets; the old process drains",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(next.admin, free);
+    // The old process still drains (a connection is open), and its admin
+    // address refuses connections instead of queueing them unserved.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(old_admin).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the old admin address still accepts"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        old.wait_exit(Duration::from_millis(100)).is_none(),
+        "still draining"
+    );
+    drop(held);
+    assert!(
+        old.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
     );
 }
 

@@ -114,6 +114,10 @@ pub fn compile(
             version ^ 0x9e37_79b9_7f4a_7c15,
             c.peak_ewma.unwrap_or_default(),
         );
+        let send_proxy_protocol = c.send_proxy_protocol.map(|v| match v {
+            crate::model::ProxyProtocolVersion::V1 => ringmesh_core::proxy_protocol::Version::V1,
+            crate::model::ProxyProtocolVersion::V2 => ringmesh_core::proxy_protocol::Version::V2,
+        });
         let cluster = Arc::new(Cluster {
             name: Arc::from(c.name.as_str()),
             endpoints,
@@ -128,17 +132,14 @@ pub fn compile(
             stats: stats.cluster(&c.name),
             health,
             outlier: c.outlier_detection.as_ref().map(|o| o.0.clone()),
-            health_check: c.health_check.as_ref().map(|h| h.0.clone()),
+            health_check: c.health_check.as_ref().map(|h| {
+                let mut check = h.0.clone();
+                check.send_proxy_protocol = send_proxy_protocol;
+                check
+            }),
             panic_threshold: c.panic_threshold,
             original_destination,
-            send_proxy_protocol: c.send_proxy_protocol.map(|v| match v {
-                crate::model::ProxyProtocolVersion::V1 => {
-                    ringmesh_core::proxy_protocol::Version::V1
-                }
-                crate::model::ProxyProtocolVersion::V2 => {
-                    ringmesh_core::proxy_protocol::Version::V2
-                }
-            }),
+            send_proxy_protocol,
         });
         clusters.insert(c.name.as_str(), cluster.clone());
         ordered.push(cluster);
@@ -210,6 +211,7 @@ pub fn compile(
             access_log: l.access_log,
             zero_copy: l.zero_copy,
             original_destination: l.original_destination,
+            resolve_local_address: doc.clusters.iter().any(|c| c.send_proxy_protocol.is_some()),
             proxy_protocol: l
                 .proxy_protocol
                 .map(|mode| ringmesh_core::AcceptProxyProtocol {

@@ -66,6 +66,9 @@ pub(crate) async fn serve_upgrades(
             Ok(offer) => offer,
             Err(e) => {
                 tracing::error!(error = %e, "upgrade refused: cannot duplicate the listening sockets");
+                let reason =
+                    format!("the running process cannot duplicate its listening sockets: {e}");
+                let _ = upgrade::refuse(stream, &reason, HELLO_TIMEOUT).await;
                 continue;
             }
         };
@@ -79,6 +82,14 @@ pub(crate) async fn serve_upgrades(
                 proxy.draining.store(true, Ordering::Relaxed);
                 proxy.engine.lock().await.stop_accepting().await;
                 admin.abort();
+                // The admin task's socket closes with it; this duplicate too.
+                drop(
+                    proxy
+                        .admin_socket
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take(),
+                );
                 ack.done();
                 proxy.request_drain();
                 return;
@@ -113,7 +124,7 @@ async fn offer(proxy: &Proxy) -> std::io::Result<Offer> {
             sockets: h.sockets.into_iter().map(OwnedFd::from).collect(),
         })
         .collect();
-    let admin = match &proxy.admin_socket {
+    let admin = match &*proxy.admin_socket.lock().unwrap_or_else(|p| p.into_inner()) {
         Some((bound, socket)) => Some((*bound, OwnedFd::from(socket.try_clone()?))),
         None => None,
     };
@@ -181,17 +192,14 @@ pub struct Successor {
 }
 
 impl Successor {
-    /// The program and arguments of this process, to be started again
-    /// with `--upgrade-from socket`.
-    pub fn of_this_process(socket: PathBuf) -> Option<Successor> {
-        // Resolved at startup: once the file is replaced, /proc/self/exe
-        // names the old, deleted one.
-        let program = std::env::current_exe().ok()?;
-        Some(Successor {
+    /// This process's arguments with `program` (resolved at startup), to
+    /// be started again with `--upgrade-from socket`.
+    pub fn of_this_process(program: PathBuf, socket: PathBuf) -> Successor {
+        Successor {
             program,
             args: std::env::args_os().skip(1).collect(),
             socket,
-        })
+        }
     }
 
     /// The arguments of the new process: these, with any earlier
@@ -240,17 +248,21 @@ impl Successor {
     }
 }
 
-/// Starts a successor on every `SIGUSR2`.
-pub(crate) async fn upgrade_on_sigusr2(successor: Successor) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut usr2 = match signal(SignalKind::user_defined2()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot install the SIGUSR2 handler; upgrade with `ringmesh run --upgrade-from`");
-            return;
-        }
+/// Starts a successor on every `SIGUSR2` (handler registered at startup
+/// with the other signals); without an upgrade socket the signal is
+/// ignored, and said so.
+pub(crate) async fn upgrade_on_sigusr2(
+    successor: Option<Successor>,
+    usr2: Option<tokio::signal::unix::Signal>,
+) {
+    let Some(mut usr2) = usr2 else {
+        return;
     };
     while usr2.recv().await.is_some() {
+        let Some(successor) = &successor else {
+            tracing::warn!("SIGUSR2 ignored: binary upgrades need --upgrade-socket PATH");
+            continue;
+        };
         match successor.spawn() {
             Ok(pid) => tracing::info!(
                 pid,

@@ -179,7 +179,9 @@ pub struct Proxy {
     pub(crate) handed_over: AtomicBool,
     /// A duplicate of the admin API's listening socket, for the next
     /// process of a binary upgrade, with its bound address.
-    pub(crate) admin_socket: Option<(SocketAddr, std::net::TcpListener)>,
+    /// Dropped once handed over: the old process must not keep the
+    /// address listening (connections would queue there unserved).
+    pub(crate) admin_socket: std::sync::Mutex<Option<(SocketAddr, std::net::TcpListener)>>,
     reloads_applied: AtomicU64,
     reloads_rejected: AtomicU64,
 }
@@ -620,6 +622,9 @@ fn admin_token(
 
 /// Runs the proxy until it has drained. Returns when it is time to exit 0.
 pub fn run(options: RunOptions) -> Result<(), RunError> {
+    // Resolved now: once an upgrade replaces the file, /proc/self/exe names
+    // the old, deleted one; SIGUSR2 starts whatever is at this path then.
+    let exe = std::env::current_exe().ok();
     let (source, text) = match &options.config_path {
         Some(path) => (
             path.display().to_string(),
@@ -676,6 +681,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     };
     let result = serve(
         options,
+        exe,
         source,
         document,
         token,
@@ -694,6 +700,7 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
 #[allow(clippy::too_many_arguments)]
 fn serve(
     options: RunOptions,
+    exe: Option<PathBuf>,
     source: String,
     document: Document,
     token: Option<Vec<u8>>,
@@ -762,10 +769,9 @@ fn serve(
         let snapshot = compile_off_thread(&source, &document, 1, &registries, workers)
             .await
             .map_err(startup_error)?;
-        engine.apply(snapshot.clone()).await?;
-        for l in engine.listeners() {
-            tracing::info!(listener = %l.name, addr = %l.bound, "listening");
-        }
+        // Every step that can fail comes before the first apply: once the
+        // workers accept (on an upgrade, from the inherited sockets), a
+        // failure would reset the connections they took.
         let admin_listen = document.admin.listen;
         let admin_error = |source| RunError::Admin {
             addr: admin_listen,
@@ -789,6 +795,10 @@ fn serve(
         let admin_keep = admin_std.try_clone().map_err(admin_error)?;
         let admin_socket = tokio::net::TcpListener::from_std(admin_std).map_err(admin_error)?;
         let admin_addr = admin_socket.local_addr().unwrap_or(admin_listen);
+        engine.apply(snapshot.clone()).await?;
+        for l in engine.listeners() {
+            tracing::info!(listener = %l.name, addr = %l.bound, "listening");
+        }
         let policy = crate::admin::guard::AdminPolicy {
             bound: admin_addr,
             allowed_hosts: document.admin.allowed_hosts.clone(),
@@ -835,7 +845,7 @@ fn serve(
             draining: AtomicBool::new(false),
             drain_requested: Notify::new(),
             handed_over: AtomicBool::new(false),
-            admin_socket: Some((admin_addr, admin_keep)),
+            admin_socket: std::sync::Mutex::new(Some((admin_addr, admin_keep))),
             reloads_applied: AtomicU64::new(1),
             reloads_rejected: AtomicU64::new(0),
         });
@@ -863,18 +873,18 @@ fn serve(
             }
         }
         let upgrade_socket = options.upgrade_socket.clone().or(options.upgrade_from.clone());
+        let mut successor = None;
         if let Some(path) = upgrade_socket {
             match crate::upgrade::listen(&path) {
                 Ok(listener) => {
                     tracing::info!(socket = %path.display(), "serving binary upgrades (ringmesh run --upgrade-from, or SIGUSR2)");
                     tokio::spawn(crate::handover::serve_upgrades(proxy.clone(), listener, admin_task.abort_handle()));
-                    if let Some(successor) = crate::handover::Successor::of_this_process(path) {
-                        tokio::spawn(crate::handover::upgrade_on_sigusr2(successor));
-                    }
+                    successor = exe.map(|program| crate::handover::Successor::of_this_process(program, path));
                 }
                 Err(e) => tracing::error!(socket = %path.display(), error = %e, "cannot serve binary upgrades"),
             }
         }
+        tokio::spawn(crate::handover::upgrade_on_sigusr2(successor, signals.usr2));
         crate::systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
         tokio::spawn(watch_certificates(
             proxy.clone(),
@@ -914,6 +924,9 @@ fn serve(
 /// The process's signal streams, registered together at startup.
 struct Signals {
     hup: Option<tokio::signal::unix::Signal>,
+    /// Registered with the others, before readiness is reported: a SIGUSR2
+    /// (`systemctl reload`) must never take the default action (terminate).
+    usr2: Option<tokio::signal::unix::Signal>,
     term: Option<tokio::signal::unix::Signal>,
     int: Option<tokio::signal::unix::Signal>,
 }
@@ -930,6 +943,7 @@ impl Signals {
         };
         Signals {
             hup: get(SignalKind::hangup(), "SIGHUP"),
+            usr2: get(SignalKind::user_defined2(), "SIGUSR2"),
             term: get(SignalKind::terminate(), "SIGTERM"),
             int: get(SignalKind::interrupt(), "SIGINT"),
         }

@@ -160,7 +160,9 @@ async fn receive_proxy_header(
         return true;
     };
     let deadline = Instant::now() + accept.timeout;
-    let mut buf = Vec::with_capacity(proxy_protocol::MAX_HEADER);
+    // Room for any v1 line and a v2 header with its addresses and usual
+    // TLVs; grown to the v2 limit only for a header that needs it.
+    let mut buf = Vec::with_capacity(256);
     let mut backoff = Duration::from_millis(1);
     let mut seen = 0;
     let failed = |record: &mut ConnectionRecord, e: String| {
@@ -213,6 +215,11 @@ async fn receive_proxy_header(
                     record.proxied_destination = Some(destination);
                 }
                 return true;
+            }
+            Ok(Decoded::Incomplete)
+                if n == buf.capacity() && buf.capacity() < proxy_protocol::MAX_HEADER =>
+            {
+                buf.reserve_exact(proxy_protocol::MAX_HEADER - buf.len());
             }
             Ok(Decoded::Incomplete) => {
                 // A peek returns at once while part of the header is in:
@@ -344,9 +351,11 @@ async fn hand_over(
             core: ctx.core,
             original_destination: record.original_destination,
             proxied_destination: record.proxied_destination,
-            // A wildcard bind's real address costs one `getsockname`, next
-            // to an HTTP connection's setup.
-            local: crate::protocol::local_address(record.local, record.fd),
+            local: if ctx.config.resolve_local_address {
+                crate::protocol::local_address(record.local, record.fd)
+            } else {
+                record.local
+            },
         },
         listener: ListenerWatch(current),
         bytes: bytes.clone(),

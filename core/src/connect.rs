@@ -412,7 +412,7 @@ pub(crate) fn avoid_tried(
 /// sends v2 `LOCAL`, or in v1 its own addresses, as the specification asks
 /// of a sender's own connections (some receivers refuse `UNKNOWN`). Small
 /// enough for the socket buffer of a new connection: one write.
-async fn send_proxy_header(
+pub(crate) async fn send_proxy_header(
     stream: &TcpStream,
     endpoint: SocketAddr,
     version: Version,

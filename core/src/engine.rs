@@ -279,61 +279,57 @@ impl Engine {
             (0..n).map(|_| HashMap::new()).collect();
         let mut next_bound = HashMap::with_capacity(snapshot.listeners.len());
         let mut next_held = HashMap::with_capacity(snapshot.listeners.len());
+        let mut kept = Vec::new();
+        let mut inherited = Vec::new();
         for l in &snapshot.listeners {
             let key = ListenKey::of(l);
             if let Some(existing) = self.bound.get(&key) {
                 let mut b = existing.clone();
                 b.name = l.name.clone();
                 next_bound.insert(key.clone(), b);
-                if let Some(held) = self.held.remove(&key) {
-                    next_held.insert(key, held);
-                }
+                // Its duplicates move over only once nothing can fail.
+                kept.push(key);
                 continue;
             }
-            let (sockets, bound) = match self.inherited.get(&key) {
-                Some((bound, inherited)) => {
-                    let mut sockets = inherited
-                        .iter()
-                        .map(std::net::TcpListener::try_clone)
-                        .collect::<std::io::Result<Vec<_>>>()
-                        .map_err(|source| BindError::Io {
-                            name: l.name.clone(),
-                            addr: *bound,
-                            source,
-                        })?;
-                    // Fewer old workers than ours: the group grows.
-                    sockets.extend(join_group(
-                        &l.name,
-                        *bound,
-                        n.saturating_sub(sockets.len()),
-                    )?);
-                    (sockets, *bound)
-                }
-                None => bind_group(&l.name, l.listen, n)?,
-            };
-            let held = sockets
-                .iter()
-                .map(std::net::TcpListener::try_clone)
-                .collect::<std::io::Result<Vec<_>>>()
-                .map_err(|source| BindError::Io {
-                    name: l.name.clone(),
-                    addr: bound,
-                    source,
-                })?;
-            next_held.insert(key.clone(), held);
-            // More sockets than workers (the old process ran more): some
-            // workers accept from several.
-            for (i, s) in sockets.into_iter().enumerate() {
-                per_worker[i % n].entry(key.clone()).or_default().push(s);
+            if let Some((bound, sockets)) = self.inherited.get(&key) {
+                let sockets = sockets
+                    .iter()
+                    .map(std::net::TcpListener::try_clone)
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(|source| BindError::Io {
+                        name: l.name.clone(),
+                        addr: *bound,
+                        source,
+                    })?;
+                inherited.push((l, key, *bound, sockets));
+                continue;
             }
-            next_bound.insert(
+            let (sockets, bound) = bind_group(&l.name, l.listen, n)?;
+            place(
+                l,
                 key,
-                BoundListener {
-                    name: l.name.clone(),
-                    configured: l.listen,
-                    bound,
-                },
-            );
+                bound,
+                sockets,
+                &mut per_worker,
+                &mut next_bound,
+                &mut next_held,
+            )?;
+        }
+        // Inherited groups grow (this process runs more workers than the
+        // old one) only once every new address is bound: a socket that
+        // joins a group takes connections at once, and dropping it on a
+        // later failure would reset them.
+        for (l, key, bound, mut sockets) in inherited {
+            sockets.extend(join_group(&l.name, bound, n.saturating_sub(sockets.len()))?);
+            place(
+                l,
+                key,
+                bound,
+                sockets,
+                &mut per_worker,
+                &mut next_bound,
+                &mut next_held,
+            )?;
         }
         // 2. Hand each worker the snapshot and its sockets; 3. wait for all.
         let mut acks = Vec::with_capacity(n);
@@ -367,6 +363,11 @@ impl Engine {
             }
         }
         self.bound = next_bound;
+        for key in kept {
+            if let Some(held) = self.held.remove(&key) {
+                next_held.insert(key, held);
+            }
+        }
         self.held = next_held;
         // Inherited sockets are claimed by the first config or never: the
         // old process's listeners this config dropped close now.
@@ -417,6 +418,43 @@ impl Engine {
     pub fn active_connections(&self) -> u64 {
         self.stats.active_connections()
     }
+}
+
+/// Records a listener's new socket group: a duplicate of each kept for a
+/// later hand-over, the sockets spread over the workers (some accept from
+/// several when the group is larger than the worker count), its address.
+fn place(
+    l: &crate::snapshot::ListenerConfig,
+    key: ListenKey,
+    bound: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+    per_worker: &mut [HashMap<ListenKey, Vec<std::net::TcpListener>>],
+    next_bound: &mut HashMap<ListenKey, BoundListener>,
+    next_held: &mut HashMap<ListenKey, Vec<std::net::TcpListener>>,
+) -> Result<(), BindError> {
+    let held = sockets
+        .iter()
+        .map(std::net::TcpListener::try_clone)
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|source| BindError::Io {
+            name: l.name.clone(),
+            addr: bound,
+            source,
+        })?;
+    next_held.insert(key.clone(), held);
+    let n = per_worker.len().max(1);
+    for (i, s) in sockets.into_iter().enumerate() {
+        per_worker[i % n].entry(key.clone()).or_default().push(s);
+    }
+    next_bound.insert(
+        key,
+        BoundListener {
+            name: l.name.clone(),
+            configured: l.listen,
+            bound,
+        },
+    );
+    Ok(())
 }
 
 /// The address `socket` listens on; an error unless it is a listening TCP

@@ -67,7 +67,8 @@ pub struct ConnectionFacts {
     /// The destination a PROXY protocol header named (listeners with
     /// `proxy_protocol`); `peer` is then the client the header named.
     pub proxied_destination: Option<SocketAddr>,
-    /// The address the client connected to (on this host).
+    /// The address the client connected to (on this host); a wildcard
+    /// bind's unless the listener's `resolve_local_address`.
     pub local: SocketAddr,
 }
 

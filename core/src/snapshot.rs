@@ -56,6 +56,11 @@ pub struct ListenerConfig {
     /// PROXY protocol headers expected before the client's bytes (see
     /// [`AcceptProxyProtocol`]); `None`: the TCP peer is the client.
     pub proxy_protocol: Option<AcceptProxyProtocol>,
+    /// Some cluster sends PROXY protocol headers, which name the address a
+    /// client connected to: a wildcard bind's is then resolved for each
+    /// connection handed to the protocol handler (one `getsockname`, paid
+    /// only then).
+    pub resolve_local_address: bool,
     /// TLS termination (with mTLS and authorization when configured).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// TLS passthrough routing by the ClientHello's server name, in order;

@@ -288,6 +288,8 @@ impl HealthCheckDoc {
             timeout: timeout?,
             healthy_threshold: healthy?,
             unhealthy_threshold: unhealthy?,
+            // The cluster's, filled in when the config is compiled.
+            send_proxy_protocol: None,
         }))
     }
 }

@@ -50,6 +50,11 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     /// Failures in a row that take an endpoint out.
     pub unhealthy_threshold: u32,
+    /// The cluster's `send_proxy_protocol`: its endpoints expect a header
+    /// first, so checks open with one naming no client (v2 `LOCAL`, v1
+    /// the check connection's own addresses), as HAProxy's
+    /// `check-send-proxy` does.
+    pub send_proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 /// Longest status line and headers read from a check response.
@@ -158,6 +163,11 @@ async fn probe(
             None => ProbeError::Failed(format!("connect: {e}")),
         }
     })?;
+    if let Some(version) = check.send_proxy_protocol {
+        crate::connect::send_proxy_header(&tcp, endpoint.addr, version, None)
+            .await
+            .map_err(|e| ProbeError::Failed(format!("PROXY protocol header: {e}")))?;
+    }
     probe_on(tcp, endpoint, check, tls)
         .await
         .map_err(ProbeError::Failed)
@@ -265,6 +275,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             healthy_threshold: 2,
             unhealthy_threshold: 3,
+            send_proxy_protocol: None,
         };
         apply_result(&c, e, &check, None, false);
         apply_result(&c, e, &check, None, false);
