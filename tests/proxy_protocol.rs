@@ -200,12 +200,12 @@ fn haproxy_accept_proxy_reads_the_headers_ringmesh_sends() {
                 "listen app\n  mode http\n  bind {haproxy_in} accept-proxy\n  http-request set-header X-Src %[src]:%[src_port]\n  http-request set-header X-Dst %[dst]:%[dst_port]\n  server app {}\n",
                 app.addr
             ),
-            // HAProxy would take a probe without a header for a bad one.
-            app.addr,
+            // Ready once it listens (the probe sends no header: HAProxy
+            // closes it, as it should).
+            haproxy_in,
         ) else {
             return;
         };
-        std::thread::sleep(Duration::from_millis(200));
         // Through a TCP listener: HAProxy sees the client and the address
         // it connected to.
         let tcp = proxy.listener("tcp");
@@ -598,7 +598,7 @@ fn health_checks_open_with_a_header_and_pass_behind_accept_proxy() {
                 "listen app\n  mode http\n  bind {haproxy_in} accept-proxy\n  server app {}\n",
                 app.addr
             ),
-            app.addr,
+            haproxy_in,
         ) else {
             return;
         };
