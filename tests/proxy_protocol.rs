@@ -187,14 +187,9 @@ fn haproxy_accept_proxy_reads_the_headers_ringmesh_sends() {
         ))
     });
     for version in ["v1", "v2"] {
+        // HAProxy first: its port, picked free and then bound by HAProxy,
+        // cannot also be given to one of ringmesh's port-0 listeners.
         let haproxy_in = free_port();
-        let proxy = Proxy::start_with(
-            &format!(
-                "admin:\n  listen: 127.0.0.1:0\nlisteners:\n  - name: tcp\n    listen: 127.0.0.1:0\n    cluster: hap\n  - name: web\n    listen: 127.0.0.1:0\n    protocol: http\n    cluster: hap\nclusters:\n  - name: hap\n    endpoints: [\"{haproxy_in}\"]\n    send_proxy_protocol: {version}\n"
-            ),
-            &["--workers", "1"],
-        )
-        .unwrap();
         let Some(_haproxy) = haproxy(
             &format!(
                 "listen app\n  mode http\n  bind {haproxy_in} accept-proxy\n  http-request set-header X-Src %[src]:%[src_port]\n  http-request set-header X-Dst %[dst]:%[dst_port]\n  server app {}\n",
@@ -206,6 +201,13 @@ fn haproxy_accept_proxy_reads_the_headers_ringmesh_sends() {
         ) else {
             return;
         };
+        let proxy = Proxy::start_with(
+            &format!(
+                "admin:\n  listen: 127.0.0.1:0\nlisteners:\n  - name: tcp\n    listen: 127.0.0.1:0\n    cluster: hap\n  - name: web\n    listen: 127.0.0.1:0\n    protocol: http\n    cluster: hap\nclusters:\n  - name: hap\n    endpoints: [\"{haproxy_in}\"]\n    send_proxy_protocol: {version}\n"
+            ),
+            &["--workers", "1"],
+        )
+        .unwrap();
         // Through a TCP listener: HAProxy sees the client and the address
         // it connected to.
         let tcp = proxy.listener("tcp");
@@ -232,7 +234,18 @@ fn haproxy_accept_proxy_reads_the_headers_ringmesh_sends() {
 #[test]
 fn the_client_survives_a_chain_of_haproxy_ringmesh_haproxy() {
     let app = Upstream::start(|r| Reply::ok(format!("src={}", r.header("x-src").unwrap_or("-"))));
-    let (front, back) = (free_port(), free_port());
+    // The back HAProxy first (its port then cannot go to ringmesh's port-0
+    // listener), ringmesh, then the front one (ringmesh's port is taken).
+    let back = free_port();
+    let Some(_back) = haproxy(
+        &format!(
+            "listen back\n  mode http\n  bind {back} accept-proxy\n  http-request set-header X-Src %[src]\n  server app {}\n",
+            app.addr
+        ),
+        back,
+    ) else {
+        return;
+    };
     let proxy = Proxy::start_with(
         &format!(
             "admin:\n  listen: 127.0.0.1:0\nlisteners:\n  - name: middle\n    listen: 127.0.0.1:0\n    cluster: back\n    proxy_protocol: required\nclusters:\n  - name: back\n    endpoints: [\"{back}\"]\n    send_proxy_protocol: v2\n"
@@ -240,11 +253,11 @@ fn the_client_survives_a_chain_of_haproxy_ringmesh_haproxy() {
         &["--workers", "1"],
     )
     .unwrap();
-    let Some(_haproxy) = haproxy(
+    let front = free_port();
+    let Some(_front) = haproxy(
         &format!(
-            "listen front\n  mode tcp\n  bind {front}\n  server rm {} send-proxy-v2\nlisten back\n  mode http\n  bind {back} accept-proxy\n  http-request set-header X-Src %[src]\n  server app {}\n",
-            proxy.listener("middle"),
-            app.addr
+            "listen front\n  mode tcp\n  bind {front}\n  server rm {} send-proxy-v2\n",
+            proxy.listener("middle")
         ),
         front,
     ) else {
