@@ -100,14 +100,11 @@ pub(crate) async fn serve(
     admitted: Admitted,
     current: CurrentCtx,
 ) {
-    let mut record = ConnectionRecord::new(
-        peer,
-        bound.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-        std::os::fd::AsRawFd::as_raw_fd(&downstream),
-    );
+    let mut record = ConnectionRecord::new(peer);
     if recover_destination(&downstream, bound, &ctx, &mut record)
         && receive_proxy_header(&downstream, &ctx, &mut record).await
     {
+        note_destination(&downstream, bound, &ctx, &mut record);
         serve_recovered(downstream, &ctx, current, &mut record).await;
     }
     record.finish(&ctx);
@@ -165,6 +162,11 @@ async fn receive_proxy_header(
     let mut buf = Vec::with_capacity(256);
     let mut backoff = Duration::from_millis(1);
     let mut seen = 0;
+    let broken = |record: &mut ConnectionRecord, e: io::Error| {
+        record.reason = CloseReason::DownstreamError;
+        record.error = Some(ErrorText::Io(e));
+        false
+    };
     let failed = |record: &mut ConnectionRecord, e: String| {
         tracing::debug!(listener = %ctx.config.name, peer = %record.peer, error = %e, "PROXY protocol: connection closed");
         record.reason = CloseReason::ProxyProtocol;
@@ -193,26 +195,22 @@ async fn receive_proxy_header(
         let n = match res {
             Ok(0) => return failed(record, "closed before a PROXY protocol header".into()),
             Ok(n) => n,
-            Err(e) => {
-                record.reason = CloseReason::DownstreamError;
-                record.error = Some(ErrorText::Io(e));
-                return false;
-            }
+            Err(e) => return broken(record, e),
         };
         seen = n;
         match proxy_protocol::decode(&buf[..n]) {
             Ok(Decoded::Complete { header, len }) => {
                 if let Err(e) = runtime::read_exact(downstream, len).await {
-                    record.reason = CloseReason::DownstreamError;
-                    record.error = Some(ErrorText::Io(e));
-                    return false;
+                    return broken(record, e);
                 }
                 // LOCAL (the balancer's own health check) or an unknown
                 // family names no client: the TCP peer stays.
                 if let Some((source, destination)) = header.addresses {
-                    record.proxied_by = Some(record.peer);
+                    record.proxied = Some(Box::new(Proxied {
+                        by: Some(record.peer),
+                        destination,
+                    }));
                     record.peer = source;
-                    record.proxied_destination = Some(destination);
                 }
                 return true;
             }
@@ -231,6 +229,30 @@ async fn receive_proxy_header(
             Err(e) => return failed(record, format!("PROXY protocol: {e}")),
         }
     }
+}
+
+/// When some cluster sends PROXY protocol headers, notes the address this
+/// connection's client was connecting to (unless a received header named
+/// it): the original destination of a captured connection, else the local
+/// address (a wildcard bind's resolved with one `getsockname`). Nothing is
+/// noted, or paid, otherwise.
+fn note_destination(
+    downstream: &TcpStream,
+    bound: Option<SocketAddr>,
+    ctx: &ListenerCtx,
+    record: &mut ConnectionRecord,
+) {
+    if !ctx.config.resolve_local_address || record.proxied.is_some() {
+        return;
+    }
+    let destination = record.original_destination.unwrap_or_else(|| {
+        let bound = bound.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        crate::protocol::local_address(bound, std::os::fd::AsRawFd::as_raw_fd(downstream))
+    });
+    record.proxied = Some(Box::new(Proxied {
+        by: None,
+        destination,
+    }));
 }
 
 /// Serves a connection whose destination is known: TLS, then proxy or
@@ -350,12 +372,7 @@ async fn hand_over(
             tls: record.tls.as_ref().map(|t| t.0),
             core: ctx.core,
             original_destination: record.original_destination,
-            proxied_destination: record.proxied_destination,
-            local: if ctx.config.resolve_local_address {
-                crate::protocol::local_address(record.local, record.fd)
-            } else {
-                record.local
-            },
+            destination: record.proxied.as_ref().map(|p| p.destination),
         },
         listener: ListenerWatch(current),
         bytes: bytes.clone(),
@@ -505,27 +522,12 @@ async fn proxy_to_admitted(
         record.reason = CloseReason::UpstreamOverflow;
         return;
     };
+    let origin = cluster
+        .send_proxy_protocol
+        .and_then(|_| record.proxy_origin());
     // Boxed: the connect state (endpoint attempts, TLS origination) is
     // several KiB and dead once connected; inline it would be carried by
     // every connection task for its whole life, idle ones included.
-    let origin = match cluster.send_proxy_protocol {
-        Some(_) => Some(Outgoing {
-            source: record.peer,
-            destination: record
-                .proxied_destination
-                .or(record.original_destination)
-                .unwrap_or_else(|| crate::protocol::local_address(record.local, record.fd)),
-            alpn: record.alpn.as_deref(),
-            authority: record.tls.as_ref().and_then(|t| t.1.as_deref()),
-            spiffe_id: record.identity.as_deref(),
-            tls_version: record
-                .tls
-                .as_ref()
-                .map(|t| t.0)
-                .filter(|v| *v != "passthrough"),
-        }),
-        None => None,
-    };
     let connected = Box::pin(connect_upstream(
         cluster,
         ctx.core,
@@ -631,22 +633,26 @@ impl std::fmt::Display for ErrorText {
     }
 }
 
+/// A connection's PROXY protocol addresses.
+struct Proxied {
+    /// The TCP peer (the load balancer) when a received header named the
+    /// client.
+    by: Option<SocketAddr>,
+    /// Where the client was connecting: a received header's destination,
+    /// else the original destination, else the local address.
+    destination: SocketAddr,
+}
+
 /// Everything recorded about one connection, emitted once when it ends.
 struct ConnectionRecord {
     started: Instant,
     /// The client: the TCP peer, or the address a PROXY protocol header
     /// named.
     peer: SocketAddr,
-    /// The TCP peer (the load balancer) when a PROXY header named the client.
-    proxied_by: Option<SocketAddr>,
-    /// The destination a PROXY protocol header named.
-    proxied_destination: Option<SocketAddr>,
-    /// The listener's bound address (a wildcard is resolved only when a
-    /// PROXY header must name the address the client connected to).
-    local: SocketAddr,
-    /// The client socket's descriptor, for that resolution; the socket
-    /// outlives the record's use of it.
-    fd: std::os::fd::RawFd,
+    /// PROXY protocol addresses, on listeners that receive headers or
+    /// whose clusters send them; boxed, so other connections carry a
+    /// pointer, not three addresses.
+    proxied: Option<Box<Proxied>>,
     /// Where the client was going before iptables redirected it here
     /// (capturing listeners only).
     original_destination: Option<SocketAddr>,
@@ -675,14 +681,11 @@ struct ConnectionRecord {
 }
 
 impl ConnectionRecord {
-    fn new(peer: SocketAddr, local: SocketAddr, fd: std::os::fd::RawFd) -> Self {
+    fn new(peer: SocketAddr) -> Self {
         Self {
             started: Instant::now(),
             peer,
-            proxied_by: None,
-            proxied_destination: None,
-            local,
-            fd,
+            proxied: None,
             original_destination: None,
             endpoint: None,
             identity: None,
@@ -697,6 +700,24 @@ impl ConnectionRecord {
             bytes_sent: Cell::new(0),
             observed: None,
         }
+    }
+
+    /// What a PROXY protocol header sent upstream says of this connection
+    /// (`None` when no cluster sends headers, so nothing was noted).
+    fn proxy_origin(&self) -> Option<Outgoing<'_>> {
+        let proxied = self.proxied.as_ref()?;
+        Some(Outgoing {
+            source: self.peer,
+            destination: proxied.destination,
+            alpn: self.alpn.as_deref(),
+            authority: self.tls.as_ref().and_then(|t| t.1.as_deref()),
+            spiffe_id: self.identity.as_deref(),
+            tls_version: self
+                .tls
+                .as_ref()
+                .map(|t| t.0)
+                .filter(|v| *v != "passthrough"),
+        })
     }
 
     /// The cluster the connection went to: derived from the recorded SNI
@@ -728,7 +749,7 @@ impl ConnectionRecord {
             target: "ringmesh::access",
             listener = %config.name,
             peer = %self.peer,
-            proxied_by = %OrDash(self.proxied_by),
+            proxied_by = %OrDash(self.proxied.as_ref().and_then(|p| p.by)),
             original_destination = %OrDash(self.original_destination),
             cluster = %self.cluster_name(config),
             endpoint = endpoint.as_deref().unwrap_or("-"),

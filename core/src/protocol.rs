@@ -64,30 +64,25 @@ pub struct ConnectionFacts {
     /// accept); `None` on other listeners. `original_destination` clusters
     /// forward there ([`crate::upstream::pick`]).
     pub original_destination: Option<SocketAddr>,
-    /// The destination a PROXY protocol header named (listeners with
-    /// `proxy_protocol`); `peer` is then the client the header named.
-    pub proxied_destination: Option<SocketAddr>,
-    /// The address the client connected to (on this host); a wildcard
-    /// bind's unless the listener's `resolve_local_address`.
-    pub local: SocketAddr,
+    /// Where the client was connecting, for PROXY protocol headers: a
+    /// received header's destination (`peer` is then the client it
+    /// named), else the original destination, else the local address.
+    /// Noted only on listeners that receive headers or when some cluster
+    /// sends them (the listener's `resolve_local_address`).
+    pub destination: Option<SocketAddr>,
 }
 
 impl ConnectionFacts {
-    /// The address the client was connecting to, for a PROXY protocol
-    /// header sent upstream: a received header's destination, else the
-    /// original destination, else the local address.
-    pub fn destination(&self) -> SocketAddr {
-        self.proxied_destination
-            .or(self.original_destination)
-            .unwrap_or(self.local)
-    }
-
     /// What a PROXY protocol header sent upstream for this connection
     /// says: the client, where it connected, and its TLS facts.
     pub fn proxy_origin(&self) -> crate::proxy_protocol::Outgoing<'_> {
         crate::proxy_protocol::Outgoing {
             source: self.peer,
-            destination: self.destination(),
+            // Always noted when a cluster sends headers; the unspecified
+            // address is never sent in practice.
+            destination: self
+                .destination
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             alpn: self.alpn.as_deref(),
             authority: self.sni.as_deref(),
             spiffe_id: self.identity.as_deref(),

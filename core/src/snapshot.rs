@@ -57,9 +57,8 @@ pub struct ListenerConfig {
     /// [`AcceptProxyProtocol`]); `None`: the TCP peer is the client.
     pub proxy_protocol: Option<AcceptProxyProtocol>,
     /// Some cluster sends PROXY protocol headers, which name the address a
-    /// client connected to: a wildcard bind's is then resolved for each
-    /// connection handed to the protocol handler (one `getsockname`, paid
-    /// only then).
+    /// client connected to: it is noted for each connection (a wildcard
+    /// bind's resolved with one `getsockname`, paid only then).
     pub resolve_local_address: bool,
     /// TLS termination (with mTLS and authorization when configured).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
