@@ -292,15 +292,7 @@ impl Engine {
                 continue;
             }
             if let Some((bound, sockets)) = self.inherited.get(&key) {
-                let sockets = sockets
-                    .iter()
-                    .map(std::net::TcpListener::try_clone)
-                    .collect::<std::io::Result<Vec<_>>>()
-                    .map_err(|source| BindError::Io {
-                        name: l.name.clone(),
-                        addr: *bound,
-                        source,
-                    })?;
+                let sockets = duplicate(&l.name, *bound, sockets)?;
                 inherited.push((l, key, *bound, sockets));
                 continue;
             }
@@ -432,16 +424,7 @@ fn place(
     next_bound: &mut HashMap<ListenKey, BoundListener>,
     next_held: &mut HashMap<ListenKey, Vec<std::net::TcpListener>>,
 ) -> Result<(), BindError> {
-    let held = sockets
-        .iter()
-        .map(std::net::TcpListener::try_clone)
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|source| BindError::Io {
-            name: l.name.clone(),
-            addr: bound,
-            source,
-        })?;
-    next_held.insert(key.clone(), held);
+    next_held.insert(key.clone(), duplicate(&l.name, bound, &sockets)?);
     let n = per_worker.len().max(1);
     for (i, s) in sockets.into_iter().enumerate() {
         per_worker[i % n].entry(key.clone()).or_default().push(s);
@@ -455,6 +438,23 @@ fn place(
         },
     );
     Ok(())
+}
+
+/// Duplicates of listener `name`'s `sockets` (bound to `addr`).
+fn duplicate(
+    name: &Arc<str>,
+    addr: SocketAddr,
+    sockets: &[std::net::TcpListener],
+) -> Result<Vec<std::net::TcpListener>, BindError> {
+    sockets
+        .iter()
+        .map(std::net::TcpListener::try_clone)
+        .collect::<std::io::Result<_>>()
+        .map_err(|source| BindError::Io {
+            name: name.clone(),
+            addr,
+            source,
+        })
 }
 
 /// The address `socket` listens on; an error unless it is a listening TCP
