@@ -95,6 +95,23 @@ fn haproxy(frontends: &str, ready: SocketAddr) -> Option<Haproxy> {
     Some(h)
 }
 
+/// HAProxy reading PROXY headers (`bind ... accept-proxy`, HTTP mode) in
+/// front of `app`, with `rules` (`http-request ...` lines); its address.
+/// Start it before any ringmesh that connects to it: its port, picked free
+/// and then bound by HAProxy, cannot also go to a ringmesh port-0 listener.
+fn accept_proxy(app: SocketAddr, rules: &str) -> Option<(Haproxy, SocketAddr)> {
+    let addr = free_port();
+    // Ready once it listens (the probe sends no header: HAProxy closes it,
+    // as it should).
+    let h = haproxy(
+        &format!(
+            "listen app\n  mode http\n  bind {addr} accept-proxy\n  {rules}\n  server app {app}\n"
+        ),
+        addr,
+    )?;
+    Some((h, addr))
+}
+
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -187,17 +204,9 @@ fn haproxy_accept_proxy_reads_the_headers_ringmesh_sends() {
         ))
     });
     for version in ["v1", "v2"] {
-        // HAProxy first: its port, picked free and then bound by HAProxy,
-        // cannot also be given to one of ringmesh's port-0 listeners.
-        let haproxy_in = free_port();
-        let Some(_haproxy) = haproxy(
-            &format!(
-                "listen app\n  mode http\n  bind {haproxy_in} accept-proxy\n  http-request set-header X-Src %[src]:%[src_port]\n  http-request set-header X-Dst %[dst]:%[dst_port]\n  server app {}\n",
-                app.addr
-            ),
-            // Ready once it listens (the probe sends no header: HAProxy
-            // closes it, as it should).
-            haproxy_in,
+        let Some((_haproxy, haproxy_in)) = accept_proxy(
+            app.addr,
+            "http-request set-header X-Src %[src]:%[src_port]\n  http-request set-header X-Dst %[dst]:%[dst_port]",
         ) else {
             return;
         };
@@ -234,16 +243,9 @@ fn haproxy_accept_proxy_reads_the_headers_ringmesh_sends() {
 #[test]
 fn the_client_survives_a_chain_of_haproxy_ringmesh_haproxy() {
     let app = Upstream::start(|r| Reply::ok(format!("src={}", r.header("x-src").unwrap_or("-"))));
-    // The back HAProxy first (its port then cannot go to ringmesh's port-0
-    // listener), ringmesh, then the front one (ringmesh's port is taken).
-    let back = free_port();
-    let Some(_back) = haproxy(
-        &format!(
-            "listen back\n  mode http\n  bind {back} accept-proxy\n  http-request set-header X-Src %[src]\n  server app {}\n",
-            app.addr
-        ),
-        back,
-    ) else {
+    // The back HAProxy, ringmesh, then the front one (ringmesh's port is
+    // taken by then).
+    let Some((_back, back)) = accept_proxy(app.addr, "http-request set-header X-Src %[src]") else {
         return;
     };
     let proxy = Proxy::start_with(
@@ -605,14 +607,7 @@ fn v2_headers_carry_alpn_authority_tls_version_and_the_spiffe_id() {
 fn health_checks_open_with_a_header_and_pass_behind_accept_proxy() {
     let app = Upstream::start(|_| Reply::ok("healthy"));
     for version in ["v1", "v2"] {
-        let haproxy_in = free_port();
-        let Some(_haproxy) = haproxy(
-            &format!(
-                "listen app\n  mode http\n  bind {haproxy_in} accept-proxy\n  server app {}\n",
-                app.addr
-            ),
-            haproxy_in,
-        ) else {
+        let Some((_haproxy, haproxy_in)) = accept_proxy(app.addr, "") else {
             return;
         };
         let proxy = Proxy::start_with(

@@ -28,6 +28,11 @@ fn config(echo: SocketAddr, web: SocketAddr, extra_listener: &str) -> String {
     )
 }
 
+/// Logged by a process serving on sockets it took over.
+const UPGRADED: &str = "upgrade complete: serving on the inherited sockets; the old process drains";
+/// Logged by a process that started on its own.
+const STARTED: &str = "admin API listening";
+
 /// Starts `ringmesh run -c config ARGS`, ready once `ready` is logged.
 fn launch(config: &Path, args: &[&str], ready: &str) -> Result<Proxy, String> {
     let mut all: Vec<String> = vec!["run".into(), "-c".into(), config.display().to_string()];
@@ -189,25 +194,49 @@ fn long_stream(addr: SocketAddr, seed: u64, len: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn socket_path(dir: &Path) -> PathBuf {
-    dir.join("upgrade.sock")
+/// What each test runs against: an echo server, an HTTP upstream, and a
+/// directory holding the config (`cfg`, both behind listeners `tcp` and
+/// `web`) and the upgrade socket (`sock`).
+struct Site {
+    echo: EchoServer,
+    web: Upstream,
+    dir: tempfile::TempDir,
+    cfg: PathBuf,
+    sock: String,
+}
+
+impl Site {
+    fn new() -> Site {
+        let echo = EchoServer::start();
+        let web = Upstream::start(|_| Reply::ok("ok"));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("ringmesh.yaml");
+        std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
+        let sock = dir.path().join("upgrade.sock").display().to_string();
+        Site {
+            echo,
+            web,
+            dir,
+            cfg,
+            sock,
+        }
+    }
+
+    /// The config with `extra_listener` (YAML list items) added.
+    fn config(&self, extra_listener: &str) -> String {
+        config(self.echo.addr, self.web.addr, extra_listener)
+    }
 }
 
 #[test]
 fn ten_upgrades_under_load_refuse_reset_and_lose_nothing() {
-    let echo = EchoServer::start();
-    let web = Upstream::start(|_| Reply::ok("hello through the upgrade"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ringmesh.yaml");
-    std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
-    let sock = socket_path(dir.path());
-    let sock_arg = sock.display().to_string();
+    let site = Site::new();
     // One worker first: the next process runs two, so its listeners' groups
     // grow by a socket (SO_REUSEPORT) beside the inherited one.
     let mut current = launch(
-        &cfg,
-        &["--workers", "1", "--upgrade-socket", &sock_arg],
-        "admin API listening",
+        &site.cfg,
+        &["--workers", "1", "--upgrade-socket", &site.sock],
+        STARTED,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let tcp = current.listener("tcp");
@@ -239,16 +268,16 @@ fn ten_upgrades_under_load_refuse_reset_and_lose_nothing() {
         };
         let before = traffic.connections.load(Ordering::Relaxed);
         let next = launch(
-            &cfg,
+            &site.cfg,
             &[
                 "--workers",
                 workers,
                 "--io-engine",
                 engine,
                 "--upgrade-from",
-                &sock_arg,
+                &site.sock,
             ],
-            "upgrade complete: serving on the inherited sockets; the old process drains",
+            UPGRADED,
         )
         .unwrap_or_else(|e| panic!("upgrade {round}: {e}"));
         assert_eq!(next.admin, admin, "the admin API keeps its address");
@@ -303,16 +332,11 @@ fn ten_upgrades_under_load_refuse_reset_and_lose_nothing() {
 
 #[test]
 fn a_new_process_that_cannot_start_leaves_the_old_one_serving_and_resets_nothing() {
-    let echo = EchoServer::start();
-    let web = Upstream::start(|_| Reply::ok("still here"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ringmesh.yaml");
-    std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
-    let sock_arg = socket_path(dir.path()).display().to_string();
+    let site = Site::new();
     let old = launch(
-        &cfg,
-        &["--workers", "1", "--upgrade-socket", &sock_arg],
-        "admin API listening",
+        &site.cfg,
+        &["--workers", "1", "--upgrade-socket", &site.sock],
+        STARTED,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let tcp = old.listener("tcp");
@@ -328,23 +352,19 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving_and_resets_nothing
     // accepts anything, so the old process's clients see nothing.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().map(|a| (taken, a)).unwrap();
-    let busy_listener = dir.path().join("busy-listener.yaml");
+    let busy_listener = site.dir.path().join("busy-listener.yaml");
     std::fs::write(
         &busy_listener,
-        config(
-            echo.addr,
-            web.addr,
-            &format!(
-                "  - name: taken\n    listen: {}\n    cluster: echo\n",
-                taken.1
-            ),
-        ),
+        site.config(&format!(
+            "  - name: taken\n    listen: {}\n    cluster: echo\n",
+            taken.1
+        )),
     )
     .unwrap();
-    let busy_admin = dir.path().join("busy-admin.yaml");
+    let busy_admin = site.dir.path().join("busy-admin.yaml");
     std::fs::write(
         &busy_admin,
-        config(echo.addr, web.addr, "").replace(
+        site.config("").replace(
             "admin:\n  listen: 127.0.0.1:0",
             &format!("admin:\n  listen: {}", taken.1),
         ),
@@ -356,7 +376,7 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving_and_resets_nothing
     ] {
         let failed = launch(
             bad,
-            &["--workers", "2", "--upgrade-from", &sock_arg],
+            &["--workers", "2", "--upgrade-from", &site.sock],
             "upgrade complete",
         );
         let output = failed.err().expect("the new process must fail");
@@ -383,9 +403,9 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving_and_resets_nothing
     // A later, good upgrade still works.
     let mut old = old;
     let next = launch(
-        &cfg,
-        &["--workers", "2", "--upgrade-from", &sock_arg],
-        "upgrade complete: serving on the inherited sockets; the old process drains",
+        &site.cfg,
+        &["--workers", "2", "--upgrade-from", &site.sock],
+        UPGRADED,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -405,38 +425,20 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving_and_resets_nothing
 
 #[test]
 fn a_rejected_reload_does_not_stop_later_upgrades() {
-    let echo = EchoServer::start();
-    let web = Upstream::start(|_| Reply::ok("ok"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ringmesh.yaml");
-    let good = config(echo.addr, web.addr, "");
-    std::fs::write(&cfg, &good).unwrap();
-    let sock_arg = socket_path(dir.path()).display().to_string();
-    let mut old = launch(
-        &cfg,
-        &["--upgrade-socket", &sock_arg],
-        "admin API listening",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let site = Site::new();
+    let mut old = launch(&site.cfg, &["--upgrade-socket", &site.sock], STARTED)
+        .unwrap_or_else(|e| panic!("{e}"));
     let tcp = old.listener("tcp");
     // A reload that needs a port another process holds is rejected after
     // the kept listeners were looked at.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let rejected = old.put_config(&config(
-        echo.addr,
-        web.addr,
-        &format!(
-            "  - name: taken\n    listen: {}\n    cluster: echo\n",
-            taken.local_addr().unwrap()
-        ),
-    ));
+    let rejected = old.put_config(&site.config(&format!(
+        "  - name: taken\n    listen: {}\n    cluster: echo\n",
+        taken.local_addr().unwrap()
+    )));
     assert!(rejected.status >= 400, "{}", rejected.status);
-    let next = launch(
-        &cfg,
-        &["--upgrade-from", &sock_arg],
-        "upgrade complete: serving on the inherited sockets; the old process drains",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let next = launch(&site.cfg, &["--upgrade-from", &site.sock], UPGRADED)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(next.listener("tcp"), tcp, "the listener was handed over");
     assert!(
         old.wait_exit(Duration::from_secs(30))
@@ -446,40 +448,31 @@ fn a_rejected_reload_does_not_stop_later_upgrades() {
 
 #[test]
 fn a_moved_admin_api_stops_listening_on_the_old_address() {
-    let echo = EchoServer::start();
-    let web = Upstream::start(|_| Reply::ok("ok"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ringmesh.yaml");
-    std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
-    let sock_arg = socket_path(dir.path()).display().to_string();
+    let site = Site::new();
     // Long drain: the old process lives on while a connection is open.
     let mut old = launch(
-        &cfg,
-        &["--upgrade-socket", &sock_arg, "--drain-timeout", "60s"],
-        "admin API listening",
+        &site.cfg,
+        &["--upgrade-socket", &site.sock, "--drain-timeout", "60s"],
+        STARTED,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let old_admin = old.admin;
     let held = helpers::tcp::connect(old.listener("tcp"));
-    let moved = dir.path().join("moved.yaml");
+    let moved = site.dir.path().join("moved.yaml");
     let free = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     std::fs::write(
         &moved,
-        config(echo.addr, web.addr, "").replace(
+        site.config("").replace(
             "admin:\n  listen: 127.0.0.1:0",
             &format!("admin:\n  listen: {free}"),
         ),
     )
     .unwrap();
-    let next = launch(
-        &moved,
-        &["--upgrade-from", &sock_arg],
-        "upgrade complete: serving on the inherited sockets; the old process drains",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let next =
+        launch(&moved, &["--upgrade-from", &site.sock], UPGRADED).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(next.admin, free);
     // The old process still drains (a connection is open), and its admin
     // address refuses connections instead of queueing them unserved.
@@ -504,16 +497,11 @@ fn a_moved_admin_api_stops_listening_on_the_old_address() {
 
 #[test]
 fn sigusr2_starts_the_successor_which_takes_over() {
-    let echo = EchoServer::start();
-    let web = Upstream::start(|_| Reply::ok("ok"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ringmesh.yaml");
-    std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
-    let sock_arg = socket_path(dir.path()).display().to_string();
+    let site = Site::new();
     let mut old = launch(
-        &cfg,
-        &["--workers", "1", "--upgrade-socket", &sock_arg],
-        "admin API listening",
+        &site.cfg,
+        &["--workers", "1", "--upgrade-socket", &site.sock],
+        STARTED,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let tcp = old.listener("tcp");
@@ -577,13 +565,8 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
 #[test]
 fn systemd_hears_ready_then_the_new_main_pid_and_stopping_only_at_the_end() {
     use std::os::unix::net::UnixDatagram;
-    let echo = EchoServer::start();
-    let web = Upstream::start(|_| Reply::ok("ok"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ringmesh.yaml");
-    std::fs::write(&cfg, config(echo.addr, web.addr, "")).unwrap();
-    let sock_arg = socket_path(dir.path()).display().to_string();
-    let notify_path = dir.path().join("notify.sock");
+    let site = Site::new();
+    let notify_path = site.dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -591,7 +574,7 @@ fn systemd_hears_ready_then_the_new_main_pid_and_stopping_only_at_the_end() {
     let notify_env = notify_path.display().to_string();
     let env = [("NOTIFY_SOCKET", notify_env.as_str())];
     let start = |args: &[&str], ready: &str| {
-        let mut all: Vec<String> = vec!["run".into(), "-c".into(), cfg.display().to_string()];
+        let mut all: Vec<String> = vec!["run".into(), "-c".into(), site.cfg.display().to_string()];
         all.extend(args.iter().map(|a| a.to_string()));
         Proxy::launch_with_env(&all, &env, tempfile::tempdir().unwrap(), ready)
             .unwrap_or_else(|e| panic!("{e}"))
@@ -601,12 +584,9 @@ fn systemd_hears_ready_then_the_new_main_pid_and_stopping_only_at_the_end() {
         let n = notify.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    let mut old = start(&["--upgrade-socket", &sock_arg], "admin API listening");
+    let mut old = start(&["--upgrade-socket", &site.sock], STARTED);
     assert_eq!(recv(), format!("READY=1\nMAINPID={}", old.pid()));
-    let mut new = start(
-        &["--upgrade-from", &sock_arg],
-        "upgrade complete: serving on the inherited sockets; the old process drains",
-    );
+    let mut new = start(&["--upgrade-from", &site.sock], UPGRADED);
     assert_eq!(recv(), format!("READY=1\nMAINPID={}", new.pid()));
     assert!(
         old.wait_exit(Duration::from_secs(30))
