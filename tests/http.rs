@@ -624,6 +624,32 @@ fn drain_closes_idle_keep_alive_connections_and_finishes_requests_in_flight() {
 }
 
 #[test]
+fn a_request_sent_just_after_a_drain_on_an_idle_connection_is_answered_with_close() {
+    let up = Upstream::start(|_| Reply::ok("answered"));
+    let proxy = Proxy::start("uring", &http_listener("web", &[up.addr], "", ""));
+    let addr = web(&proxy);
+    let mut idle = http::connect(addr);
+    assert_eq!(http::get(&mut idle, "/first").unwrap().status, 200);
+    // A long-lived connection keeps the drain (and the process) going.
+    let _held = http::connect(addr);
+    let r = helpers::admin::request(proxy.admin, "POST", "/drain", "").unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    // The client was about to send its next request: within the 250 ms
+    // grace it is answered, and told the connection closes.
+    thread::sleep(Duration::from_millis(50));
+    send(&mut idle, b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let r = read_response(&mut idle, false).expect("answered during the grace");
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "answered".to_owned()),
+        "{}",
+        r.head
+    );
+    assert!(r.closes(), "{}", r.head);
+    assert!(closed_within(&mut idle, Duration::from_secs(2)));
+}
+
+#[test]
 fn a_hundred_reloads_under_fifty_keep_alive_clients_fail_no_request() {
     let up = Upstream::echo();
     let config = |i: usize| {
